@@ -1,0 +1,57 @@
+//! The library's typed errors. Every failure names the op, layer or file it
+//! concerns, so a user can tell what to fix without reading a backtrace.
+
+use thiserror::Error;
+
+/// Result alias used throughout the library.
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(
+        "no GPU adapter found{detail}. Install Mesa's Vulkan drivers \
+         (`apt-get install mesa-vulkan-drivers`, from bookworm-backports on Debian 12) \
+         for the lavapipe software GPU, or run with `--backend cpu`"
+    )]
+    NoAdapter { detail: String },
+
+    #[error("unknown GPU backend {0:?} in CROSSMODAL_GPU_BACKEND (expected auto, vulkan, gl, metal, dx12 or cpu)")]
+    UnknownBackend(String),
+
+    #[error("could not open the GPU device on {adapter}: {message}")]
+    RequestDevice { adapter: String, message: String },
+
+    #[error("{op}: {limit} exceeded: requested {requested}, the adapter allows {max}")]
+    LimitExceeded {
+        op: String,
+        limit: &'static str,
+        requested: u64,
+        max: u64,
+    },
+
+    #[error("{op}: wgpu validation failed: {message}")]
+    Validation { op: String, message: String },
+
+    #[error("{op}: shape mismatch: {message}")]
+    Shape { op: String, message: String },
+
+    #[error("{op}: {what} is not supported: {why}")]
+    Unsupported {
+        op: String,
+        what: String,
+        why: String,
+    },
+
+    #[error("reading a buffer back from the GPU failed: {0}")]
+    Readback(String),
+}
+
+impl Error {
+    /// Shorthand for a shape error naming the op.
+    pub fn shape(op: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Shape {
+            op: op.into(),
+            message: message.into(),
+        }
+    }
+}

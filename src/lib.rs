@@ -1,0 +1,18 @@
+//! crossmodal: cross-modal sentiment analysis whose numerics run in
+//! hand-written WGSL compute shaders through wgpu, each kernel beside an
+//! ndarray CPU reference.
+//!
+//! - [`gpu`]: adapter choice, buffers, pipeline cache, dispatch, timestamps.
+//! - [`ops`]: one module per op family: CPU reference and GPU launchers,
+//!   forward and backward side by side.
+//! - [`optim`]: SGD and Adam update kernels.
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod optim;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use gpu::{GpuContext, GpuTensor};
+pub use tensor::DType;

@@ -1,0 +1,3 @@
+//! Op families: one module per op, CPU reference and GPU launchers, forward and backward side by side.
+
+pub mod activation;

@@ -1,0 +1,1 @@
+//! Optimizers: SGD with momentum and Adam, each with its own WGSL update kernel.
