@@ -22,7 +22,10 @@ fn every_shader_parses_and_validates() {
         .validate(&module)
         .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
         assert!(
-            module.entry_points.iter().all(|ep| ep.stage == naga::ShaderStage::Compute),
+            module
+                .entry_points
+                .iter()
+                .all(|ep| ep.stage == naga::ShaderStage::Compute),
             "{}: only compute entry points belong in shaders/",
             path.display()
         );
