@@ -166,6 +166,19 @@ impl GpuContext {
             }))
     }
 
+    /// Every adapter wgpu can see, on every backend, in no particular order.
+    pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+        let backends = wgpu::Backends::all();
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        pollster::block_on(instance.enumerate_adapters(backends))
+            .iter()
+            .map(wgpu::Adapter::get_info)
+            .collect()
+    }
+
     /// One line naming the adapter, its type, backend and driver.
     pub fn describe(&self) -> String {
         format!(
