@@ -3,3 +3,4 @@
 pub mod activation;
 pub mod bias;
 pub mod matmul;
+pub mod reduce;
