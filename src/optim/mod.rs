@@ -1,1 +1,3 @@
 //! Optimizers: SGD with momentum and Adam, each with its own WGSL update kernel.
+
+pub mod sgd;
