@@ -1,4 +1,6 @@
 //! Op families: one module per op, CPU reference and GPU launchers, forward and backward side by side.
 
 pub mod activation;
+pub mod bias;
 pub mod matmul;
+pub mod reduce;
