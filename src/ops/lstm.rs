@@ -8,7 +8,9 @@
 //!   produces it directly),
 //! - mask `[T,B]`, u32 or f32, nonzero = real step, 0 = masked (Keras
 //!   `mask_zero`; time-major token ids can be bound as the mask as they are).
-//!   A masked step carries h and c through unchanged, forward and backward.
+//!   A masked step carries h and c through unchanged, forward and backward,
+//!   so h_all at a masked step repeats the previous h (Keras' default
+//!   `zero_output_for_mask=False`) and h_T is the last real step's h.
 //! - z, gates, dz `[T,B,4H]`; h_all, c_all `[T+1,B,H]` with slot 0 the zero
 //!   initial state; h_last `[B,H]` = h_all slot T (Keras `return_sequences=False`).
 //!

@@ -3,3 +3,4 @@
 pub mod activation;
 pub mod lstm;
 pub mod matmul;
+pub mod rnn;
