@@ -2,5 +2,7 @@
 
 pub mod activation;
 pub mod bias;
+pub mod lstm;
 pub mod matmul;
 pub mod reduce;
+pub mod rnn;

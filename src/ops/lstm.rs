@@ -1,0 +1,783 @@
+//! LSTM with Keras semantics: gate order i, f, g (cell), o; recurrent
+//! activation sigmoid, activation tanh; `z_t = x_t·W + h_{t-1}·U + b`,
+//! `c_t = f*c_{t-1} + i*g`, `h_t = o*tanh(c_t)`, `h_0 = c_0 = 0`.
+//! W is `[D,4H]`, U `[H,4H]`, b `[4H]`.
+//!
+//! Layouts (time-major, so each step is one contiguous slice):
+//! - x `[T,B,D]` (an embedding gathered from time-major token ids `[T,B]`
+//!   produces it directly),
+//! - mask `[T,B]`, u32 or f32, nonzero = real step, 0 = masked (Keras
+//!   `mask_zero`; time-major token ids can be bound as the mask as they are).
+//!   A masked step carries h and c through unchanged, forward and backward,
+//!   so h_all at a masked step repeats the previous h (Keras' default
+//!   `zero_output_for_mask=False`) and h_T is the last real step's h.
+//! - z, gates, dz `[T,B,4H]`; h_all, c_all `[T+1,B,H]` with slot 0 the zero
+//!   initial state; h_last `[B,H]` = h_all slot T (Keras `return_sequences=False`).
+//!
+//! GPU forward ([`lstm_forward_sequence`]): one batched input projection
+//! `Z = X·W` over all `T*B` rows, then per step `z_t += h_{t-1}·U` (a matmul
+//! into the step's slice of Z) and the fused gate kernel
+//! [`lstm_gates_forward`] (adds b). Backward ([`lstm_backward_sequence`]):
+//! per step, last to first, [`lstm_gates_backward`] then
+//! `dh_{t-1} += dz_t·Uᵀ`; then the weight gradients as batched matmuls over
+//! all `T*B` rows: `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
+//! `dx += dZ·Wᵀ`.
+//!
+//! The sizes, weight and gradient bundles and [`lstm_bias_backward`] are
+//! shared with `ops::rnn`.
+
+use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFloat};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
+use crate::ops::matmul::{matmul, Layout, MatmulParams};
+use crate::tensor::{expect_numel, DType};
+
+/// Uniform parameters, mirrored by `Params` in `shaders/lstm.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LstmParams {
+    pub batch: u32,
+    pub hidden: u32,
+    /// The timestep this dispatch handles.
+    pub step: u32,
+    pub steps: u32,
+    /// 0: no mask, 1: u32 mask, 2: f32 mask.
+    pub mask_kind: u32,
+    /// Backward: an incoming gradient for every h_t (`return_sequences`).
+    pub has_seq: u32,
+    /// Backward: an incoming gradient for h_T.
+    pub has_last: u32,
+    /// `lstm_bias_backward`: rows summed and columns.
+    pub rows: u32,
+    pub cols: u32,
+    pub _pad: [u32; 3],
+}
+
+// ---------------------------------------------------------------- CPU reference
+
+fn sigmoid<A: NdFloat>(v: A) -> A {
+    A::one() / (A::one() + (-v).exp())
+}
+
+fn is_real(mask: Option<&ArrayView1<bool>>, n: usize) -> bool {
+    mask.is_none_or(|m| m[n])
+}
+
+/// One step's outputs: activated gates `[B,4H]`, `c_t` and `h_t` `[B,H]`.
+#[derive(Clone, Debug)]
+pub struct LstmCell<A> {
+    pub gates: Array2<A>,
+    pub c: Array2<A>,
+    pub h: Array2<A>,
+}
+
+/// One step of the gate kernel: `z` `[B,4H]` holds `x_t·W + h_{t-1}·U`
+/// (bias not yet added); `mask` `[B]`, true = real step.
+pub fn lstm_cell_forward_cpu<A: NdFloat>(
+    z: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    c_prev: &ArrayView2<A>,
+    h_prev: &ArrayView2<A>,
+    mask: Option<&ArrayView1<bool>>,
+) -> LstmCell<A> {
+    let (batch, hidden) = c_prev.dim();
+    let mut gates = Array2::zeros((batch, 4 * hidden));
+    let mut c = Array2::zeros((batch, hidden));
+    let mut h = Array2::zeros((batch, hidden));
+    for n in 0..batch {
+        for j in 0..hidden {
+            let pre = |k: usize| z[[n, k * hidden + j]] + b[k * hidden + j];
+            let (i, f, g, o) = (
+                sigmoid(pre(0)),
+                sigmoid(pre(1)),
+                pre(2).tanh(),
+                sigmoid(pre(3)),
+            );
+            for (k, v) in [i, f, g, o].into_iter().enumerate() {
+                gates[[n, k * hidden + j]] = v;
+            }
+            if is_real(mask, n) {
+                c[[n, j]] = f * c_prev[[n, j]] + i * g;
+                h[[n, j]] = o * c[[n, j]].tanh();
+            } else {
+                c[[n, j]] = c_prev[[n, j]];
+                h[[n, j]] = h_prev[[n, j]];
+            }
+        }
+    }
+    LstmCell { gates, c, h }
+}
+
+/// One step backward: `dz` `[B,4H]`, and what flows to step t-1 besides
+/// `dz·Uᵀ`: `dh_prev` (the masked carry; 0 on real steps) and `dc_prev`.
+#[derive(Clone, Debug)]
+pub struct LstmCellGrads<A> {
+    pub dz: Array2<A>,
+    pub dh_prev: Array2<A>,
+    pub dc_prev: Array2<A>,
+}
+
+/// One step of the gate backward kernel from the total `dh`, `dc` of h_t,
+/// c_t and the values forward saved (gates, c_{t-1}, c_t).
+pub fn lstm_cell_backward_cpu<A: NdFloat>(
+    dh: &ArrayView2<A>,
+    dc: &ArrayView2<A>,
+    gates: &ArrayView2<A>,
+    c_prev: &ArrayView2<A>,
+    c: &ArrayView2<A>,
+    mask: Option<&ArrayView1<bool>>,
+) -> LstmCellGrads<A> {
+    let (batch, hidden) = c.dim();
+    let one = A::one();
+    let mut dz = Array2::zeros((batch, 4 * hidden));
+    let mut dh_prev = Array2::zeros((batch, hidden));
+    let mut dc_prev = Array2::zeros((batch, hidden));
+    for n in 0..batch {
+        for j in 0..hidden {
+            let (dh, dc) = (dh[[n, j]], dc[[n, j]]);
+            if !is_real(mask, n) {
+                dh_prev[[n, j]] = dh;
+                dc_prev[[n, j]] = dc;
+                continue;
+            }
+            let gate = |k: usize| gates[[n, k * hidden + j]];
+            let (i, f, g, o) = (gate(0), gate(1), gate(2), gate(3));
+            let tc = c[[n, j]].tanh();
+            let dct = dc + dh * o * (one - tc * tc);
+            dz[[n, j]] = dct * g * i * (one - i);
+            dz[[n, hidden + j]] = dct * c_prev[[n, j]] * f * (one - f);
+            dz[[n, 2 * hidden + j]] = dct * i * (one - g * g);
+            dz[[n, 3 * hidden + j]] = dh * tc * o * (one - o);
+            dc_prev[[n, j]] = dct * f;
+        }
+    }
+    LstmCellGrads {
+        dz,
+        dh_prev,
+        dc_prev,
+    }
+}
+
+/// Everything the forward pass keeps: gates `[T,B,4H]`, `c_all` and
+/// `h_all` `[T+1,B,H]` (slot 0 the zero initial state).
+#[derive(Clone, Debug)]
+pub struct LstmStates<A> {
+    pub gates: Array3<A>,
+    pub c_all: Array3<A>,
+    pub h_all: Array3<A>,
+}
+
+/// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step).
+pub fn lstm_forward_cpu<A: NdFloat>(
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    mask: Option<&ArrayView2<bool>>,
+) -> LstmStates<A> {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut states = LstmStates {
+        gates: Array3::zeros((steps, batch, 4 * hidden)),
+        c_all: Array3::zeros((steps + 1, batch, hidden)),
+        h_all: Array3::zeros((steps + 1, batch, hidden)),
+    };
+    for t in 0..steps {
+        let h_prev = states.h_all.index_axis(Axis(0), t).to_owned();
+        let c_prev = states.c_all.index_axis(Axis(0), t).to_owned();
+        let z = x.index_axis(Axis(0), t).dot(w) + h_prev.dot(u);
+        let mask_t = mask.map(|m| m.row(t));
+        let cell = lstm_cell_forward_cpu(
+            &z.view(),
+            b,
+            &c_prev.view(),
+            &h_prev.view(),
+            mask_t.as_ref(),
+        );
+        states.gates.index_axis_mut(Axis(0), t).assign(&cell.gates);
+        states.c_all.index_axis_mut(Axis(0), t + 1).assign(&cell.c);
+        states.h_all.index_axis_mut(Axis(0), t + 1).assign(&cell.h);
+    }
+    states
+}
+
+/// Gradients of a recurrent layer (LSTM or RNN) on the host: dx `[T,B,D]`,
+/// dW, dU, db.
+#[derive(Clone, Debug)]
+pub struct RecurrentCpuGrads<A> {
+    pub dx: Array3<A>,
+    pub dw: Array2<A>,
+    pub du: Array2<A>,
+    pub db: Array1<A>,
+}
+
+impl<A: NdFloat> RecurrentCpuGrads<A> {
+    /// Zero gradients; `gates` is the width of z (4H for the LSTM, H for the RNN).
+    pub fn zeros(dims: RecurrentDims, gates: usize) -> Self {
+        let RecurrentDims {
+            steps,
+            batch,
+            input,
+            hidden,
+        } = dims;
+        Self {
+            dx: Array3::zeros((steps, batch, input)),
+            dw: Array2::zeros((input, gates)),
+            du: Array2::zeros((hidden, gates)),
+            db: Array1::zeros(gates),
+        }
+    }
+}
+
+/// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
+/// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
+/// zero except its last slice).
+pub fn lstm_backward_cpu<A: NdFloat>(
+    grads: &mut RecurrentCpuGrads<A>,
+    dh_seq: &ArrayView3<A>,
+    states: &LstmStates<A>,
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    mask: Option<&ArrayView2<bool>>,
+) {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut dh = Array2::<A>::zeros((batch, hidden));
+    let mut dc = Array2::<A>::zeros((batch, hidden));
+    for t in (0..steps).rev() {
+        dh += &dh_seq.index_axis(Axis(0), t);
+        let mask_t = mask.map(|m| m.row(t));
+        let cell = lstm_cell_backward_cpu(
+            &dh.view(),
+            &dc.view(),
+            &states.gates.index_axis(Axis(0), t),
+            &states.c_all.index_axis(Axis(0), t),
+            &states.c_all.index_axis(Axis(0), t + 1),
+            mask_t.as_ref(),
+        );
+        let dz = &cell.dz;
+        grads.dw += &x.index_axis(Axis(0), t).t().dot(dz);
+        grads.du += &states.h_all.index_axis(Axis(0), t).t().dot(dz);
+        grads.db += &dz.sum_axis(Axis(0));
+        let mut dx_t = grads.dx.slice_mut(s![t, .., ..]);
+        dx_t += &dz.dot(&w.t());
+        dh = cell.dh_prev + dz.dot(&u.t());
+        dc = cell.dc_prev;
+    }
+}
+
+// ---------------------------------------------------------------- GPU
+
+static SHADER: Shader = crate::shader!("lstm");
+const WORKGROUP: u32 = 64;
+
+static GATES_FORWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "lstm_gates_forward",
+    bindings: &[
+        Access::Read,      // z
+        Access::Read,      // bias
+        Access::Read,      // mask
+        Access::ReadWrite, // gates
+        Access::ReadWrite, // c_all
+        Access::ReadWrite, // h_all
+        Access::ReadWrite, // h_last
+    ],
+};
+static GATES_BACKWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "lstm_gates_backward",
+    bindings: &[
+        Access::ReadWrite, // dz
+        Access::ReadWrite, // dh_carry
+        Access::ReadWrite, // dc_carry
+        Access::Read,      // dh_seq
+        Access::Read,      // dh_last
+        Access::Read,      // gates
+        Access::Read,      // c_all
+        Access::Read,      // mask
+    ],
+};
+static BIAS_BACKWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "lstm_bias_backward",
+    bindings: &[Access::ReadWrite, Access::Read],
+};
+
+/// Sizes of a recurrent layer: T, B, D (input features), H (units).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecurrentDims {
+    pub steps: usize,
+    pub batch: usize,
+    pub input: usize,
+    pub hidden: usize,
+}
+
+impl RecurrentDims {
+    pub fn new(steps: usize, batch: usize, input: usize, hidden: usize) -> Self {
+        Self {
+            steps,
+            batch,
+            input,
+            hidden,
+        }
+    }
+
+    pub(crate) fn check(&self, op: &str) -> Result<()> {
+        if self.steps == 0 || self.batch == 0 || self.input == 0 || self.hidden == 0 {
+            return Err(Error::shape(
+                op,
+                format!("every size must be > 0: {self:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The weights of a recurrent layer on the device: W `[D,G]`, U `[H,G]`,
+/// b `[G]`, with G = 4H (LSTM) or H (RNN).
+#[derive(Clone, Copy, Debug)]
+pub struct RecurrentWeights<'a> {
+    pub w: &'a GpuTensor,
+    pub u: &'a GpuTensor,
+    pub b: &'a GpuTensor,
+}
+
+/// Gradient buffers a recurrent backward accumulates into; `dx` `[T,B,D]`
+/// may be left out when the input needs no gradient.
+#[derive(Clone, Copy, Debug)]
+pub struct RecurrentGrads<'a> {
+    pub dx: Option<&'a GpuTensor>,
+    pub dw: &'a GpuTensor,
+    pub du: &'a GpuTensor,
+    pub db: &'a GpuTensor,
+}
+
+/// The incoming gradient of a recurrent layer's output: of every h_t
+/// (`seq`, `[T,B,H]`, `return_sequences`), of h_T (`last`, `[B,H]`), or both.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HiddenGrad<'a> {
+    pub seq: Option<&'a GpuTensor>,
+    pub last: Option<&'a GpuTensor>,
+}
+
+/// The mask's kind for the shaders (0 none, 1 u32, 2 f32), after checking
+/// that it holds `steps * batch` values.
+pub(crate) fn mask_kind(op: &str, mask: Option<&GpuTensor>, dims: RecurrentDims) -> Result<u32> {
+    let Some(m) = mask else { return Ok(0) };
+    expect_numel(op, "mask", &m.shape, dims.steps * dims.batch)?;
+    Ok(match m.dtype {
+        DType::U32 => 1,
+        DType::F32 => 2,
+    })
+}
+
+pub(crate) fn check_step(op: &str, step: usize, dims: RecurrentDims) -> Result<()> {
+    if step >= dims.steps {
+        return Err(Error::shape(
+            op,
+            format!("step {step} is outside a sequence of {} steps", dims.steps),
+        ));
+    }
+    Ok(())
+}
+
+/// The device buffers of one LSTM layer, allocated once; the dispatches
+/// built over them are recorded again every training step.
+#[derive(Debug)]
+pub struct LstmBuffers {
+    pub dims: RecurrentDims,
+    /// Pre-activations `[T,B,4H]`: `X·W`, then `+ h_{t-1}·U` per step.
+    pub z: GpuTensor,
+    /// Activated gates `[T,B,4H]` (i, f, g, o), saved for backward.
+    pub gates: GpuTensor,
+    /// `[T+1,B,H]`, slot 0 the zero initial state.
+    pub h_all: GpuTensor,
+    pub c_all: GpuTensor,
+    /// h_T `[B,H]`, written by the last step's gate kernel.
+    pub h_last: GpuTensor,
+    /// Backward scratch: dz `[T,B,4H]` and the carries into step t-1 `[B,H]`.
+    pub dz: GpuTensor,
+    pub dh_carry: GpuTensor,
+    pub dc_carry: GpuTensor,
+}
+
+impl LstmBuffers {
+    pub fn new(ctx: &GpuContext, dims: RecurrentDims) -> Result<Self> {
+        dims.check("lstm")?;
+        let RecurrentDims {
+            steps: t,
+            batch: b,
+            hidden: h,
+            ..
+        } = dims;
+        let f32 = DType::F32;
+        Ok(Self {
+            dims,
+            z: ctx.zeros(&[t, b, 4 * h], f32)?,
+            gates: ctx.zeros(&[t, b, 4 * h], f32)?,
+            h_all: ctx.zeros(&[t + 1, b, h], f32)?,
+            c_all: ctx.zeros(&[t + 1, b, h], f32)?,
+            h_last: ctx.zeros(&[b, h], f32)?,
+            dz: ctx.zeros(&[t, b, 4 * h], f32)?,
+            dh_carry: ctx.zeros(&[b, h], f32)?,
+            dc_carry: ctx.zeros(&[b, h], f32)?,
+        })
+    }
+}
+
+fn params(dims: RecurrentDims, step: usize, mask_kind: u32) -> LstmParams {
+    LstmParams {
+        batch: dims.batch as u32,
+        hidden: dims.hidden as u32,
+        step: step as u32,
+        steps: dims.steps as u32,
+        mask_kind,
+        ..LstmParams::default()
+    }
+}
+
+/// The gate kernel of step `step`: reads `z_t` (projection and recurrent
+/// part summed), adds `bias` `[4H]`, writes gates_t, c_t, h_t (slot t+1 of
+/// c_all, h_all), and h_last on the final step. Reads slot t of c_all
+/// (and of h_all on masked steps).
+pub fn lstm_gates_forward(
+    ctx: &GpuContext,
+    bufs: &LstmBuffers,
+    bias: &GpuTensor,
+    mask: Option<&GpuTensor>,
+    step: usize,
+) -> Result<Dispatch> {
+    let op = GATES_FORWARD.entry;
+    let dims = bufs.dims;
+    check_step(op, step, dims)?;
+    expect_numel(op, "bias", &bias.shape, 4 * dims.hidden)?;
+    let kind = mask_kind(op, mask, dims)?;
+    // Without a mask the binding is never read; any read-only buffer fills it.
+    let mask = mask.unwrap_or(bias);
+    ctx.prepare(
+        &GATES_FORWARD,
+        &[],
+        &params(dims, step, kind),
+        &[
+            &bufs.z,
+            bias,
+            mask,
+            &bufs.gates,
+            &bufs.c_all,
+            &bufs.h_all,
+            &bufs.h_last,
+        ],
+        Grid::linear(dims.batch * dims.hidden, WORKGROUP),
+    )
+}
+
+/// The gate backward kernel of step `step`: from the incoming `dh` (plus
+/// the carry from step t+1, except on the last step) and the dc carry,
+/// writes dz_t into `bufs.dz` and the carries into step t-1
+/// (`bufs.dh_carry` gets only the masked carry; `dz_t·Uᵀ` is added after).
+pub fn lstm_gates_backward(
+    ctx: &GpuContext,
+    bufs: &LstmBuffers,
+    dh: HiddenGrad,
+    mask: Option<&GpuTensor>,
+    step: usize,
+) -> Result<Dispatch> {
+    let op = GATES_BACKWARD.entry;
+    let dims = bufs.dims;
+    check_step(op, step, dims)?;
+    let (b, h) = (dims.batch, dims.hidden);
+    if let Some(seq) = dh.seq {
+        expect_numel(op, "dh_seq", &seq.shape, dims.steps * b * h)?;
+    }
+    if let Some(last) = dh.last {
+        expect_numel(op, "dh_last", &last.shape, b * h)?;
+    }
+    let kind = mask_kind(op, mask, dims)?;
+    let mut p = params(dims, step, kind);
+    p.has_seq = dh.seq.is_some() as u32;
+    p.has_last = dh.last.is_some() as u32;
+    // Absent inputs are never read; the read-only gates buffer fills them.
+    let stand_in = &bufs.gates;
+    ctx.prepare(
+        &GATES_BACKWARD,
+        &[],
+        &p,
+        &[
+            &bufs.dz,
+            &bufs.dh_carry,
+            &bufs.dc_carry,
+            dh.seq.unwrap_or(stand_in),
+            dh.last.unwrap_or(stand_in),
+            &bufs.gates,
+            &bufs.c_all,
+            mask.unwrap_or(stand_in),
+        ],
+        Grid::linear(b * h, WORKGROUP),
+    )
+}
+
+/// `db[c] += Σ_r dz[r, c]` over `rows` rows of `cols` columns (the bias
+/// gradient of every timestep at once). One invocation per column sums the
+/// rows in order, so the result is deterministic.
+pub fn lstm_bias_backward(
+    ctx: &GpuContext,
+    db: &GpuTensor,
+    dz: &GpuTensor,
+    rows: usize,
+    cols: usize,
+) -> Result<Dispatch> {
+    let op = BIAS_BACKWARD.entry;
+    expect_numel(op, "db", &db.shape, cols)?;
+    if dz.numel() < rows * cols {
+        return Err(Error::shape(
+            op,
+            format!(
+                "dz {:?} holds {} elements, needs {rows} rows of {cols}",
+                dz.shape,
+                dz.numel()
+            ),
+        ));
+    }
+    let p = LstmParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        ..LstmParams::default()
+    };
+    ctx.prepare(
+        &BIAS_BACKWARD,
+        &[],
+        &p,
+        &[db, dz],
+        Grid::linear(cols, WORKGROUP),
+    )
+}
+
+/// Checks x, W, U, b for a recurrent layer whose z is `gates` wide.
+pub(crate) fn check_weights(
+    op: &str,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    dims: RecurrentDims,
+    gates: usize,
+) -> Result<()> {
+    let RecurrentDims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = dims;
+    expect_numel(op, "x", &x.shape, steps * batch * input)?;
+    expect_numel(op, "W", &weights.w.shape, input * gates)?;
+    expect_numel(op, "U", &weights.u.shape, hidden * gates)?;
+    expect_numel(op, "b", &weights.b.shape, gates)
+}
+
+/// `Z = X·W` over all `T*B` rows at once (overwrites z).
+pub(crate) fn input_projection(
+    ctx: &GpuContext,
+    z: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    dims: RecurrentDims,
+    gates: usize,
+) -> Result<Dispatch> {
+    let rows = dims.steps * dims.batch;
+    matmul(
+        ctx,
+        Layout::AB,
+        z,
+        x,
+        w,
+        MatmulParams::new(rows, gates, dims.input),
+    )
+}
+
+/// `z_t += h_{t-1}·U` into step t's slice of z; `h_all` slot t is h_{t-1}.
+pub(crate) fn recurrent_projection(
+    ctx: &GpuContext,
+    z: &GpuTensor,
+    h_all: &GpuTensor,
+    u: &GpuTensor,
+    dims: RecurrentDims,
+    gates: usize,
+    step: usize,
+) -> Result<Dispatch> {
+    let (b, h) = (dims.batch, dims.hidden);
+    matmul(
+        ctx,
+        Layout::AB,
+        z,
+        h_all,
+        u,
+        MatmulParams::new(b, gates, h)
+            .accumulate()
+            .offsets(step * b * h, 0, step * b * gates),
+    )
+}
+
+/// `dh_{t-1} += dz_t·Uᵀ` into the dh carry.
+pub(crate) fn recurrent_backward(
+    ctx: &GpuContext,
+    dh_carry: &GpuTensor,
+    dz: &GpuTensor,
+    u: &GpuTensor,
+    dims: RecurrentDims,
+    gates: usize,
+    step: usize,
+) -> Result<Dispatch> {
+    let (b, h) = (dims.batch, dims.hidden);
+    matmul(
+        ctx,
+        Layout::ABt,
+        dh_carry,
+        dz,
+        u,
+        MatmulParams::new(b, h, gates)
+            .accumulate()
+            .offsets(step * b * gates, 0, 0),
+    )
+}
+
+/// The weight and input gradients of a recurrent layer from dz of every
+/// step at once (K = T*B rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`,
+/// `db += Σ dZ`, `dx += dZ·Wᵀ`. The width of z is `dz.numel() / (T*B)`.
+pub(crate) fn weight_gradients(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dz: &GpuTensor,
+    x: &GpuTensor,
+    h_all: &GpuTensor,
+    w: &GpuTensor,
+    dims: RecurrentDims,
+) -> Result<Vec<Dispatch>> {
+    let op = "recurrent_weight_gradients";
+    let rows = dims.steps * dims.batch;
+    let gates = dz.numel() / rows;
+    expect_numel(op, "dW", &grads.dw.shape, dims.input * gates)?;
+    expect_numel(op, "dU", &grads.du.shape, dims.hidden * gates)?;
+    let mut d = vec![
+        matmul(
+            ctx,
+            Layout::AtB,
+            grads.dw,
+            x,
+            dz,
+            MatmulParams::new(dims.input, gates, rows).accumulate(),
+        )?,
+        matmul(
+            ctx,
+            Layout::AtB,
+            grads.du,
+            h_all,
+            dz,
+            MatmulParams::new(dims.hidden, gates, rows).accumulate(),
+        )?,
+        lstm_bias_backward(ctx, grads.db, dz, rows, gates)?,
+    ];
+    if let Some(dx) = grads.dx {
+        expect_numel(op, "dx", &dx.shape, rows * dims.input)?;
+        d.push(matmul(
+            ctx,
+            Layout::ABt,
+            dx,
+            dz,
+            w,
+            MatmulParams::new(rows, dims.input, gates).accumulate(),
+        )?);
+    }
+    Ok(d)
+}
+
+/// The whole forward pass over x `[T,B,D]`: fills `bufs.z`, `gates`,
+/// `c_all`, `h_all` and `h_last`. Record the returned dispatches in order,
+/// in one `ctx.run`. Slot 0 of h_all and c_all must hold the zero initial
+/// state (as [`LstmBuffers::new`] leaves it; nothing writes it).
+pub fn lstm_forward_sequence(
+    ctx: &GpuContext,
+    bufs: &LstmBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "lstm_forward_sequence";
+    let dims = bufs.dims;
+    let gates = 4 * dims.hidden;
+    check_weights(op, x, weights, dims, gates)?;
+    let mut d = Vec::with_capacity(2 * dims.steps + 1);
+    d.push(input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?);
+    for t in 0..dims.steps {
+        // h_0 = 0: the first step has no recurrent term.
+        if t > 0 {
+            d.push(recurrent_projection(
+                ctx,
+                &bufs.z,
+                &bufs.h_all,
+                weights.u,
+                dims,
+                gates,
+                t,
+            )?);
+        }
+        d.push(lstm_gates_forward(ctx, bufs, weights.b, mask, t)?);
+    }
+    Ok(d)
+}
+
+/// The whole backward pass: accumulates dx (if given), dW, dU and db from
+/// the incoming gradient of the hidden states and what forward left in
+/// `bufs`. Record the returned dispatches in order, in one `ctx.run`,
+/// after the forward ones.
+pub fn lstm_backward_sequence(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &LstmBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "lstm_backward_sequence";
+    let dims = bufs.dims;
+    let gates = 4 * dims.hidden;
+    check_weights(op, x, weights, dims, gates)?;
+    if dh.seq.is_none() && dh.last.is_none() {
+        return Err(Error::shape(op, "no incoming gradient (seq or last)"));
+    }
+    let mut d = Vec::with_capacity(2 * dims.steps + 4);
+    for t in (0..dims.steps).rev() {
+        d.push(lstm_gates_backward(ctx, bufs, dh, mask, t)?);
+        // dh_0 is not needed: h_0 is the constant initial state.
+        if t > 0 {
+            d.push(recurrent_backward(
+                ctx,
+                &bufs.dh_carry,
+                &bufs.dz,
+                weights.u,
+                dims,
+                gates,
+                t,
+            )?);
+        }
+    }
+    d.extend(weight_gradients(
+        ctx,
+        grads,
+        &bufs.dz,
+        x,
+        &bufs.h_all,
+        weights.w,
+        dims,
+    )?);
+    Ok(d)
+}
+
+// ---------------------------------------------------------------- autograd rule
+//
+// Saves: x (the layer's input), and in `LstmBuffers` the gates, c_all and
+// h_all of the forward pass. Backward: `lstm_backward_sequence`, i.e. per
+// step `lstm_gates_backward` + `matmul_abt` (dh carry), then `matmul_atb`
+// (dW, dU), `lstm_bias_backward` (db) and `matmul_abt` (dx). Outputs:
+// `h_last` (`return_sequences=False`) or h_all slots 1..=T.

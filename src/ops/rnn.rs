@@ -1,0 +1,384 @@
+//! Vanilla RNN with Keras `SimpleRNN` semantics:
+//! `h_t = tanh(x_t·W + h_{t-1}·U + b)`, `h_0 = 0`; W `[D,H]`, U `[H,H]`, b `[H]`.
+//!
+//! Layouts are those of `ops::lstm` (time-major): x `[T,B,D]`, mask `[T,B]`
+//! (u32 or f32, nonzero = real step; a masked step carries h through
+//! unchanged, forward and backward), z and dz `[T,B,H]`, h_all `[T+1,B,H]`
+//! with slot 0 the zero initial state, h_last `[B,H]`.
+//!
+//! GPU forward ([`rnn_forward_sequence`]): one batched input projection
+//! `Z = X·W`, then per step `z_t += h_{t-1}·U` and [`rnn_cell_forward`]
+//! (adds b, tanh). Backward ([`rnn_backward_sequence`]): per step, last to
+//! first, [`rnn_cell_backward`] then `dh_{t-1} += dz_t·Uᵀ`; then
+//! `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`
+//! (`ops::lstm::lstm_bias_backward`), `dx += dZ·Wᵀ` over all `T*B` rows.
+//! The sizes, weight and gradient bundles come from `ops::lstm`.
+
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFloat};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
+use crate::ops::lstm::{
+    check_step, check_weights, input_projection, mask_kind, recurrent_backward,
+    recurrent_projection, weight_gradients, HiddenGrad, RecurrentCpuGrads, RecurrentDims,
+    RecurrentGrads, RecurrentWeights,
+};
+use crate::tensor::{expect_numel, DType};
+
+/// Uniform parameters, mirrored by `Params` in `shaders/rnn.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RnnParams {
+    pub batch: u32,
+    pub hidden: u32,
+    /// The timestep this dispatch handles.
+    pub step: u32,
+    pub steps: u32,
+    /// 0: no mask, 1: u32 mask, 2: f32 mask.
+    pub mask_kind: u32,
+    /// Backward: an incoming gradient for every h_t (`return_sequences`).
+    pub has_seq: u32,
+    /// Backward: an incoming gradient for h_T.
+    pub has_last: u32,
+    pub _pad: u32,
+}
+
+// ---------------------------------------------------------------- CPU reference
+
+fn is_real(mask: Option<&ArrayView1<bool>>, n: usize) -> bool {
+    mask.is_none_or(|m| m[n])
+}
+
+/// One step of the cell kernel: `z` `[B,H]` holds `x_t·W + h_{t-1}·U`
+/// (bias not yet added); `mask` `[B]`, true = real step. Returns h_t.
+pub fn rnn_cell_forward_cpu<A: NdFloat>(
+    z: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    h_prev: &ArrayView2<A>,
+    mask: Option<&ArrayView1<bool>>,
+) -> Array2<A> {
+    Array2::from_shape_fn(h_prev.raw_dim(), |(n, j)| {
+        if is_real(mask, n) {
+            (z[[n, j]] + b[j]).tanh()
+        } else {
+            h_prev[[n, j]]
+        }
+    })
+}
+
+/// One step backward: `dz` `[B,H]` and the masked carry into dh_{t-1}
+/// (0 on real steps; `dz·Uᵀ` is added separately).
+#[derive(Clone, Debug)]
+pub struct RnnCellGrads<A> {
+    pub dz: Array2<A>,
+    pub dh_prev: Array2<A>,
+}
+
+/// One step of the cell backward kernel from the total `dh` of h_t and the
+/// saved h_t.
+pub fn rnn_cell_backward_cpu<A: NdFloat>(
+    dh: &ArrayView2<A>,
+    h: &ArrayView2<A>,
+    mask: Option<&ArrayView1<bool>>,
+) -> RnnCellGrads<A> {
+    let mut dz = Array2::zeros(h.raw_dim());
+    let mut dh_prev = Array2::zeros(h.raw_dim());
+    for ((n, j), &g) in dh.indexed_iter() {
+        if is_real(mask, n) {
+            dz[[n, j]] = g * (A::one() - h[[n, j]] * h[[n, j]]);
+        } else {
+            dh_prev[[n, j]] = g;
+        }
+    }
+    RnnCellGrads { dz, dh_prev }
+}
+
+/// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step).
+/// Returns h_all `[T+1,B,H]`, slot 0 the zero initial state.
+pub fn rnn_forward_cpu<A: NdFloat>(
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    mask: Option<&ArrayView2<bool>>,
+) -> Array3<A> {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut h_all = Array3::zeros((steps + 1, batch, hidden));
+    for t in 0..steps {
+        let h_prev = h_all.index_axis(Axis(0), t).to_owned();
+        let z = x.index_axis(Axis(0), t).dot(w) + h_prev.dot(u);
+        let mask_t = mask.map(|m| m.row(t));
+        let h = rnn_cell_forward_cpu(&z.view(), b, &h_prev.view(), mask_t.as_ref());
+        h_all.index_axis_mut(Axis(0), t + 1).assign(&h);
+    }
+    h_all
+}
+
+/// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
+/// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
+/// zero except its last slice).
+pub fn rnn_backward_cpu<A: NdFloat>(
+    grads: &mut RecurrentCpuGrads<A>,
+    dh_seq: &ArrayView3<A>,
+    h_all: &ArrayView3<A>,
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    mask: Option<&ArrayView2<bool>>,
+) {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut dh = Array2::<A>::zeros((batch, hidden));
+    for t in (0..steps).rev() {
+        dh += &dh_seq.index_axis(Axis(0), t);
+        let mask_t = mask.map(|m| m.row(t));
+        let cell = rnn_cell_backward_cpu(
+            &dh.view(),
+            &h_all.index_axis(Axis(0), t + 1),
+            mask_t.as_ref(),
+        );
+        let dz = &cell.dz;
+        grads.dw += &x.index_axis(Axis(0), t).t().dot(dz);
+        grads.du += &h_all.index_axis(Axis(0), t).t().dot(dz);
+        grads.db += &dz.sum_axis(Axis(0));
+        let mut dx_t = grads.dx.slice_mut(s![t, .., ..]);
+        dx_t += &dz.dot(&w.t());
+        dh = cell.dh_prev + dz.dot(&u.t());
+    }
+}
+
+// ---------------------------------------------------------------- GPU
+
+static SHADER: Shader = crate::shader!("rnn");
+const WORKGROUP: u32 = 64;
+
+static CELL_FORWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "rnn_cell_forward",
+    bindings: &[
+        Access::Read,      // z
+        Access::Read,      // bias
+        Access::Read,      // mask
+        Access::ReadWrite, // h_all
+        Access::ReadWrite, // h_last
+    ],
+};
+static CELL_BACKWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "rnn_cell_backward",
+    bindings: &[
+        Access::ReadWrite, // dz
+        Access::ReadWrite, // dh_carry
+        Access::Read,      // dh_seq
+        Access::Read,      // dh_last
+        Access::Read,      // h_all
+        Access::Read,      // mask
+    ],
+};
+
+/// The device buffers of one RNN layer, allocated once; the dispatches
+/// built over them are recorded again every training step.
+#[derive(Debug)]
+pub struct RnnBuffers {
+    pub dims: RecurrentDims,
+    /// Pre-activations `[T,B,H]`: `X·W`, then `+ h_{t-1}·U` per step.
+    pub z: GpuTensor,
+    /// `[T+1,B,H]`, slot 0 the zero initial state; saved for backward.
+    pub h_all: GpuTensor,
+    /// h_T `[B,H]`, written by the last step's cell kernel.
+    pub h_last: GpuTensor,
+    /// Backward scratch: dz `[T,B,H]` and the carry into step t-1 `[B,H]`.
+    pub dz: GpuTensor,
+    pub dh_carry: GpuTensor,
+}
+
+impl RnnBuffers {
+    pub fn new(ctx: &GpuContext, dims: RecurrentDims) -> Result<Self> {
+        dims.check("rnn")?;
+        let RecurrentDims {
+            steps: t,
+            batch: b,
+            hidden: h,
+            ..
+        } = dims;
+        let f32 = DType::F32;
+        Ok(Self {
+            dims,
+            z: ctx.zeros(&[t, b, h], f32)?,
+            h_all: ctx.zeros(&[t + 1, b, h], f32)?,
+            h_last: ctx.zeros(&[b, h], f32)?,
+            dz: ctx.zeros(&[t, b, h], f32)?,
+            dh_carry: ctx.zeros(&[b, h], f32)?,
+        })
+    }
+}
+
+fn params(dims: RecurrentDims, step: usize, mask_kind: u32) -> RnnParams {
+    RnnParams {
+        batch: dims.batch as u32,
+        hidden: dims.hidden as u32,
+        step: step as u32,
+        steps: dims.steps as u32,
+        mask_kind,
+        ..RnnParams::default()
+    }
+}
+
+/// The cell kernel of step `step`: `h_t = tanh(z_t + bias)` into slot t+1 of
+/// h_all (slot t carried on masked steps), and h_last on the final step.
+pub fn rnn_cell_forward(
+    ctx: &GpuContext,
+    bufs: &RnnBuffers,
+    bias: &GpuTensor,
+    mask: Option<&GpuTensor>,
+    step: usize,
+) -> Result<Dispatch> {
+    let op = CELL_FORWARD.entry;
+    let dims = bufs.dims;
+    check_step(op, step, dims)?;
+    expect_numel(op, "bias", &bias.shape, dims.hidden)?;
+    let kind = mask_kind(op, mask, dims)?;
+    // Without a mask the binding is never read; any read-only buffer fills it.
+    let mask = mask.unwrap_or(bias);
+    ctx.prepare(
+        &CELL_FORWARD,
+        &[],
+        &params(dims, step, kind),
+        &[&bufs.z, bias, mask, &bufs.h_all, &bufs.h_last],
+        Grid::linear(dims.batch * dims.hidden, WORKGROUP),
+    )
+}
+
+/// The cell backward kernel of step `step`: from the incoming `dh` (plus the
+/// carry from step t+1, except on the last step) writes dz_t into `bufs.dz`
+/// and the masked carry into `bufs.dh_carry` (`dz_t·Uᵀ` is added after).
+pub fn rnn_cell_backward(
+    ctx: &GpuContext,
+    bufs: &RnnBuffers,
+    dh: HiddenGrad,
+    mask: Option<&GpuTensor>,
+    step: usize,
+) -> Result<Dispatch> {
+    let op = CELL_BACKWARD.entry;
+    let dims = bufs.dims;
+    check_step(op, step, dims)?;
+    let (b, h) = (dims.batch, dims.hidden);
+    if let Some(seq) = dh.seq {
+        expect_numel(op, "dh_seq", &seq.shape, dims.steps * b * h)?;
+    }
+    if let Some(last) = dh.last {
+        expect_numel(op, "dh_last", &last.shape, b * h)?;
+    }
+    let kind = mask_kind(op, mask, dims)?;
+    let mut p = params(dims, step, kind);
+    p.has_seq = dh.seq.is_some() as u32;
+    p.has_last = dh.last.is_some() as u32;
+    // Absent inputs are never read; the read-only h_all fills them.
+    let stand_in = &bufs.h_all;
+    ctx.prepare(
+        &CELL_BACKWARD,
+        &[],
+        &p,
+        &[
+            &bufs.dz,
+            &bufs.dh_carry,
+            dh.seq.unwrap_or(stand_in),
+            dh.last.unwrap_or(stand_in),
+            &bufs.h_all,
+            mask.unwrap_or(stand_in),
+        ],
+        Grid::linear(b * h, WORKGROUP),
+    )
+}
+
+/// The whole forward pass over x `[T,B,D]`: fills `bufs.z`, `h_all` and
+/// `h_last`. Record the returned dispatches in order, in one `ctx.run`.
+/// Slot 0 of h_all must hold the zero initial state (as
+/// [`RnnBuffers::new`] leaves it; nothing writes it).
+pub fn rnn_forward_sequence(
+    ctx: &GpuContext,
+    bufs: &RnnBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "rnn_forward_sequence";
+    let dims = bufs.dims;
+    let gates = dims.hidden;
+    check_weights(op, x, weights, dims, gates)?;
+    let mut d = Vec::with_capacity(2 * dims.steps + 1);
+    d.push(input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?);
+    for t in 0..dims.steps {
+        // h_0 = 0: the first step has no recurrent term.
+        if t > 0 {
+            d.push(recurrent_projection(
+                ctx,
+                &bufs.z,
+                &bufs.h_all,
+                weights.u,
+                dims,
+                gates,
+                t,
+            )?);
+        }
+        d.push(rnn_cell_forward(ctx, bufs, weights.b, mask, t)?);
+    }
+    Ok(d)
+}
+
+/// The whole backward pass: accumulates dx (if given), dW, dU and db from
+/// the incoming gradient of the hidden states and what forward left in
+/// `bufs`. Record the returned dispatches in order, in one `ctx.run`,
+/// after the forward ones.
+pub fn rnn_backward_sequence(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &RnnBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "rnn_backward_sequence";
+    let dims = bufs.dims;
+    let gates = dims.hidden;
+    check_weights(op, x, weights, dims, gates)?;
+    if dh.seq.is_none() && dh.last.is_none() {
+        return Err(Error::shape(op, "no incoming gradient (seq or last)"));
+    }
+    let mut d = Vec::with_capacity(2 * dims.steps + 4);
+    for t in (0..dims.steps).rev() {
+        d.push(rnn_cell_backward(ctx, bufs, dh, mask, t)?);
+        // dh_0 is not needed: h_0 is the constant initial state.
+        if t > 0 {
+            d.push(recurrent_backward(
+                ctx,
+                &bufs.dh_carry,
+                &bufs.dz,
+                weights.u,
+                dims,
+                gates,
+                t,
+            )?);
+        }
+    }
+    d.extend(weight_gradients(
+        ctx,
+        grads,
+        &bufs.dz,
+        x,
+        &bufs.h_all,
+        weights.w,
+        dims,
+    )?);
+    Ok(d)
+}
+
+// ---------------------------------------------------------------- autograd rule
+//
+// Saves: x (the layer's input) and, in `RnnBuffers`, h_all. Backward:
+// `rnn_backward_sequence`, i.e. per step `rnn_cell_backward` + `matmul_abt`
+// (dh carry), then `matmul_atb` (dW, dU), `lstm_bias_backward` (db) and
+// `matmul_abt` (dx). Outputs: `h_last` (`return_sequences=False`) or h_all
+// slots 1..=T.

@@ -1,0 +1,634 @@
+//! RNN kernels against the CPU reference (the cell kernels one step at a
+//! time, whole sequences forward and backward, with masks), and the CPU
+//! backward against finite differences in f64.
+//!
+//! GPU results are compared with the CPU reference computed in f64 from the
+//! same f32 inputs, so the tolerance covers the GPU's f32 error only.
+
+mod common;
+
+use common::*;
+use crossmodal::ops::lstm::{
+    HiddenGrad, RecurrentCpuGrads, RecurrentDims, RecurrentGrads, RecurrentWeights,
+};
+use crossmodal::ops::rnn::{self as op, *};
+use crossmodal::{GpuContext, GpuTensor};
+use ndarray::{s, Array1, Array2, Array3, Axis, Ix1, Ix2, Ix3};
+
+// ---------------------------------------------------------------- helpers
+
+fn arr3(shape: [usize; 3], seed: u64, scale: f32) -> Array3<f32> {
+    (random(&shape, seed) * scale)
+        .into_dimensionality::<Ix3>()
+        .unwrap()
+}
+fn arr2(shape: [usize; 2], seed: u64, scale: f32) -> Array2<f32> {
+    (random(&shape, seed) * scale)
+        .into_dimensionality::<Ix2>()
+        .unwrap()
+}
+fn arr1(n: usize, seed: u64, scale: f32) -> Array1<f32> {
+    (random(&[n], seed) * scale)
+        .into_dimensionality::<Ix1>()
+        .unwrap()
+}
+
+fn up<D: ndarray::Dimension>(ctx: &GpuContext, a: &ndarray::Array<f32, D>) -> GpuTensor {
+    let a = a.as_standard_layout();
+    ctx.upload_f32(a.as_slice().unwrap(), a.shape()).unwrap()
+}
+
+fn f64v<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> ndarray::Array<f64, D> {
+    a.mapv(|v| v as f64)
+}
+
+fn flat<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> Vec<f32> {
+    a.as_standard_layout().iter().map(|&v| v as f32).collect()
+}
+
+fn flat32<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> Vec<f32> {
+    a.as_standard_layout().iter().copied().collect()
+}
+
+fn run(ctx: &GpuContext, d: &[crossmodal::gpu::Dispatch]) {
+    let refs: Vec<_> = d.iter().collect();
+    ctx.run(&refs).unwrap();
+}
+
+/// A time-major `[T,B]` mask (1 = real step) covering the cases Keras
+/// meets: pre-padding (masked at the start), a gap in the middle, no
+/// padding, post-padding, and an all-padding sample.
+fn mask_pattern(steps: usize, batch: usize) -> Vec<u32> {
+    let mut m = vec![0u32; steps * batch];
+    for t in 0..steps {
+        for b in 0..batch {
+            let real = match b % 5 {
+                0 => t > steps / 3,
+                1 => !(t + 1 == steps / 2 || t == steps / 2),
+                2 => true,
+                3 => t + 2 < steps,
+                _ => false,
+            };
+            m[t * batch + b] = real as u32;
+        }
+    }
+    m
+}
+
+fn mask_bool(mask: &[u32], steps: usize, batch: usize) -> Array2<bool> {
+    Array2::from_shape_fn((steps, batch), |(t, b)| mask[t * batch + b] != 0)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mask {
+    None,
+    U32,
+    F32,
+}
+
+fn upload_mask(
+    ctx: &GpuContext,
+    kind: Mask,
+    m: &[u32],
+    steps: usize,
+    batch: usize,
+) -> Option<GpuTensor> {
+    match kind {
+        Mask::None => None,
+        Mask::U32 => {
+            // Nonzero = real: token ids work as the mask as they are.
+            let ids: Vec<u32> = (0..m.len())
+                .map(|i| m[i] * (1 + (i as u32 * 7919) % 9999))
+                .collect();
+            Some(ctx.upload_u32(&ids, &[steps, batch]).unwrap())
+        }
+        Mask::F32 => {
+            let f: Vec<f32> = m.iter().map(|&v| v as f32).collect();
+            Some(ctx.upload_f32(&f, &[steps, batch]).unwrap())
+        }
+    }
+}
+
+/// Inputs of one RNN layer with weights of Keras-like scale (U's spectral
+/// radius below 1, so the f32 error does not grow along 100 steps).
+struct Case {
+    dims: RecurrentDims,
+    x: Array3<f32>,
+    w: Array2<f32>,
+    u: Array2<f32>,
+    b: Array1<f32>,
+    mask: Vec<u32>,
+}
+
+impl Case {
+    fn new(dims: RecurrentDims, seed: u64) -> Self {
+        let RecurrentDims {
+            steps,
+            batch,
+            input,
+            hidden,
+        } = dims;
+        Self {
+            dims,
+            x: arr3([steps, batch, input], seed, 1.0),
+            w: arr2(
+                [input, hidden],
+                seed + 1,
+                (6.0 / (input + hidden) as f32).sqrt(),
+            ),
+            u: arr2([hidden, hidden], seed + 2, 1.0 / (hidden as f32).sqrt()),
+            b: arr1(hidden, seed + 3, 0.5),
+            mask: mask_pattern(steps, batch),
+        }
+    }
+
+    fn mask_cpu(&self, kind: Mask) -> Option<Array2<bool>> {
+        (kind != Mask::None).then(|| mask_bool(&self.mask, self.dims.steps, self.dims.batch))
+    }
+
+    fn forward_cpu(&self, kind: Mask) -> Array3<f64> {
+        let mask = self.mask_cpu(kind);
+        rnn_forward_cpu(
+            &f64v(&self.x).view(),
+            &f64v(&self.w).view(),
+            &f64v(&self.u).view(),
+            &f64v(&self.b).view(),
+            mask.as_ref().map(|m| m.view()).as_ref(),
+        )
+    }
+}
+
+// ---------------------------------------------------------------- cell kernels
+
+/// T=3, B=5, H=13: B*H = 65, one past the 64-lane workgroup.
+const CELL_DIMS: RecurrentDims = RecurrentDims {
+    steps: 3,
+    batch: 5,
+    input: 1,
+    hidden: 13,
+};
+
+fn check_cell_forward(step: usize, kind: Mask) {
+    let Some(ctx) = gpu() else { return };
+    let dims = CELL_DIMS;
+    let (t_n, b_n, h_n) = (dims.steps, dims.batch, dims.hidden);
+    let bufs = RnnBuffers::new(ctx, dims).unwrap();
+    let z = arr3([t_n, b_n, h_n], 20, 3.0);
+    let bias = arr1(h_n, 21, 1.0);
+    let h_all = arr3([t_n + 1, b_n, h_n], 23, 1.0);
+    let h_last0 = arr2([b_n, h_n], 25, 1.0);
+    for (buf, val) in [
+        (&bufs.z, flat32(&z)),
+        (&bufs.h_all, flat32(&h_all)),
+        (&bufs.h_last, flat32(&h_last0)),
+    ] {
+        ctx.write_f32(buf, &val).unwrap();
+    }
+    let mask = mask_pattern(t_n, b_n);
+    let gmask = upload_mask(ctx, kind, &mask, t_n, b_n);
+    let gbias = up(ctx, &bias);
+    run(
+        ctx,
+        &[op::rnn_cell_forward(ctx, &bufs, &gbias, gmask.as_ref(), step).unwrap()],
+    );
+
+    let mb = mask_bool(&mask, t_n, b_n);
+    let mrow = mb.row(step);
+    let h = rnn_cell_forward_cpu(
+        &f64v(&z).index_axis(Axis(0), step),
+        &f64v(&bias).view(),
+        &f64v(&h_all).index_axis(Axis(0), step),
+        (kind != Mask::None).then_some(&mrow),
+    );
+    // Only step t's slot changes.
+    let mut want_h = f64v(&h_all);
+    want_h.index_axis_mut(Axis(0), step + 1).assign(&h);
+    let want_last = if step + 1 == t_n { h } else { f64v(&h_last0) };
+    let what = |s: &str| format!("rnn_cell_forward step {step} {kind:?}: {s}");
+    // tanh differs by a few ulps between implementations.
+    let (rtol, atol) = (1e-5, 1e-6);
+    let read = |t: &GpuTensor| ctx.read_f32(t).unwrap();
+    assert_close(
+        &what("h_all"),
+        &read(&bufs.h_all),
+        &flat(&want_h),
+        rtol,
+        atol,
+    );
+    assert_close(
+        &what("h_last"),
+        &read(&bufs.h_last),
+        &flat(&want_last),
+        rtol,
+        atol,
+    );
+}
+
+#[test]
+fn rnn_cell_forward() {
+    check_cell_forward(0, Mask::None);
+    check_cell_forward(1, Mask::U32);
+    check_cell_forward(2, Mask::F32);
+    check_cell_forward(2, Mask::None);
+}
+
+fn check_cell_backward(step: usize, kind: Mask, seq: bool, last: bool) {
+    let Some(ctx) = gpu() else { return };
+    let dims = CELL_DIMS;
+    let (t_n, b_n, h_n) = (dims.steps, dims.batch, dims.hidden);
+    let bufs = RnnBuffers::new(ctx, dims).unwrap();
+    // Saved h in (-1,1), as tanh leaves it.
+    let h_all = arr3([t_n + 1, b_n, h_n], 32, 1.0);
+    let dz0 = arr3([t_n, b_n, h_n], 33, 1.0);
+    let dh_carry = arr2([b_n, h_n], 34, 1.0);
+    let dh_seq = arr3([t_n, b_n, h_n], 36, 1.0);
+    let dh_last = arr2([b_n, h_n], 37, 1.0);
+    for (buf, val) in [
+        (&bufs.h_all, flat32(&h_all)),
+        (&bufs.dz, flat32(&dz0)),
+        (&bufs.dh_carry, flat32(&dh_carry)),
+    ] {
+        ctx.write_f32(buf, &val).unwrap();
+    }
+    let mask = mask_pattern(t_n, b_n);
+    let gmask = upload_mask(ctx, kind, &mask, t_n, b_n);
+    let gseq = up(ctx, &dh_seq);
+    let glast = up(ctx, &dh_last);
+    let dh = HiddenGrad {
+        seq: seq.then_some(&gseq),
+        last: last.then_some(&glast),
+    };
+    run(
+        ctx,
+        &[op::rnn_cell_backward(ctx, &bufs, dh, gmask.as_ref(), step).unwrap()],
+    );
+
+    // The carry from step t+1 does not exist on the last step.
+    let first = step + 1 == t_n;
+    let mut dh_in = if first {
+        Array2::zeros((b_n, h_n))
+    } else {
+        f64v(&dh_carry)
+    };
+    if seq {
+        dh_in += &f64v(&dh_seq).index_axis(Axis(0), step);
+    }
+    if first && last {
+        dh_in += &f64v(&dh_last);
+    }
+    let mb = mask_bool(&mask, t_n, b_n);
+    let mrow = mb.row(step);
+    let cell = rnn_cell_backward_cpu(
+        &dh_in.view(),
+        &f64v(&h_all).index_axis(Axis(0), step + 1),
+        (kind != Mask::None).then_some(&mrow),
+    );
+    let mut want_dz = f64v(&dz0);
+    want_dz.index_axis_mut(Axis(0), step).assign(&cell.dz);
+    let what =
+        |s: &str| format!("rnn_cell_backward step {step} {kind:?} seq {seq} last {last}: {s}");
+    let (rtol, atol) = (1e-5, 1e-6);
+    let read = |t: &GpuTensor| ctx.read_f32(t).unwrap();
+    assert_close(&what("dz"), &read(&bufs.dz), &flat(&want_dz), rtol, atol);
+    assert_close(
+        &what("dh_carry"),
+        &read(&bufs.dh_carry),
+        &flat(&cell.dh_prev),
+        rtol,
+        atol,
+    );
+}
+
+#[test]
+fn rnn_cell_backward() {
+    check_cell_backward(2, Mask::U32, true, true);
+    check_cell_backward(2, Mask::None, false, true);
+    check_cell_backward(1, Mask::F32, true, false);
+    check_cell_backward(0, Mask::U32, true, true);
+    check_cell_backward(0, Mask::None, false, true);
+}
+
+// ---------------------------------------------------------------- sequences
+
+/// On lavapipe the worst case needs about 5e-6 rel + 1e-6 abs (the abs
+/// part for dW entries that are sums over 3200 rows with cancellation); the
+/// margin allows for other summation orders in the matmul kernel and for
+/// other drivers' tanh.
+const SEQ_RTOL: f32 = 5e-5;
+const SEQ_ATOL: f32 = 5e-6;
+
+fn check_forward_sequence(dims: RecurrentDims, kind: Mask, seed: u64) {
+    let Some(ctx) = gpu() else { return };
+    let case = Case::new(dims, seed);
+    let want = case.forward_cpu(kind);
+    let bufs = RnnBuffers::new(ctx, dims).unwrap();
+    let (gx, gw, gu, gb) = (
+        up(ctx, &case.x),
+        up(ctx, &case.w),
+        up(ctx, &case.u),
+        up(ctx, &case.b),
+    );
+    let gmask = upload_mask(ctx, kind, &case.mask, dims.steps, dims.batch);
+    let weights = RecurrentWeights {
+        w: &gw,
+        u: &gu,
+        b: &gb,
+    };
+    let fwd = op::rnn_forward_sequence(ctx, &bufs, &gx, &weights, gmask.as_ref()).unwrap();
+    // Run twice: the dispatches are built once and recorded every step.
+    run(ctx, &fwd);
+    run(ctx, &fwd);
+    let what = |s: &str| format!("rnn_forward_sequence {dims:?} {kind:?}: {s}");
+    let read = |t: &GpuTensor| ctx.read_f32(t).unwrap();
+    let last = want.index_axis(Axis(0), dims.steps).to_owned();
+    assert_close(
+        &what("h_last"),
+        &read(&bufs.h_last),
+        &flat(&last),
+        SEQ_RTOL,
+        SEQ_ATOL,
+    );
+    assert_close(
+        &what("h_all"),
+        &read(&bufs.h_all),
+        &flat(&want),
+        SEQ_RTOL,
+        SEQ_ATOL,
+    );
+}
+
+/// Which incoming gradients the backward test feeds.
+#[derive(Clone, Copy, Debug)]
+struct Incoming {
+    seq: bool,
+    last: bool,
+}
+
+fn check_backward_sequence(
+    dims: RecurrentDims,
+    kind: Mask,
+    incoming: Incoming,
+    with_dx: bool,
+    seed: u64,
+) {
+    let Some(ctx) = gpu() else { return };
+    let RecurrentDims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = dims;
+    let case = Case::new(dims, seed);
+    let h_all = case.forward_cpu(kind);
+    let dh_seq = arr3([steps, batch, hidden], seed + 10, 1.0);
+    let dh_last = arr2([batch, hidden], seed + 11, 1.0);
+    // Accumulation: every gradient buffer starts non-zero.
+    let dx0 = arr3([steps, batch, input], seed + 12, 1.0);
+    let dw0 = arr2([input, hidden], seed + 13, 1.0);
+    let du0 = arr2([hidden, hidden], seed + 14, 1.0);
+    let db0 = arr1(hidden, seed + 15, 1.0);
+
+    let mut total = Array3::<f64>::zeros((steps, batch, hidden));
+    if incoming.seq {
+        total += &f64v(&dh_seq);
+    }
+    if incoming.last {
+        let mut l = total.index_axis_mut(Axis(0), steps - 1);
+        l += &f64v(&dh_last);
+    }
+    let mut want = RecurrentCpuGrads {
+        dx: f64v(&dx0),
+        dw: f64v(&dw0),
+        du: f64v(&du0),
+        db: f64v(&db0),
+    };
+    let mask = case.mask_cpu(kind);
+    rnn_backward_cpu(
+        &mut want,
+        &total.view(),
+        &h_all.view(),
+        &f64v(&case.x).view(),
+        &f64v(&case.w).view(),
+        &f64v(&case.u).view(),
+        mask.as_ref().map(|m| m.view()).as_ref(),
+    );
+
+    let bufs = RnnBuffers::new(ctx, dims).unwrap();
+    let (gx, gw, gu, gb) = (
+        up(ctx, &case.x),
+        up(ctx, &case.w),
+        up(ctx, &case.u),
+        up(ctx, &case.b),
+    );
+    let gmask = upload_mask(ctx, kind, &case.mask, steps, batch);
+    let weights = RecurrentWeights {
+        w: &gw,
+        u: &gu,
+        b: &gb,
+    };
+    let (gseq, glast) = (up(ctx, &dh_seq), up(ctx, &dh_last));
+    let (gdx, gdw, gdu, gdb) = (up(ctx, &dx0), up(ctx, &dw0), up(ctx, &du0), up(ctx, &db0));
+    let grads = RecurrentGrads {
+        dx: with_dx.then_some(&gdx),
+        dw: &gdw,
+        du: &gdu,
+        db: &gdb,
+    };
+    let dh = HiddenGrad {
+        seq: incoming.seq.then_some(&gseq),
+        last: incoming.last.then_some(&glast),
+    };
+    let mut step = op::rnn_forward_sequence(ctx, &bufs, &gx, &weights, gmask.as_ref()).unwrap();
+    step.extend(
+        op::rnn_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, gmask.as_ref()).unwrap(),
+    );
+    // Forward and backward of a training step in one submit.
+    run(ctx, &step);
+
+    let what = |s: &str| format!("rnn_backward_sequence {dims:?} {kind:?} {incoming:?}: {s}");
+    let read = |t: &GpuTensor| ctx.read_f32(t).unwrap();
+    let (rtol, atol) = (SEQ_RTOL, SEQ_ATOL);
+    let want_dx = if with_dx {
+        flat(&want.dx)
+    } else {
+        flat32(&dx0)
+    };
+    assert_close(&what("dx"), &read(&gdx), &want_dx, rtol, atol);
+    assert_close(&what("dW"), &read(&gdw), &flat(&want.dw), rtol, atol);
+    assert_close(&what("dU"), &read(&gdu), &flat(&want.du), rtol, atol);
+    assert_close(&what("db"), &read(&gdb), &flat(&want.db), rtol, atol);
+}
+
+/// T=7, B=5, D=6, H=13: no size a multiple of a workgroup or tile.
+const AWKWARD: RecurrentDims = RecurrentDims {
+    steps: 7,
+    batch: 5,
+    input: 6,
+    hidden: 13,
+};
+
+/// The seed model's text branch with SimpleRNN(64) in place of LSTM(64).
+const SEED: RecurrentDims = RecurrentDims {
+    steps: 100,
+    batch: 32,
+    input: 32,
+    hidden: 64,
+};
+
+#[test]
+fn rnn_forward_sequence() {
+    check_forward_sequence(AWKWARD, Mask::None, 50);
+    check_forward_sequence(AWKWARD, Mask::U32, 51);
+    check_forward_sequence(AWKWARD, Mask::F32, 52);
+}
+
+#[test]
+fn rnn_backward_sequence() {
+    let both = Incoming {
+        seq: true,
+        last: true,
+    };
+    let last = Incoming {
+        seq: false,
+        last: true,
+    };
+    let seq = Incoming {
+        seq: true,
+        last: false,
+    };
+    check_backward_sequence(AWKWARD, Mask::None, last, true, 60);
+    check_backward_sequence(AWKWARD, Mask::U32, last, true, 61);
+    check_backward_sequence(AWKWARD, Mask::F32, seq, true, 62);
+    check_backward_sequence(AWKWARD, Mask::U32, both, false, 63);
+}
+
+#[test]
+fn rnn_seed_shape() {
+    let last = Incoming {
+        seq: false,
+        last: true,
+    };
+    check_forward_sequence(SEED, Mask::U32, 70);
+    check_backward_sequence(SEED, Mask::U32, last, true, 71);
+}
+
+// ---------------------------------------------------------------- finite differences
+
+/// loss = Σ w_last·h_T + Σ w_all·h_{1..T}; its gradient wrt h_{1..T} is
+/// w_all plus w_last on the last slice.
+fn fd_check(masked: bool) {
+    let dims = RecurrentDims::new(4, 3, 5, 4);
+    let RecurrentDims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = dims;
+    let x = f64v(&arr3([steps, batch, input], 80, 1.0));
+    let w = f64v(&arr2([input, hidden], 81, 0.8));
+    let u = f64v(&arr2([hidden, hidden], 82, 0.8));
+    let b = f64v(&arr1(hidden, 83, 0.5));
+    let w_all = f64v(&arr3([steps, batch, hidden], 84, 1.0));
+    let w_last = f64v(&arr2([batch, hidden], 85, 1.0));
+    let mask = masked.then(|| mask_bool(&mask_pattern(steps, batch), steps, batch));
+    let mask_view = mask.as_ref().map(|m| m.view());
+    let mask = mask_view.as_ref();
+
+    let loss = |x: &Array3<f64>, w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>| {
+        let h_all = rnn_forward_cpu(&x.view(), &w.view(), &u.view(), &b.view(), mask);
+        let hs = h_all.slice(s![1.., .., ..]);
+        (&hs * &w_all).sum() + (&h_all.index_axis(Axis(0), steps) * &w_last).sum()
+    };
+
+    let h_all = rnn_forward_cpu(&x.view(), &w.view(), &u.view(), &b.view(), mask);
+    let mut dh = w_all.clone();
+    {
+        let mut l = dh.index_axis_mut(Axis(0), steps - 1);
+        l += &w_last;
+    }
+    let mut grads = RecurrentCpuGrads::zeros(dims, hidden);
+    rnn_backward_cpu(
+        &mut grads,
+        &dh.view(),
+        &h_all.view(),
+        &x.view(),
+        &w.view(),
+        &u.view(),
+        mask,
+    );
+
+    let eps = 1e-6;
+    let (rtol, atol) = (1e-6, 1e-8);
+    let fd_x = finite_difference(&x.clone().into_dyn(), eps, |p| {
+        loss(&p.clone().into_dimensionality().unwrap(), &w, &u, &b)
+    });
+    let fd_w = finite_difference(&w.clone().into_dyn(), eps, |p| {
+        loss(&x, &p.clone().into_dimensionality().unwrap(), &u, &b)
+    });
+    let fd_u = finite_difference(&u.clone().into_dyn(), eps, |p| {
+        loss(&x, &w, &p.clone().into_dimensionality().unwrap(), &b)
+    });
+    let fd_b = finite_difference(&b.clone().into_dyn(), eps, |p| {
+        loss(&x, &w, &u, &p.clone().into_dimensionality().unwrap())
+    });
+    let tag = if masked { "masked" } else { "unmasked" };
+    assert_close_f64(
+        &format!("rnn dx ({tag})"),
+        &grads.dx.into_dyn(),
+        &fd_x,
+        rtol,
+        atol,
+    );
+    assert_close_f64(
+        &format!("rnn dW ({tag})"),
+        &grads.dw.into_dyn(),
+        &fd_w,
+        rtol,
+        atol,
+    );
+    assert_close_f64(
+        &format!("rnn dU ({tag})"),
+        &grads.du.into_dyn(),
+        &fd_u,
+        rtol,
+        atol,
+    );
+    assert_close_f64(
+        &format!("rnn db ({tag})"),
+        &grads.db.into_dyn(),
+        &fd_b,
+        rtol,
+        atol,
+    );
+}
+
+#[test]
+fn rnn_backward_matches_finite_differences() {
+    fd_check(false);
+    fd_check(true);
+}
+
+/// Masked steps pass gradients straight through: a sample masked at every
+/// step gets no gradient into x, and h stays at the initial 0.
+#[test]
+fn rnn_fully_masked_sample_is_inert() {
+    let dims = RecurrentDims::new(4, 5, 3, 2);
+    let case = Case::new(dims, 90);
+    let h_all = case.forward_cpu(Mask::U32);
+    // Sample 4 is all padding in mask_pattern.
+    assert!(h_all.slice(s![.., 4, ..]).iter().all(|&v| v == 0.0));
+    let mut grads = RecurrentCpuGrads::zeros(dims, 2);
+    let dh = Array3::<f64>::ones((4, 5, 2));
+    let mask = case.mask_cpu(Mask::U32).unwrap();
+    rnn_backward_cpu(
+        &mut grads,
+        &dh.view(),
+        &h_all.view(),
+        &f64v(&case.x).view(),
+        &f64v(&case.w).view(),
+        &f64v(&case.u).view(),
+        Some(&mask.view()),
+    );
+    assert!(grads.dx.slice(s![.., 4, ..]).iter().all(|&v| v == 0.0));
+    assert!(grads.dx.slice(s![.., 2, ..]).iter().any(|&v| v != 0.0));
+}
