@@ -2,7 +2,10 @@
 
 pub mod activation;
 pub mod bias;
+pub mod concat;
+pub mod embedding;
 pub mod lstm;
 pub mod matmul;
 pub mod reduce;
 pub mod rnn;
+pub mod softmax_cross_entropy;
