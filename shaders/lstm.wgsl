@@ -1,6 +1,7 @@
 // LSTM (Keras semantics), the elementwise parts; the matmuls (input
 // projection, recurrent h·U, dh·Uᵀ and the weight gradients) run in
-// matmul.wgsl. Gate order along the 4H axis: i, f, g (cell), o.
+// matmul.wgsl and the bias gradient in bias.wgsl (bias_backward). Gate order
+// along the 4H axis: i, f, g (cell), o.
 //
 // Buffers are time-major:
 //   z, gates, dz : [T, B, 4H]    h_all, c_all : [T+1, B, H] (slot 0 = initial state 0)
@@ -12,7 +13,6 @@
 //                               (and h_last on the final step).
 // lstm_gates_backward (step t): dh, dc -> dz_t, dc carry, dh carry (masked
 //                               carry only: dz_t·Uᵀ is added by a matmul).
-// lstm_bias_backward          : db[c] += sum over rows of dz[r, c].
 
 struct Params {
     batch: u32,
@@ -23,11 +23,7 @@ struct Params {
     mask_kind: u32,
     has_seq: u32,
     has_last: u32,
-    rows: u32,
-    cols: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 const WG: u32 = 64u;
@@ -52,10 +48,6 @@ const WG: u32 = 64u;
 @group(0) @binding(6) var<storage, read> gates_in: array<f32>;
 @group(0) @binding(7) var<storage, read> c_saved: array<f32>;
 @group(0) @binding(8) var<storage, read> bwd_mask: array<u32>;
-
-// lstm_bias_backward bindings
-@group(0) @binding(1) var<storage, read_write> db: array<f32>;
-@group(0) @binding(2) var<storage, read> dz_rows: array<f32>;
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
@@ -159,17 +151,4 @@ fn lstm_gates_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     dc_carry[i] = dct * fg;
     // dh_{t-1} = dz_t·Uᵀ, added by the matmul that follows.
     dh_carry[i] = 0.0;
-}
-
-@compute @workgroup_size(WG)
-fn lstm_bias_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_id) lid: vec3<u32>) {
-    let col = index(wid, nwg, lid);
-    if (col >= params.cols) { return; }
-    // One invocation per column, rows in order: deterministic.
-    var acc = 0.0;
-    for (var r = 0u; r < params.rows; r++) {
-        acc += dz_rows[r * params.cols + col];
-    }
-    db[col] += acc;
 }

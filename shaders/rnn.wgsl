@@ -1,6 +1,6 @@
 // Vanilla RNN (Keras SimpleRNN, tanh), the elementwise parts; the matmuls
 // (input projection, recurrent h·U, dh·Uᵀ and the weight gradients) run in
-// matmul.wgsl and the bias gradient in lstm.wgsl (lstm_bias_backward).
+// matmul.wgsl and the bias gradient in bias.wgsl (bias_backward).
 //
 // Buffers are time-major:
 //   z, dz        : [T, B, H]     h_all : [T+1, B, H] (slot 0 = initial state 0)

@@ -20,16 +20,17 @@
 //! [`lstm_gates_forward`] (adds b). Backward ([`lstm_backward_sequence`]):
 //! per step, last to first, [`lstm_gates_backward`] then
 //! `dh_{t-1} += dz_t·Uᵀ`; then the weight gradients as batched matmuls over
-//! all `T*B` rows: `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
-//! `dx += dZ·Wᵀ`.
+//! all `T*B` rows: `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`
+//! (`ops::bias::bias_backward`), `dx += dZ·Wᵀ`.
 //!
-//! The sizes, weight and gradient bundles and [`lstm_bias_backward`] are
-//! shared with `ops::rnn`.
+//! The sizes, weight and gradient bundles and the weight-gradient plumbing
+//! are shared with `ops::rnn`.
 
 use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFloat};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
+use crate::ops::bias::bias_backward;
 use crate::ops::matmul::{matmul, Layout, MatmulParams};
 use crate::tensor::{expect_numel, DType};
 
@@ -48,10 +49,7 @@ pub struct LstmParams {
     pub has_seq: u32,
     /// Backward: an incoming gradient for h_T.
     pub has_last: u32,
-    /// `lstm_bias_backward`: rows summed and columns.
-    pub rows: u32,
-    pub cols: u32,
-    pub _pad: [u32; 3],
+    pub _pad: u32,
 }
 
 // ---------------------------------------------------------------- CPU reference
@@ -300,11 +298,6 @@ static GATES_BACKWARD: KernelSpec = KernelSpec {
         Access::Read,      // mask
     ],
 };
-static BIAS_BACKWARD: KernelSpec = KernelSpec {
-    shader: &SHADER,
-    entry: "lstm_bias_backward",
-    bindings: &[Access::ReadWrite, Access::Read],
-};
 
 /// Sizes of a recurrent layer: T, B, D (input features), H (units).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -519,42 +512,6 @@ pub fn lstm_gates_backward(
     )
 }
 
-/// `db[c] += Σ_r dz[r, c]` over `rows` rows of `cols` columns (the bias
-/// gradient of every timestep at once). One invocation per column sums the
-/// rows in order, so the result is deterministic.
-pub fn lstm_bias_backward(
-    ctx: &GpuContext,
-    db: &GpuTensor,
-    dz: &GpuTensor,
-    rows: usize,
-    cols: usize,
-) -> Result<Dispatch> {
-    let op = BIAS_BACKWARD.entry;
-    expect_numel(op, "db", &db.shape, cols)?;
-    if dz.numel() < rows * cols {
-        return Err(Error::shape(
-            op,
-            format!(
-                "dz {:?} holds {} elements, needs {rows} rows of {cols}",
-                dz.shape,
-                dz.numel()
-            ),
-        ));
-    }
-    let p = LstmParams {
-        rows: rows as u32,
-        cols: cols as u32,
-        ..LstmParams::default()
-    };
-    ctx.prepare(
-        &BIAS_BACKWARD,
-        &[],
-        &p,
-        &[db, dz],
-        Grid::linear(cols, WORKGROUP),
-    )
-}
-
 /// Checks x, W, U, b for a recurrent layer whose z is `gates` wide.
 pub(crate) fn check_weights(
     op: &str,
@@ -643,7 +600,8 @@ pub(crate) fn recurrent_backward(
 
 /// The weight and input gradients of a recurrent layer from dz of every
 /// step at once (K = T*B rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`,
-/// `db += Σ dZ`, `dx += dZ·Wᵀ`. The width of z is `dz.numel() / (T*B)`.
+/// `db += Σ dZ`, `dx += dZ·Wᵀ`. dz is `[T,B,gates]` with gates = b's length;
+/// `bias_backward` sums every row of it, i.e. exactly the T*B rows.
 pub(crate) fn weight_gradients(
     ctx: &GpuContext,
     grads: &RecurrentGrads,
@@ -656,6 +614,7 @@ pub(crate) fn weight_gradients(
     let op = "recurrent_weight_gradients";
     let rows = dims.steps * dims.batch;
     let gates = dz.numel() / rows;
+    expect_numel(op, "dz", &dz.shape, rows * gates)?;
     expect_numel(op, "dW", &grads.dw.shape, dims.input * gates)?;
     expect_numel(op, "dU", &grads.du.shape, dims.hidden * gates)?;
     let mut d = vec![
@@ -675,8 +634,8 @@ pub(crate) fn weight_gradients(
             dz,
             MatmulParams::new(dims.hidden, gates, rows).accumulate(),
         )?,
-        lstm_bias_backward(ctx, grads.db, dz, rows, gates)?,
     ];
+    d.extend(bias_backward(ctx, grads.db, dz)?);
     if let Some(dx) = grads.dx {
         expect_numel(op, "dx", &dx.shape, rows * dims.input)?;
         d.push(matmul(
@@ -779,5 +738,5 @@ pub fn lstm_backward_sequence(
 // Saves: x (the layer's input), and in `LstmBuffers` the gates, c_all and
 // h_all of the forward pass. Backward: `lstm_backward_sequence`, i.e. per
 // step `lstm_gates_backward` + `matmul_abt` (dh carry), then `matmul_atb`
-// (dW, dU), `lstm_bias_backward` (db) and `matmul_abt` (dx). Outputs:
+// (dW, dU), `bias_backward` (db) and `matmul_abt` (dx). Outputs:
 // `h_last` (`return_sequences=False`) or h_all slots 1..=T.

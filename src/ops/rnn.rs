@@ -11,7 +11,7 @@
 //! (adds b, tanh). Backward ([`rnn_backward_sequence`]): per step, last to
 //! first, [`rnn_cell_backward`] then `dh_{t-1} += dz_t·Uᵀ`; then
 //! `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`
-//! (`ops::lstm::lstm_bias_backward`), `dx += dZ·Wᵀ` over all `T*B` rows.
+//! (`ops::bias::bias_backward`), `dx += dZ·Wᵀ` over all `T*B` rows.
 //! The sizes, weight and gradient bundles come from `ops::lstm`.
 
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFloat};
@@ -379,6 +379,6 @@ pub fn rnn_backward_sequence(
 //
 // Saves: x (the layer's input) and, in `RnnBuffers`, h_all. Backward:
 // `rnn_backward_sequence`, i.e. per step `rnn_cell_backward` + `matmul_abt`
-// (dh carry), then `matmul_atb` (dW, dU), `lstm_bias_backward` (db) and
+// (dh carry), then `matmul_atb` (dW, dU), `bias_backward` (db) and
 // `matmul_abt` (dx). Outputs: `h_last` (`return_sequences=False`) or h_all
 // slots 1..=T.
