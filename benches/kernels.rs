@@ -63,7 +63,13 @@ fn tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
     let mut rng = StdRng::seed_from_u64(seed);
     // Keras-style pre-padding: about a third of the positions are 0.
     (0..n)
-        .map(|_| if rng.random_bool(0.3) { 0 } else { rng.random_range(1..vocab) })
+        .map(|_| {
+            if rng.random_bool(0.3) {
+                0
+            } else {
+                rng.random_range(1..vocab)
+            }
+        })
         .collect()
 }
 
@@ -105,7 +111,14 @@ fn bench_case(c: &mut Criterion, ctx: &GpuContext, mut case: Case, rows: &mut Ve
     let gpu_kernel = ctx.has_timestamps().then(|| {
         median(
             (0..5)
-                .map(|_| ctx.run_timed(&ds).unwrap().iter().map(|k| k.nanoseconds).sum::<f64>() * 1e-9)
+                .map(|_| {
+                    ctx.run_timed(&ds)
+                        .unwrap()
+                        .iter()
+                        .map(|k| k.nanoseconds)
+                        .sum::<f64>()
+                        * 1e-9
+                })
                 .collect(),
         )
     });
@@ -119,12 +132,25 @@ fn bench_case(c: &mut Criterion, ctx: &GpuContext, mut case: Case, rows: &mut Ve
             })
             .collect(),
     );
-    rows.push(Row { name: case.name, cpu, gpu_wall, gpu_kernel, work: case.work });
+    rows.push(Row {
+        name: case.name,
+        cpu,
+        gpu_wall,
+        gpu_kernel,
+        work: case.work,
+    });
 }
 
 // ---------------------------------------------------------------- cases
 
-fn matmul_case<'a>(ctx: &GpuContext, name: &str, layout: Layout, m: usize, n: usize, k: usize) -> Case<'a> {
+fn matmul_case<'a>(
+    ctx: &GpuContext,
+    name: &str,
+    layout: Layout,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Case<'a> {
     let (ashape, bshape) = match layout {
         Layout::AB => ([m, k], [k, n]),
         Layout::AtB => ([k, m], [k, n]),
@@ -132,7 +158,10 @@ fn matmul_case<'a>(ctx: &GpuContext, name: &str, layout: Layout, m: usize, n: us
     };
     let a = Array2::from_shape_vec(ashape, rand_vec(m * k, 1)).unwrap();
     let b = Array2::from_shape_vec(bshape, rand_vec(k * n, 2)).unwrap();
-    let (ga, gb) = (upload(ctx, &a.clone().into_dyn()), upload(ctx, &b.clone().into_dyn()));
+    let (ga, gb) = (
+        upload(ctx, &a.clone().into_dyn()),
+        upload(ctx, &b.clone().into_dyn()),
+    );
     let gc = ctx.zeros(&[m, n], DType::F32).unwrap();
     let d = matmul(ctx, layout, &gc, &ga, &gb, MatmulParams::new(m, n, k)).unwrap();
     Case {
@@ -151,7 +180,11 @@ fn activation_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     let n = shape.iter().product::<usize>() as f64;
     let x = rand_array(&shape, 3);
     let dy = rand_array(&shape, 4);
-    let (gx, gy, gdy) = (upload(ctx, &x), ctx.zeros(&shape, DType::F32).unwrap(), upload(ctx, &dy));
+    let (gx, gy, gdy) = (
+        upload(ctx, &x),
+        ctx.zeros(&shape, DType::F32).unwrap(),
+        upload(ctx, &dy),
+    );
     let gdx = ctx.zeros(&shape, DType::F32).unwrap();
     let x2 = x.clone();
     cases.push(Case {
@@ -167,7 +200,9 @@ fn activation_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         name: "relu_backward 32x26x26x32".into(),
         work: Work::Bytes(16.0 * n),
         gpu: vec![activation_backward(ctx, Activation::Relu, &gdx, &gdy, &gx).unwrap()],
-        cpu: Box::new(move || activation_backward_cpu(Activation::Relu, &mut dx, &dy.view(), &x.view())),
+        cpu: Box::new(move || {
+            activation_backward_cpu(Activation::Relu, &mut dx, &dy.view(), &x.view())
+        }),
     });
 }
 
@@ -190,7 +225,8 @@ fn embedding_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     let (vocab, dim, steps) = (10000, 32, 100);
     let toks = tokens(BATCH * steps, vocab as u32, 6);
     let table = Array2::from_shape_vec((vocab, dim), rand_vec(vocab * dim, 7)).unwrap();
-    let dy = Array2::from_shape_vec((BATCH * steps, dim), rand_vec(BATCH * steps * dim, 8)).unwrap();
+    let dy =
+        Array2::from_shape_vec((BATCH * steps, dim), rand_vec(BATCH * steps * dim, 8)).unwrap();
     let gtable = upload(ctx, &table.clone().into_dyn());
     let gtok = ctx.upload_u32(&toks, &[BATCH, steps]).unwrap();
     let gout = ctx.zeros(&[BATCH, steps, dim], DType::F32).unwrap();
@@ -225,10 +261,18 @@ fn lstm_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     let toks = tokens(t * b, 10000, 13);
     let mask = Array2::from_shape_fn((t, b), |(i, j)| toks[i * b + j] != 0);
     let gx = upload(ctx, &x.clone().into_dyn());
-    let (gw, gu, gb) = (upload(ctx, &w.clone().into_dyn()), upload(ctx, &u.clone().into_dyn()), upload(ctx, &bias.clone().into_dyn()));
+    let (gw, gu, gb) = (
+        upload(ctx, &w.clone().into_dyn()),
+        upload(ctx, &u.clone().into_dyn()),
+        upload(ctx, &bias.clone().into_dyn()),
+    );
     let gmask = ctx.upload_u32(&toks, &[t, b]).unwrap();
     let bufs = LstmBuffers::new(ctx, dims).unwrap();
-    let weights = RecurrentWeights { w: &gw, u: &gu, b: &gb };
+    let weights = RecurrentWeights {
+        w: &gw,
+        u: &gu,
+        b: &gb,
+    };
     // Per step: 2·B·H·4H for h·U, plus the input projection once.
     let flops = 2.0 * (t * b * 4 * h * (h + d)) as f64;
     let fwd = lstm_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask)).unwrap();
@@ -238,7 +282,13 @@ fn lstm_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         work: Work::Flops(flops),
         gpu: fwd,
         cpu: Box::new(move || {
-            std::hint::black_box(lstm_forward_cpu(&x1.view(), &w1.view(), &u1.view(), &b1.view(), Some(&m1.view())));
+            std::hint::black_box(lstm_forward_cpu(
+                &x1.view(),
+                &w1.view(),
+                &u1.view(),
+                &b1.view(),
+                Some(&m1.view()),
+            ));
         }),
     });
     let (gdx, gdw, gdu, gdb) = (
@@ -248,18 +298,51 @@ fn lstm_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         ctx.zeros(&[4 * h], DType::F32).unwrap(),
     );
     let gdh = upload(ctx, &rand_array(&[b, h], 14));
-    let grads = RecurrentGrads { dx: Some(&gdx), dw: &gdw, du: &gdu, db: &gdb };
-    let bwd = lstm_backward_sequence(ctx, &grads, HiddenGrad { seq: None, last: Some(&gdh) }, &bufs, &gx, &weights, Some(&gmask)).unwrap();
-    let states = lstm_forward_cpu(&x.view(), &w.view(), &u.view(), &bias.view(), Some(&mask.view()));
+    let grads = RecurrentGrads {
+        dx: Some(&gdx),
+        dw: &gdw,
+        du: &gdu,
+        db: &gdb,
+    };
+    let bwd = lstm_backward_sequence(
+        ctx,
+        &grads,
+        HiddenGrad {
+            seq: None,
+            last: Some(&gdh),
+        },
+        &bufs,
+        &gx,
+        &weights,
+        Some(&gmask),
+    )
+    .unwrap();
+    let states = lstm_forward_cpu(
+        &x.view(),
+        &w.view(),
+        &u.view(),
+        &bias.view(),
+        Some(&mask.view()),
+    );
     let mut dh_seq = Array3::<f32>::zeros((t, b, h));
-    dh_seq.index_axis_mut(ndarray::Axis(0), t - 1).assign(&Array2::from_shape_vec((b, h), rand_vec(b * h, 14)).unwrap());
+    dh_seq
+        .index_axis_mut(ndarray::Axis(0), t - 1)
+        .assign(&Array2::from_shape_vec((b, h), rand_vec(b * h, 14)).unwrap());
     let mut cpu_grads = RecurrentCpuGrads::zeros(dims, 4 * h);
     cases.push(Case {
         name: "lstm_backward_sequence T100 B32 D32 H64".into(),
         work: Work::Flops(2.0 * flops),
         gpu: bwd,
         cpu: Box::new(move || {
-            lstm_backward_cpu(&mut cpu_grads, &dh_seq.view(), &states, &x.view(), &w.view(), &u.view(), Some(&mask.view()))
+            lstm_backward_cpu(
+                &mut cpu_grads,
+                &dh_seq.view(),
+                &states,
+                &x.view(),
+                &w.view(),
+                &u.view(),
+                Some(&mask.view()),
+            )
         }),
     });
 }
@@ -280,8 +363,14 @@ fn head_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     });
     let dy = rand_array(&[BATCH, 64 + 5408], 17);
     let gdy = upload(ctx, &dy);
-    let (gdt, gdi) = (ctx.zeros(&[BATCH, 64], DType::F32).unwrap(), ctx.zeros(&[BATCH, 5408], DType::F32).unwrap());
-    let (mut dt, mut di) = (ArrayD::<f32>::zeros(IxDyn(&[BATCH, 64])), ArrayD::<f32>::zeros(IxDyn(&[BATCH, 5408])));
+    let (gdt, gdi) = (
+        ctx.zeros(&[BATCH, 64], DType::F32).unwrap(),
+        ctx.zeros(&[BATCH, 5408], DType::F32).unwrap(),
+    );
+    let (mut dt, mut di) = (
+        ArrayD::<f32>::zeros(IxDyn(&[BATCH, 64])),
+        ArrayD::<f32>::zeros(IxDyn(&[BATCH, 5408])),
+    );
     cases.push(Case {
         name: "concat_backward 32x64+32x5408".into(),
         work: Work::Bytes(bytes),
@@ -294,7 +383,10 @@ fn head_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 2).collect();
     let gl = upload(ctx, &logits.clone().into_dyn());
     let glab = ctx.upload_u32(&labels, &[BATCH]).unwrap();
-    let (gp, gloss) = (ctx.zeros(&[BATCH, 2], DType::F32).unwrap(), ctx.zeros(&[BATCH], DType::F32).unwrap());
+    let (gp, gloss) = (
+        ctx.zeros(&[BATCH, 2], DType::F32).unwrap(),
+        ctx.zeros(&[BATCH], DType::F32).unwrap(),
+    );
     let gdl = ctx.zeros(&[BATCH, 2], DType::F32).unwrap();
     let (l1, lab1) = (logits.clone(), labels.clone());
     cases.push(Case {
@@ -318,7 +410,15 @@ fn head_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     let gsum = ctx.zeros(&[1], DType::F32).unwrap();
     let gcount = ctx.zeros(&[1], DType::U32).unwrap();
     let loss = rand_array(&[BATCH], 19);
-    let (p2, lab2) = (softmax_forward_cpu(&rand_array(&[BATCH, 2], 20).into_dimensionality().unwrap().view()), (0..BATCH as u32).map(|i| i % 2).collect::<Vec<_>>());
+    let (p2, lab2) = (
+        softmax_forward_cpu(
+            &rand_array(&[BATCH, 2], 20)
+                .into_dimensionality()
+                .unwrap()
+                .view(),
+        ),
+        (0..BATCH as u32).map(|i| i % 2).collect::<Vec<_>>(),
+    );
     let gprobs = upload(ctx, &p2.clone().into_dyn());
     let mut gpu = reduce_sum(ctx, &gsum, &gloss, SumOptions::mean(BATCH)).unwrap();
     gpu.push(accuracy_count(ctx, &gcount, &gprobs, &glab).unwrap());
@@ -338,7 +438,11 @@ fn optimizer_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     let n = 10000 * 32 + (32 + 64 + 1) * 256 + 3 * 3 * 32 + 32 + (64 + 5408) * 2 + 2;
     let (w, g) = (rand_array(&[n], 21), rand_array(&[n], 22));
     let (gw, gg) = (upload(ctx, &w), upload(ctx, &g));
-    let (mut w1, mut m, mut v) = (w.clone(), ArrayD::<f32>::zeros(IxDyn(&[n])), ArrayD::<f32>::zeros(IxDyn(&[n])));
+    let (mut w1, mut m, mut v) = (
+        w.clone(),
+        ArrayD::<f32>::zeros(IxDyn(&[n])),
+        ArrayD::<f32>::zeros(IxDyn(&[n])),
+    );
     let g1 = g.clone();
     let config = AdamConfig::default();
     let gm = ctx.zeros(&[n], DType::F32).unwrap();
@@ -349,7 +453,10 @@ fn optimizer_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         gpu: vec![adam_update(ctx, &gw, &gg, &gm, &gv, &config.params(n, 1)).unwrap()],
         cpu: Box::new(move || adam_update_cpu(&mut w1, &g1.view(), &mut m, &mut v, &config, 1)),
     });
-    let sgd = SgdConfig { momentum: 0.9, ..SgdConfig::default() };
+    let sgd = SgdConfig {
+        momentum: 0.9,
+        ..SgdConfig::default()
+    };
     let gvel = ctx.zeros(&[n], DType::F32).unwrap();
     let (mut w2, mut vel) = (w, ArrayD::<f32>::zeros(IxDyn(&[n])));
     cases.push(Case {
@@ -364,20 +471,21 @@ fn optimizer_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
 
 fn print_summary(ctx: &GpuContext, rows: &[Row]) {
     println!("\n## Kernel summary on {}\n", ctx.describe());
-    println!("| case | CPU ms | GPU wall ms | GPU kernel ms | CPU/GPU | GPU throughput |");
+    println!("| case | CPU µs | GPU wall µs | GPU kernel µs | CPU/GPU (wall) | GPU throughput (kernel) |");
     println!("|---|---:|---:|---:|---:|---:|");
     for r in rows {
         let gpu = r.gpu_kernel.unwrap_or(r.gpu_wall);
         let throughput = match r.work {
-            Work::Flops(f) => format!("{:.2} GFLOP/s", f / gpu * 1e-9),
-            Work::Bytes(b) => format!("{:.2} GB/s", b / gpu * 1e-9),
+            Work::Flops(f) => format!("{:.3} GFLOP/s", f / gpu * 1e-9),
+            Work::Bytes(b) => format!("{:.3} GB/s", b / gpu * 1e-9),
         };
         println!(
-            "| {} | {:.3} | {:.3} | {} | {:.2} | {} |",
+            "| {} | {:.1} | {:.1} | {} | {:.3} | {} |",
             r.name,
-            r.cpu * 1e3,
-            r.gpu_wall * 1e3,
-            r.gpu_kernel.map_or("-".into(), |k| format!("{:.3}", k * 1e3)),
+            r.cpu * 1e6,
+            r.gpu_wall * 1e6,
+            r.gpu_kernel
+                .map_or("-".into(), |k| format!("{:.1}", k * 1e6)),
             r.cpu / r.gpu_wall,
             throughput
         );
@@ -385,7 +493,10 @@ fn print_summary(ctx: &GpuContext, rows: &[Row]) {
 }
 
 fn main() {
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
     let ctx = match GpuContext::from_env() {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -401,11 +512,25 @@ fn main() {
         .measurement_time(Duration::from_secs(2));
     let mut cases = vec![
         matmul_case(&ctx, "matmul_ab lstm step", Layout::AB, BATCH, 256, 96),
-        matmul_case(&ctx, "matmul_ab lstm input projection", Layout::AB, 3200, 256, 32),
+        matmul_case(
+            &ctx,
+            "matmul_ab lstm input projection",
+            Layout::AB,
+            3200,
+            256,
+            32,
+        ),
         matmul_case(&ctx, "matmul_atb lstm dU", Layout::AtB, 64, 256, 3200),
     ];
     for size in [64, 128, 256, 512, 1024] {
-        cases.push(matmul_case(&ctx, "matmul_ab sweep", Layout::AB, size, size, size));
+        cases.push(matmul_case(
+            &ctx,
+            "matmul_ab sweep",
+            Layout::AB,
+            size,
+            size,
+            size,
+        ));
     }
     activation_cases(&ctx, &mut cases);
     bias_cases(&ctx, &mut cases);
