@@ -1,4 +1,5 @@
 //! Op families: one module per op, CPU reference and GPU launchers, forward and backward side by side.
 
 pub mod activation;
+pub mod conv2d;
 pub mod matmul;
