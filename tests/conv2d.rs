@@ -25,9 +25,11 @@ fn geometry(
     Conv2dGeometry::new(input, out_c, kernel, stride, padding).unwrap()
 }
 
-/// Awkward shapes: nothing a multiple of the workgroup, distinct sizes per
-/// dimension, a non-square kernel, both strides 1 and 2 (and mixed), both
-/// paddings, and a Same kernel larger than the input.
+/// Awkward shapes: nothing a multiple of the workgroup or of the kernels'
+/// pixel (4), channel (8) and tap (3) tiles, distinct sizes per dimension,
+/// a non-square kernel, strides 1 and 2 (and mixed), both paddings, a Same
+/// kernel larger than the input, several channel blocks, and a stride
+/// larger than the kernel (input pixels no window reads).
 fn awkward() -> Vec<Conv2dGeometry> {
     let mut cases = Vec::new();
     for stride in [[1, 1], [2, 2], [2, 1], [1, 2]] {
@@ -36,6 +38,8 @@ fn awkward() -> Vec<Conv2dGeometry> {
         }
     }
     cases.push(geometry([2, 4, 3, 3], 2, [5, 4], [1, 2], Padding::Same));
+    cases.push(geometry([2, 6, 5, 10], 17, [2, 2], [1, 2], Padding::Same));
+    cases.push(geometry([2, 7, 6, 3], 4, [1, 2], [2, 3], Padding::Valid));
     cases
 }
 

@@ -312,8 +312,10 @@ pub fn conv2d_backward_bias_cpu<A: NdFloat>(
 // ---------------------------------------------------------------- GPU
 
 static SHADER: Shader = crate::shader!("conv2d");
-/// Lanes of the elementwise kernels (`WG` in the shader).
-const WORKGROUP: u32 = 64;
+/// Lanes of the pixel kernels (`WG` in the shader).
+const WORKGROUP: usize = 64;
+/// Pixels per invocation of the pixel kernels (`PT`).
+const PIXEL_TILE: usize = 4;
 
 use Access::{Read, ReadWrite};
 static FORWARD: KernelSpec = KernelSpec {
@@ -337,8 +339,10 @@ static BACKWARD_BIAS: KernelSpec = KernelSpec {
     bindings: &[ReadWrite, Read],
 };
 
-/// Channels per invocation of every kernel but the bias gradient (`CT` in the shader).
+/// Channels per invocation of every kernel but the bias gradient (`CT`).
 const CHANNEL_TILE: usize = 8;
+/// Taps per workgroup of the weight gradient (`TT`).
+const TAP_TILE: usize = 3;
 
 /// Folds `groups` workgroups into `[x, z]` with `x` within the per-dimension
 /// limit (the shader recovers the index as `wid.z * nwg.x + wid.x`, or with
@@ -350,10 +354,10 @@ fn fold(ctx: &GpuContext, groups: usize) -> (u32, u32) {
     (x as u32, rest as u32)
 }
 
-/// The pixel kernels' grid: x (folded with z) over blocks of `WORKGROUP`
-/// pixels, y over blocks of `CHANNEL_TILE` channels.
+/// The pixel kernels' grid: x (folded with z) over blocks of
+/// `WORKGROUP * PIXEL_TILE` pixels, y over blocks of `CHANNEL_TILE` channels.
 fn pixel_grid(ctx: &GpuContext, pixels: usize, channels: usize) -> Grid {
-    let (x, z) = fold(ctx, pixels.div_ceil(WORKGROUP as usize));
+    let (x, z) = fold(ctx, pixels.div_ceil(WORKGROUP * PIXEL_TILE));
     let y = channels.div_ceil(CHANNEL_TILE).min(u32::MAX as usize) as u32;
     Grid::Workgroups([x, y, z])
 }
@@ -429,7 +433,8 @@ pub fn conv2d_backward_weight(
         &[dw, dy, x],
         reduction_grid(
             ctx,
-            g.kernel[0] * g.kernel[1] * g.in_c * g.out_c.div_ceil(CHANNEL_TILE),
+            (g.kernel[0] * g.kernel[1] * g.in_c).div_ceil(TAP_TILE)
+                * g.out_c.div_ceil(CHANNEL_TILE),
         ),
     )
 }
