@@ -316,6 +316,10 @@ static SHADER: Shader = crate::shader!("conv2d");
 const WORKGROUP: usize = 64;
 /// Pixels per invocation of the pixel kernels (`PT`).
 const PIXEL_TILE: usize = 4;
+/// Channels per invocation of every kernel but the bias gradient (`CT`).
+const CHANNEL_TILE: usize = 8;
+/// Taps per workgroup of the weight gradient (`TT`).
+const TAP_TILE: usize = 3;
 
 use Access::{Read, ReadWrite};
 static FORWARD: KernelSpec = KernelSpec {
@@ -338,11 +342,6 @@ static BACKWARD_BIAS: KernelSpec = KernelSpec {
     entry: "conv2d_backward_bias",
     bindings: &[ReadWrite, Read],
 };
-
-/// Channels per invocation of every kernel but the bias gradient (`CT`).
-const CHANNEL_TILE: usize = 8;
-/// Taps per workgroup of the weight gradient (`TT`).
-const TAP_TILE: usize = 3;
 
 /// Folds `groups` workgroups into `[x, z]` with `x` within the per-dimension
 /// limit (the shader recovers the index as `wid.z * nwg.x + wid.x`, or with
@@ -369,7 +368,8 @@ fn reduction_grid(ctx: &GpuContext, outputs: usize) -> Grid {
     Grid::Workgroups([x, y, 1])
 }
 
-/// `y = conv(x, w) + b`. The output may be a flattened view (same element count).
+/// `y = conv(x, w) + b`: one invocation per 4 output pixels x 8 channels.
+/// `y` may be a flattened view (same element count).
 pub fn conv2d_forward(
     ctx: &GpuContext,
     x: &GpuTensor,
@@ -392,8 +392,9 @@ pub fn conv2d_forward(
     )
 }
 
-/// `dx += ∂(Σ dy·y)/∂x`, one invocation per dx element gathering over the
-/// (kh, kw, co) whose windows read it.
+/// `dx += ∂(Σ dy·y)/∂x`: each dx element is owned by one invocation (4
+/// pixels x 8 channels each), which gathers over the (kh, kw, co) whose
+/// windows read it. `dy` may be a flattened view.
 pub fn conv2d_backward_input(
     ctx: &GpuContext,
     dx: &GpuTensor,
@@ -414,7 +415,9 @@ pub fn conv2d_backward_input(
     )
 }
 
-/// `dw += Σ_{n,oh,ow} x ⊗ dy`, one workgroup per dw element.
+/// `dw += Σ_{n,oh,ow} x ⊗ dy`: one workgroup per block of 3 taps (kh, kw, ci)
+/// x 8 output channels, its lanes splitting the sum over n, oh, ow and
+/// combining it with a fixed tree (deterministic).
 pub fn conv2d_backward_weight(
     ctx: &GpuContext,
     dw: &GpuTensor,
@@ -439,7 +442,8 @@ pub fn conv2d_backward_weight(
     )
 }
 
-/// `db += Σ_{n,oh,ow} dy`, one workgroup per db element.
+/// `db += Σ_{n,oh,ow} dy`: one workgroup per db element, reduced like the
+/// weight gradient.
 pub fn conv2d_backward_bias(
     ctx: &GpuContext,
     db: &GpuTensor,
