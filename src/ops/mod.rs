@@ -3,3 +3,4 @@
 pub mod activation;
 pub mod conv2d;
 pub mod matmul;
+pub mod pool2d;
