@@ -3,9 +3,11 @@
 pub mod activation;
 pub mod bias;
 pub mod concat;
+pub mod conv2d;
 pub mod embedding;
 pub mod lstm;
 pub mod matmul;
+pub mod pool2d;
 pub mod reduce;
 pub mod rnn;
 pub mod softmax_cross_entropy;

@@ -1,0 +1,394 @@
+// 2-D convolution, NHWC activations and Keras HWIO weights:
+//   x [N,H,W,Cin], w [KH,KW,Cin,Cout], b [Cout], y [N,OH,OW,Cout].
+// Input row of output row oh and kernel row kh: ih = oh*stride_h + kh - pad_top
+// (likewise for columns); taps outside the input read zero (Same padding).
+// A "tap" is one weight row (kh, kw, ci), flattened as (kh*KW + kw)*Cin + ci,
+// so that w[tap*Cout + co] is the weight.
+//
+// conv2d_forward         : y  = conv(x, w) + b       invocation = PT output pixels x CT output channels
+// conv2d_backward_input  : dx += conv^T(dy, w)       invocation = PT input pixels x CT input channels (gather)
+// conv2d_backward_weight : dw += sum_{n,oh,ow} x*dy  workgroup = TT taps x CT output channels
+// conv2d_backward_bias   : db += sum_{n,oh,ow} dy    workgroup = one output channel
+//
+// Tuned for lavapipe (and fine on GPUs): a load whose address differs across
+// lanes costs lavapipe one scalar load per lane, a load with a
+// workgroup-uniform address costs one. So the channel block is fixed per
+// workgroup (weight loads are uniform) and each invocation keeps a PT x CT
+// (or TT x CT) tile of accumulators, so that each per-lane load feeds
+// several multiply-adds. Loops run over one flattened index with uniform
+// trip counts and carry the sub-indices along (no divisions inside loops,
+// which lavapipe does lane by lane); taps in the padding are masked with
+// `select` instead of branched around. Channels and taps past the end of the
+// last block are clamped to the last one on load and skipped on store.
+//
+// The reductions split their sum over the workgroup's lanes (lane l takes
+// rows l, l+RWG, ...) and combine the partial sums with a fixed tree in
+// workgroup memory: deterministic, and no invocation runs the whole N*OH*OW
+// loop alone.
+
+struct Params {
+    batch: u32,
+    in_h: u32,
+    in_w: u32,
+    in_c: u32,
+    out_h: u32,
+    out_w: u32,
+    out_c: u32,
+    k_h: u32,
+    k_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_top: u32,
+    pad_left: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Lanes of the pixel kernels.
+const WG: u32 = 64u;
+// Pixels per invocation of the pixel kernels (written out as q0..q3).
+const PT: u32 = 4u;
+// Channels per invocation (two vec4 accumulators per pixel or tap).
+const CT: u32 = 8u;
+// Taps per workgroup of conv2d_backward_weight (t0..t2; 3 divides the
+// 9*Cin taps of a 3x3 kernel).
+const TT: u32 = 3u;
+// Lanes of the reduction kernels (a power of two for the tree).
+const RWG: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+// forward bindings
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+// backward bindings: gradient to write, incoming gradient, saved value
+@group(0) @binding(1) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(1) var<storage, read_write> db: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read> w_saved: array<f32>;
+@group(0) @binding(3) var<storage, read> x_saved: array<f32>;
+
+// Partial sums of the reductions: accumulator k of lane l at k * RWG + l.
+var<workgroup> partial: array<vec4<f32>, RWG * TT * 2u>;
+
+// ---------------------------------------------------------------- helpers
+
+// Position (n, row, col) of a pixel in an [N, rows, cols] grid.
+struct Pixel {
+    n: u32,
+    row: u32,
+    col: u32,
+    live: bool,
+}
+
+fn pixel(i: u32, rows: u32, cols: u32) -> Pixel {
+    let t = i / cols;
+    return Pixel(t / rows, t % rows, i % cols, i < params.batch * rows * cols);
+}
+
+// The pixel after q in row-major order (carries instead of divisions).
+fn next_pixel(q: Pixel, rows: u32, cols: u32) -> Pixel {
+    var r = q;
+    r.col += 1u;
+    if (r.col == cols) { r.col = 0u; r.row += 1u; }
+    if (r.row == rows) { r.row = 0u; r.n += 1u; }
+    r.live = r.n < params.batch;
+    return r;
+}
+
+// x at kernel tap (kh, kw, ci) of output pixel q's window; 0 in the padding.
+fn x_tap(q: Pixel, kh: u32, kw: u32, ci: u32) -> f32 {
+    let p = params;
+    let ih = i32(q.row * p.stride_h + kh) - i32(p.pad_top);
+    let iw = i32(q.col * p.stride_w + kw) - i32(p.pad_left);
+    let inside = q.live && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w);
+    let i = select(0u, ((q.n * p.in_h + u32(ih)) * p.in_w + u32(iw)) * p.in_c + ci, inside);
+    return select(0.0, x[i], inside);
+}
+
+// The same for conv2d_backward_weight, which binds x as x_saved.
+fn x_saved_tap(q: Pixel, kh: u32, kw: u32, ci: u32) -> f32 {
+    let p = params;
+    let ih = i32(q.row * p.stride_h + kh) - i32(p.pad_top);
+    let iw = i32(q.col * p.stride_w + kw) - i32(p.pad_left);
+    let inside = q.live && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w);
+    let i = select(0u, ((q.n * p.in_h + u32(ih)) * p.in_w + u32(iw)) * p.in_c + ci, inside);
+    return select(0.0, x_saved[i], inside);
+}
+
+// w[base + c .. c+3] for output channels c.. (clamped to the last channel).
+fn w_out4(base: u32, c: u32) -> vec4<f32> {
+    let last = params.out_c - 1u;
+    return vec4(w[base + min(c, last)], w[base + min(c + 1u, last)],
+                w[base + min(c + 2u, last)], w[base + min(c + 3u, last)]);
+}
+
+// b[c .. c+3] (clamped).
+fn b4(c: u32) -> vec4<f32> {
+    let last = params.out_c - 1u;
+    return vec4(b[min(c, last)], b[min(c + 1u, last)], b[min(c + 2u, last)], b[min(c + 3u, last)]);
+}
+
+// dy[base + c .. c+3] for output channels c.. (clamped).
+fn dy4(base: u32, c: u32) -> vec4<f32> {
+    let last = params.out_c - 1u;
+    return vec4(dy[base + min(c, last)], dy[base + min(c + 1u, last)],
+                dy[base + min(c + 2u, last)], dy[base + min(c + 3u, last)]);
+}
+
+// w_saved[base + c*Cout] for input channels c .. c+3 (clamped).
+fn w_in4(base: u32, c: u32) -> vec4<f32> {
+    let last = params.in_c - 1u;
+    let s = params.out_c;
+    return vec4(w_saved[base + min(c, last) * s], w_saved[base + min(c + 1u, last) * s],
+                w_saved[base + min(c + 2u, last) * s], w_saved[base + min(c + 3u, last) * s]);
+}
+
+// Writes channels c0 .. c0+7 of one pixel's row of y.
+fn store_y(q: Pixel, i: u32, c0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let base = i * params.out_c + c0;
+    for (var j = 0u; j < 4u; j++) {
+        if (q.live && c0 + j < params.out_c) { y[base + j] = lo[j]; }
+        if (q.live && c0 + 4u + j < params.out_c) { y[base + 4u + j] = hi[j]; }
+    }
+}
+
+// Adds into channels c0 .. c0+7 of one pixel's row of dx.
+fn add_dx(q: Pixel, i: u32, c0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let base = i * params.in_c + c0;
+    for (var j = 0u; j < 4u; j++) {
+        if (q.live && c0 + j < params.in_c) { dx[base + j] += lo[j]; }
+        if (q.live && c0 + 4u + j < params.in_c) { dx[base + 4u + j] += hi[j]; }
+    }
+}
+
+// ---------------------------------------------------------------- forward
+
+@compute @workgroup_size(WG)
+fn conv2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    // Grid: x (folded with z) over blocks of WG*PT output pixels, y over blocks of CT channels.
+    let i0 = ((wid.z * nwg.x + wid.x) * WG + lid.x) * PT;
+    let co0 = wid.y * CT;
+    let q0 = pixel(i0, p.out_h, p.out_w);
+    let q1 = next_pixel(q0, p.out_h, p.out_w);
+    let q2 = next_pixel(q1, p.out_h, p.out_w);
+    let q3 = next_pixel(q2, p.out_h, p.out_w);
+    let bias_lo = b4(co0);
+    let bias_hi = b4(co0 + 4u);
+    var a0 = bias_lo; var a1 = bias_hi;
+    var b0 = bias_lo; var b1 = bias_hi;
+    var c0 = bias_lo; var c1 = bias_hi;
+    var d0 = bias_lo; var d1 = bias_hi;
+    var kh = 0u;
+    var kw = 0u;
+    var ci = 0u;
+    for (var tap = 0u; tap < p.k_h * p.k_w * p.in_c; tap++) {
+        let wlo = w_out4(tap * p.out_c, co0);
+        let whi = w_out4(tap * p.out_c, co0 + 4u);
+        let xa = x_tap(q0, kh, kw, ci);
+        let xb = x_tap(q1, kh, kw, ci);
+        let xc = x_tap(q2, kh, kw, ci);
+        let xd = x_tap(q3, kh, kw, ci);
+        a0 += xa * wlo; a1 += xa * whi;
+        b0 += xb * wlo; b1 += xb * whi;
+        c0 += xc * wlo; c1 += xc * whi;
+        d0 += xd * wlo; d1 += xd * whi;
+        ci += 1u;
+        if (ci == p.in_c) { ci = 0u; kw += 1u; }
+        if (kw == p.k_w) { kw = 0u; kh += 1u; }
+    }
+    store_y(q0, i0, co0, a0, a1);
+    store_y(q1, i0 + 1u, co0, b0, b1);
+    store_y(q2, i0 + 2u, co0, c0, c1);
+    store_y(q3, i0 + 3u, co0, d0, d1);
+}
+
+// ---------------------------------------------------------------- input gradient
+
+// An input pixel with ih + pad_top = base_h * stride_h + rem_h (likewise for
+// columns). Output row oh reads it through kernel row kh exactly when
+// kh % stride_h == rem_h and oh = base_h - kh / stride_h.
+struct InPixel {
+    q: Pixel,
+    base_h: u32,
+    rem_h: u32,
+    base_w: u32,
+    rem_w: u32,
+}
+
+fn in_pixel(q: Pixel) -> InPixel {
+    let p = params;
+    let ah = q.row + p.pad_top;
+    let aw = q.col + p.pad_left;
+    return InPixel(q, ah / p.stride_h, ah % p.stride_h, aw / p.stride_w, aw % p.stride_w);
+}
+
+// dy at output channel co of the output pixel that reads input pixel r
+// through kernel tap (kh, kw) = (kq_h * stride_h + kr_h, kq_w * stride_w + kr_w);
+// 0 when no output pixel does.
+fn dy_tap(r: InPixel, kq_h: u32, kr_h: u32, kq_w: u32, kr_w: u32, co: u32) -> f32 {
+    let p = params;
+    // Wraps (and fails the range check) when kq > base.
+    let oh = r.base_h - kq_h;
+    let ow = r.base_w - kq_w;
+    let ok = r.q.live && kr_h == r.rem_h && kr_w == r.rem_w && kq_h <= r.base_h && kq_w <= r.base_w
+        && oh < p.out_h && ow < p.out_w;
+    let i = select(0u, ((r.q.n * p.out_h + oh) * p.out_w + ow) * p.out_c + co, ok);
+    return select(0.0, dy[i], ok);
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    // Grid: x (folded with z) over blocks of WG*PT input pixels, y over blocks of CT channels.
+    let i0 = ((wid.z * nwg.x + wid.x) * WG + lid.x) * PT;
+    let ci0 = wid.y * CT;
+    let q0 = pixel(i0, p.in_h, p.in_w);
+    let q1 = next_pixel(q0, p.in_h, p.in_w);
+    let q2 = next_pixel(q1, p.in_h, p.in_w);
+    let q3 = next_pixel(q2, p.in_h, p.in_w);
+    let r0 = in_pixel(q0);
+    let r1 = in_pixel(q1);
+    let r2 = in_pixel(q2);
+    let r3 = in_pixel(q3);
+    var a0 = vec4(0.0); var a1 = vec4(0.0);
+    var b0 = vec4(0.0); var b1 = vec4(0.0);
+    var c0 = vec4(0.0); var c1 = vec4(0.0);
+    var d0 = vec4(0.0); var d1 = vec4(0.0);
+    // Loop over (kh, kw, co), co fastest, carrying kh and kw as quotient and
+    // remainder by the stride.
+    var kq_h = 0u; var kr_h = 0u; var kh = 0u;
+    var kq_w = 0u; var kr_w = 0u; var kw = 0u;
+    var co = 0u;
+    for (var k = 0u; k < p.k_h * p.k_w * p.out_c; k++) {
+        // w[kh, kw, ci, co] for ci = ci0.. is at ((kh*KW + kw)*Cin + ci)*Cout + co.
+        let base = (kh * p.k_w + kw) * p.in_c * p.out_c + co;
+        let wlo = w_in4(base, ci0);
+        let whi = w_in4(base, ci0 + 4u);
+        let ga = dy_tap(r0, kq_h, kr_h, kq_w, kr_w, co);
+        let gb = dy_tap(r1, kq_h, kr_h, kq_w, kr_w, co);
+        let gc = dy_tap(r2, kq_h, kr_h, kq_w, kr_w, co);
+        let gd = dy_tap(r3, kq_h, kr_h, kq_w, kr_w, co);
+        a0 += ga * wlo; a1 += ga * whi;
+        b0 += gb * wlo; b1 += gb * whi;
+        c0 += gc * wlo; c1 += gc * whi;
+        d0 += gd * wlo; d1 += gd * whi;
+        co += 1u;
+        if (co == p.out_c) {
+            co = 0u;
+            kw += 1u;
+            kr_w += 1u;
+            if (kr_w == p.stride_w) { kr_w = 0u; kq_w += 1u; }
+        }
+        if (kw == p.k_w) {
+            kw = 0u; kr_w = 0u; kq_w = 0u;
+            kh += 1u;
+            kr_h += 1u;
+            if (kr_h == p.stride_h) { kr_h = 0u; kq_h += 1u; }
+        }
+    }
+    add_dx(q0, i0, ci0, a0, a1);
+    add_dx(q1, i0 + 1u, ci0, b0, b1);
+    add_dx(q2, i0 + 2u, ci0, c0, c1);
+    add_dx(q3, i0 + 3u, ci0, d0, d1);
+}
+
+// ---------------------------------------------------------------- reductions
+
+// Sums partial[k * RWG + 0..RWG) into partial[k * RWG] for k < count, in a
+// fixed order. Every lane calls it (the barriers need uniform control flow).
+fn reduce_partials(lane: u32, count: u32) {
+    for (var s = RWG / 2u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if (lane < s) {
+            for (var k = 0u; k < count; k++) {
+                partial[k * RWG + lane] += partial[k * RWG + lane + s];
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
+// (kh, kw, ci) of a flattened tap.
+fn tap_index(t: u32) -> vec3<u32> {
+    let p = params;
+    let r = t / p.in_c;
+    return vec3(r / p.k_w, r % p.k_w, t % p.in_c);
+}
+
+@compute @workgroup_size(RWG)
+fn conv2d_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lane: u32) {
+    let p = params;
+    // One workgroup per (block of TT taps, block of CT output channels); the
+    // grid may be folded into 2-D.
+    let g = wid.y * nwg.x + wid.x;
+    let taps = p.k_h * p.k_w * p.in_c;
+    let cblocks = (p.out_c + CT - 1u) / CT;
+    if (g >= cblocks * ((taps + TT - 1u) / TT)) { return; }
+    let co0 = (g % cblocks) * CT;
+    let tap0 = (g / cblocks) * TT;
+    let t0 = tap_index(min(tap0, taps - 1u));
+    let t1 = tap_index(min(tap0 + 1u, taps - 1u));
+    let t2 = tap_index(min(tap0 + 2u, taps - 1u));
+    var a0 = vec4(0.0); var a1 = vec4(0.0);
+    var b0 = vec4(0.0); var b1 = vec4(0.0);
+    var c0 = vec4(0.0); var c1 = vec4(0.0);
+    // Lane `lane` visits output pixels j = lane, lane + RWG, ...; the
+    // position of j is advanced by the fixed step RWG with carries.
+    var q = pixel(lane, p.out_h, p.out_w);
+    let step = pixel(RWG, p.out_h, p.out_w);
+    for (var j = lane; j < p.batch * p.out_h * p.out_w; j += RWG) {
+        let glo = dy4(j * p.out_c, co0);
+        let ghi = dy4(j * p.out_c, co0 + 4u);
+        let xa = x_saved_tap(q, t0.x, t0.y, t0.z);
+        let xb = x_saved_tap(q, t1.x, t1.y, t1.z);
+        let xc = x_saved_tap(q, t2.x, t2.y, t2.z);
+        a0 += xa * glo; a1 += xa * ghi;
+        b0 += xb * glo; b1 += xb * ghi;
+        c0 += xc * glo; c1 += xc * ghi;
+        q.col += step.col;
+        q.row += step.row;
+        q.n += step.n;
+        if (q.col >= p.out_w) { q.col -= p.out_w; q.row += 1u; }
+        if (q.row >= p.out_h) { q.row -= p.out_h; q.n += 1u; }
+        q.live = q.n < p.batch;
+    }
+    partial[lane] = a0;
+    partial[RWG + lane] = a1;
+    partial[2u * RWG + lane] = b0;
+    partial[3u * RWG + lane] = b1;
+    partial[4u * RWG + lane] = c0;
+    partial[5u * RWG + lane] = c1;
+    reduce_partials(lane, TT * 2u);
+    // Lane t*CT + c writes tap tap0 + t, channel co0 + c.
+    let t = lane / CT;
+    let c = lane % CT;
+    if (t < TT && tap0 + t < taps && co0 + c < p.out_c) {
+        dw[(tap0 + t) * p.out_c + co0 + c] += partial[(t * 2u + c / 4u) * RWG][c % 4u];
+    }
+}
+
+@compute @workgroup_size(RWG)
+fn conv2d_backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lane: u32) {
+    let p = params;
+    // One workgroup per db element.
+    let co = wid.y * nwg.x + wid.x;
+    if (co >= p.out_c) { return; }
+    var acc = 0.0;
+    for (var j = lane; j < p.batch * p.out_h * p.out_w; j += RWG) {
+        acc += dy[j * p.out_c + co];
+    }
+    partial[lane] = vec4(acc, 0.0, 0.0, 0.0);
+    reduce_partials(lane, 1u);
+    if (lane == 0u) { db[co] += partial[0].x; }
+}

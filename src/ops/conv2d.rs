@@ -1,0 +1,463 @@
+//! 2-D convolution (Keras `Conv2D`): NHWC input `[N,H,W,Cin]`, HWIO weight
+//! `[KH,KW,Cin,Cout]`, bias `[Cout]`, output `[N,OH,OW,Cout]`; strides and
+//! Valid or Same padding with TensorFlow's rules. CPU reference and GPU
+//! launchers, forward then backward. The forward adds the bias; the ReLU
+//! stays a separate op (`ops::activation`).
+//!
+//! Autograd: forward saves x (for the weight gradient) and uses the weight
+//! (for the input gradient); backward runs `conv2d_backward_weight`,
+//! `conv2d_backward_bias` and, unless x is the network input,
+//! `conv2d_backward_input`. All three accumulate (+=).
+
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, NdFloat};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
+use crate::tensor::{expect_numel, expect_shape, numel};
+
+/// Uniform parameters, mirrored by `Params` in `shaders/conv2d.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Conv2dParams {
+    pub batch: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub in_c: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub out_c: u32,
+    pub k_h: u32,
+    pub k_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub _pad: [u32; 3],
+}
+
+/// Keras padding modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Padding {
+    /// No padding: `out = floor((in - k) / stride) + 1`.
+    Valid,
+    /// TensorFlow "SAME": `out = ceil(in / stride)`, zero padding
+    /// `max((out-1)*stride + k - in, 0)` split with the smaller half before.
+    Same,
+}
+
+/// Output size and padding before, along one spatial dimension.
+fn out_and_pad(input: usize, k: usize, stride: usize, padding: Padding) -> (usize, usize) {
+    match padding {
+        Padding::Valid => ((input - k) / stride + 1, 0),
+        Padding::Same => {
+            let out = input.div_ceil(stride);
+            let total = ((out - 1) * stride + k).saturating_sub(input);
+            (out, total / 2)
+        }
+    }
+}
+
+/// Sizes of one convolution: input, kernel, stride and padding, from which
+/// the output size and padding offsets follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Conv2dGeometry {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub in_c: usize,
+    pub out_c: usize,
+    /// `[KH, KW]`
+    pub kernel: [usize; 2],
+    /// `[SH, SW]`
+    pub stride: [usize; 2],
+    pub padding: Padding,
+}
+
+impl Conv2dGeometry {
+    /// Checks the sizes: non-zero kernel, stride and channels, a Valid
+    /// kernel no larger than the input, and every tensor indexable in u32.
+    pub fn new(
+        input: [usize; 4],
+        out_c: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: Padding,
+    ) -> Result<Self> {
+        let [batch, in_h, in_w, in_c] = input;
+        let g = Self {
+            batch,
+            in_h,
+            in_w,
+            in_c,
+            out_c,
+            kernel,
+            stride,
+            padding,
+        };
+        let describe = || {
+            format!("input {input:?}, {out_c} filters, kernel {kernel:?}, stride {stride:?}, {padding:?}")
+        };
+        if kernel.contains(&0) || stride.contains(&0) || in_c == 0 || out_c == 0 {
+            return Err(Error::shape(
+                "conv2d",
+                format!("zero kernel, stride or channel count: {}", describe()),
+            ));
+        }
+        if in_h == 0
+            || in_w == 0
+            || (padding == Padding::Valid && (kernel[0] > in_h || kernel[1] > in_w))
+        {
+            return Err(Error::shape(
+                "conv2d",
+                format!("the kernel does not fit the input: {}", describe()),
+            ));
+        }
+        let biggest = [g.input_shape(), g.weight_shape(), g.output_shape()]
+            .iter()
+            .map(|s| numel(s))
+            .max()
+            .unwrap_or(0);
+        if biggest > u32::MAX as usize {
+            return Err(Error::Unsupported {
+                op: "conv2d".into(),
+                what: format!("a tensor of {biggest} elements"),
+                why: "the kernels index with u32".into(),
+            });
+        }
+        Ok(g)
+    }
+
+    pub fn out_h(&self) -> usize {
+        out_and_pad(self.in_h, self.kernel[0], self.stride[0], self.padding).0
+    }
+
+    pub fn out_w(&self) -> usize {
+        out_and_pad(self.in_w, self.kernel[1], self.stride[1], self.padding).0
+    }
+
+    /// Zero rows added above the input (Same padding; the odd one goes below).
+    pub fn pad_top(&self) -> usize {
+        out_and_pad(self.in_h, self.kernel[0], self.stride[0], self.padding).1
+    }
+
+    /// Zero columns added left of the input.
+    pub fn pad_left(&self) -> usize {
+        out_and_pad(self.in_w, self.kernel[1], self.stride[1], self.padding).1
+    }
+
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.batch, self.in_h, self.in_w, self.in_c]
+    }
+
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.kernel[0], self.kernel[1], self.in_c, self.out_c]
+    }
+
+    pub fn bias_shape(&self) -> [usize; 1] {
+        [self.out_c]
+    }
+
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.batch, self.out_h(), self.out_w(), self.out_c]
+    }
+
+    pub fn params(&self) -> Conv2dParams {
+        Conv2dParams {
+            batch: self.batch as u32,
+            in_h: self.in_h as u32,
+            in_w: self.in_w as u32,
+            in_c: self.in_c as u32,
+            out_h: self.out_h() as u32,
+            out_w: self.out_w() as u32,
+            out_c: self.out_c as u32,
+            k_h: self.kernel[0] as u32,
+            k_w: self.kernel[1] as u32,
+            stride_h: self.stride[0] as u32,
+            stride_w: self.stride[1] as u32,
+            pad_top: self.pad_top() as u32,
+            pad_left: self.pad_left() as u32,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Input row read by output row `oh` and kernel row `kh`, or `None` in the padding.
+    pub fn input_row(&self, oh: usize, kh: usize) -> Option<usize> {
+        tap(oh, kh, self.stride[0], self.pad_top(), self.in_h)
+    }
+
+    /// Input column read by output column `ow` and kernel column `kw`, or `None` in the padding.
+    pub fn input_col(&self, ow: usize, kw: usize) -> Option<usize> {
+        tap(ow, kw, self.stride[1], self.pad_left(), self.in_w)
+    }
+}
+
+fn tap(out: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+    (out * stride + k).checked_sub(pad).filter(|&i| i < size)
+}
+
+// ---------------------------------------------------------------- CPU reference
+
+fn check_cpu(what: &str, got: &[usize], want: &[usize]) {
+    assert_eq!(got, want, "conv2d reference: {what} shape");
+}
+
+/// `y[n,oh,ow,co] = b[co] + Σ_{kh,kw,ci} x[n,ih,iw,ci] · w[kh,kw,ci,co]`.
+pub fn conv2d_forward_cpu<A: NdFloat>(
+    x: &ArrayView4<A>,
+    w: &ArrayView4<A>,
+    b: &ArrayView1<A>,
+    g: &Conv2dGeometry,
+) -> Array4<A> {
+    check_cpu("x", x.shape(), &g.input_shape());
+    check_cpu("w", w.shape(), &g.weight_shape());
+    check_cpu("b", b.shape(), &g.bias_shape());
+    let [batch, out_h, out_w, out_c] = g.output_shape();
+    let mut y = Array4::zeros((batch, out_h, out_w, out_c));
+    for n in 0..batch {
+        for oh in 0..out_h {
+            for ow in 0..out_w {
+                for co in 0..out_c {
+                    let mut acc = b[co];
+                    for kh in 0..g.kernel[0] {
+                        let Some(ih) = g.input_row(oh, kh) else {
+                            continue;
+                        };
+                        for kw in 0..g.kernel[1] {
+                            let Some(iw) = g.input_col(ow, kw) else {
+                                continue;
+                            };
+                            for ci in 0..g.in_c {
+                                acc += x[[n, ih, iw, ci]] * w[[kh, kw, ci, co]];
+                            }
+                        }
+                    }
+                    y[[n, oh, ow, co]] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Calls `f(n, oh, ow, co, kh, kw, ci, ih, iw)` for every product term of
+/// the forward sum; the backward references scatter along the same loops.
+fn for_each_term(g: &Conv2dGeometry, mut f: impl FnMut([usize; 9])) {
+    let [batch, out_h, out_w, out_c] = g.output_shape();
+    for n in 0..batch {
+        for oh in 0..out_h {
+            for ow in 0..out_w {
+                for co in 0..out_c {
+                    for kh in 0..g.kernel[0] {
+                        let Some(ih) = g.input_row(oh, kh) else {
+                            continue;
+                        };
+                        for kw in 0..g.kernel[1] {
+                            let Some(iw) = g.input_col(ow, kw) else {
+                                continue;
+                            };
+                            for ci in 0..g.in_c {
+                                f([n, oh, ow, co, kh, kw, ci, ih, iw]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dx[n,ih,iw,ci] += Σ dy[n,oh,ow,co] · w[kh,kw,ci,co]` over the terms that read it.
+pub fn conv2d_backward_input_cpu<A: NdFloat>(
+    dx: &mut Array4<A>,
+    dy: &ArrayView4<A>,
+    w: &ArrayView4<A>,
+    g: &Conv2dGeometry,
+) {
+    check_cpu("dx", dx.shape(), &g.input_shape());
+    check_cpu("dy", dy.shape(), &g.output_shape());
+    check_cpu("w", w.shape(), &g.weight_shape());
+    for_each_term(g, |[n, oh, ow, co, kh, kw, ci, ih, iw]| {
+        dx[[n, ih, iw, ci]] += dy[[n, oh, ow, co]] * w[[kh, kw, ci, co]];
+    });
+}
+
+/// `dw[kh,kw,ci,co] += Σ_{n,oh,ow} x[n,ih,iw,ci] · dy[n,oh,ow,co]`.
+pub fn conv2d_backward_weight_cpu<A: NdFloat>(
+    dw: &mut Array4<A>,
+    dy: &ArrayView4<A>,
+    x: &ArrayView4<A>,
+    g: &Conv2dGeometry,
+) {
+    check_cpu("dw", dw.shape(), &g.weight_shape());
+    check_cpu("dy", dy.shape(), &g.output_shape());
+    check_cpu("x", x.shape(), &g.input_shape());
+    for_each_term(g, |[n, oh, ow, co, kh, kw, ci, ih, iw]| {
+        dw[[kh, kw, ci, co]] += x[[n, ih, iw, ci]] * dy[[n, oh, ow, co]];
+    });
+}
+
+/// `db[co] += Σ_{n,oh,ow} dy[n,oh,ow,co]`.
+pub fn conv2d_backward_bias_cpu<A: NdFloat>(
+    db: &mut Array1<A>,
+    dy: &ArrayView4<A>,
+    g: &Conv2dGeometry,
+) {
+    check_cpu("db", db.shape(), &g.bias_shape());
+    check_cpu("dy", dy.shape(), &g.output_shape());
+    for ((_, _, _, co), &v) in dy.indexed_iter() {
+        db[co] += v;
+    }
+}
+
+// ---------------------------------------------------------------- GPU
+
+static SHADER: Shader = crate::shader!("conv2d");
+/// Lanes of the pixel kernels (`WG` in the shader).
+const WORKGROUP: usize = 64;
+/// Pixels per invocation of the pixel kernels (`PT`).
+const PIXEL_TILE: usize = 4;
+/// Channels per invocation of every kernel but the bias gradient (`CT`).
+const CHANNEL_TILE: usize = 8;
+/// Taps per workgroup of the weight gradient (`TT`).
+const TAP_TILE: usize = 3;
+
+use Access::{Read, ReadWrite};
+static FORWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "conv2d_forward",
+    bindings: &[Read, Read, Read, ReadWrite],
+};
+static BACKWARD_INPUT: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "conv2d_backward_input",
+    bindings: &[ReadWrite, Read, Read],
+};
+static BACKWARD_WEIGHT: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "conv2d_backward_weight",
+    bindings: &[ReadWrite, Read, Read],
+};
+static BACKWARD_BIAS: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "conv2d_backward_bias",
+    bindings: &[ReadWrite, Read],
+};
+
+/// Folds `groups` workgroups into `[x, z]` with `x` within the per-dimension
+/// limit (the shader recovers the index as `wid.z * nwg.x + wid.x`, or with
+/// `y` in place of `z`). Too many is reported by `prepare` as `LimitExceeded`.
+fn fold(ctx: &GpuContext, groups: usize) -> (u32, u32) {
+    let max = ctx.limits.max_compute_workgroups_per_dimension.max(1) as usize;
+    let x = groups.clamp(1, max);
+    let rest = groups.div_ceil(x).min(u32::MAX as usize);
+    (x as u32, rest as u32)
+}
+
+/// The pixel kernels' grid: x (folded with z) over blocks of
+/// `WORKGROUP * PIXEL_TILE` pixels, y over blocks of `CHANNEL_TILE` channels.
+fn pixel_grid(ctx: &GpuContext, pixels: usize, channels: usize) -> Grid {
+    let (x, z) = fold(ctx, pixels.div_ceil(WORKGROUP * PIXEL_TILE));
+    let y = channels.div_ceil(CHANNEL_TILE).min(u32::MAX as usize) as u32;
+    Grid::Workgroups([x, y, z])
+}
+
+/// The reduction kernels' grid: one workgroup per output (block), folded
+/// into 2-D (the shader recovers it as `wid.y * nwg.x + wid.x`).
+fn reduction_grid(ctx: &GpuContext, outputs: usize) -> Grid {
+    let (x, y) = fold(ctx, outputs);
+    Grid::Workgroups([x, y, 1])
+}
+
+/// `y = conv(x, w) + b`: one invocation per 4 output pixels x 8 channels.
+/// `y` may be a flattened view (same element count).
+pub fn conv2d_forward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    b: &GpuTensor,
+    y: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> Result<Dispatch> {
+    let op = FORWARD.entry;
+    expect_shape(op, "x", &x.shape, &g.input_shape())?;
+    expect_shape(op, "w", &w.shape, &g.weight_shape())?;
+    expect_shape(op, "b", &b.shape, &g.bias_shape())?;
+    expect_numel(op, "y", &y.shape, numel(&g.output_shape()))?;
+    ctx.prepare(
+        &FORWARD,
+        &[],
+        &g.params(),
+        &[x, w, b, y],
+        pixel_grid(ctx, g.batch * g.out_h() * g.out_w(), g.out_c),
+    )
+}
+
+/// `dx += ∂(Σ dy·y)/∂x`: each dx element is owned by one invocation (4
+/// pixels x 8 channels each), which gathers over the (kh, kw, co) whose
+/// windows read it. `dy` may be a flattened view.
+pub fn conv2d_backward_input(
+    ctx: &GpuContext,
+    dx: &GpuTensor,
+    dy: &GpuTensor,
+    w: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> Result<Dispatch> {
+    let op = BACKWARD_INPUT.entry;
+    expect_shape(op, "dx", &dx.shape, &g.input_shape())?;
+    expect_numel(op, "dy", &dy.shape, numel(&g.output_shape()))?;
+    expect_shape(op, "w", &w.shape, &g.weight_shape())?;
+    ctx.prepare(
+        &BACKWARD_INPUT,
+        &[],
+        &g.params(),
+        &[dx, dy, w],
+        pixel_grid(ctx, g.batch * g.in_h * g.in_w, g.in_c),
+    )
+}
+
+/// `dw += Σ_{n,oh,ow} x ⊗ dy`: one workgroup per block of 3 taps (kh, kw, ci)
+/// x 8 output channels, its lanes splitting the sum over n, oh, ow and
+/// combining it with a fixed tree (deterministic).
+pub fn conv2d_backward_weight(
+    ctx: &GpuContext,
+    dw: &GpuTensor,
+    dy: &GpuTensor,
+    x: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> Result<Dispatch> {
+    let op = BACKWARD_WEIGHT.entry;
+    expect_shape(op, "dw", &dw.shape, &g.weight_shape())?;
+    expect_numel(op, "dy", &dy.shape, numel(&g.output_shape()))?;
+    expect_shape(op, "x", &x.shape, &g.input_shape())?;
+    ctx.prepare(
+        &BACKWARD_WEIGHT,
+        &[],
+        &g.params(),
+        &[dw, dy, x],
+        reduction_grid(
+            ctx,
+            (g.kernel[0] * g.kernel[1] * g.in_c).div_ceil(TAP_TILE)
+                * g.out_c.div_ceil(CHANNEL_TILE),
+        ),
+    )
+}
+
+/// `db += Σ_{n,oh,ow} dy`: one workgroup per db element, reduced like the
+/// weight gradient.
+pub fn conv2d_backward_bias(
+    ctx: &GpuContext,
+    db: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> Result<Dispatch> {
+    let op = BACKWARD_BIAS.entry;
+    expect_shape(op, "db", &db.shape, &g.bias_shape())?;
+    expect_numel(op, "dy", &dy.shape, numel(&g.output_shape()))?;
+    ctx.prepare(
+        &BACKWARD_BIAS,
+        &[],
+        &g.params(),
+        &[db, dy],
+        reduction_grid(ctx, g.out_c),
+    )
+}

@@ -1,0 +1,363 @@
+//! conv2d kernels against the CPU reference (evaluated in f64, so the
+//! tolerances measure the GPU's f32 rounding only) on awkward shapes and the
+//! seed model's shape, accumulation into non-zero gradients, the backward
+//! references against finite differences, and shape errors.
+
+mod common;
+
+use common::*;
+use crossmodal::gpu::GpuTensor;
+use crossmodal::ops::conv2d as op;
+use crossmodal::ops::conv2d::{
+    conv2d_backward_bias_cpu, conv2d_backward_input_cpu, conv2d_backward_weight_cpu,
+    conv2d_forward_cpu, Conv2dGeometry, Conv2dParams, Padding,
+};
+use crossmodal::{Error, GpuContext};
+use ndarray::{Array1, Array4, Ix1, Ix4};
+
+fn geometry(
+    input: [usize; 4],
+    out_c: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: Padding,
+) -> Conv2dGeometry {
+    Conv2dGeometry::new(input, out_c, kernel, stride, padding).unwrap()
+}
+
+/// Awkward shapes: nothing a multiple of the workgroup or of the kernels'
+/// pixel (4), channel (8) and tap (3) tiles, distinct sizes per dimension,
+/// a non-square kernel, strides 1 and 2 (and mixed), both paddings, a Same
+/// kernel larger than the input, several channel blocks, and a stride
+/// larger than the kernel (input pixels no window reads).
+fn awkward() -> Vec<Conv2dGeometry> {
+    let mut cases = Vec::new();
+    for stride in [[1, 1], [2, 2], [2, 1], [1, 2]] {
+        for padding in [Padding::Valid, Padding::Same] {
+            cases.push(geometry([3, 11, 9, 5], 7, [3, 2], stride, padding));
+        }
+    }
+    cases.push(geometry([2, 4, 3, 3], 2, [5, 4], [1, 2], Padding::Same));
+    cases.push(geometry([2, 6, 5, 10], 17, [2, 2], [1, 2], Padding::Same));
+    cases.push(geometry([2, 7, 6, 3], 4, [1, 2], [2, 3], Padding::Valid));
+    cases
+}
+
+/// The seed model's Conv2D(32, 3x3) on 32x28x28x1 images.
+fn seed() -> Conv2dGeometry {
+    geometry([32, 28, 28, 1], 32, [3, 3], [1, 1], Padding::Valid)
+}
+
+fn rand4(shape: [usize; 4], seed: u64) -> Array4<f64> {
+    to_f64(&random(&shape, seed))
+        .into_dimensionality::<Ix4>()
+        .unwrap()
+}
+
+fn rand1(len: usize, seed: u64) -> Array1<f64> {
+    to_f64(&random(&[len], seed))
+        .into_dimensionality::<Ix1>()
+        .unwrap()
+}
+
+/// Uploads an f64 array as f32 (the values are f32-exact: they came from f32).
+fn upload<D: ndarray::Dimension>(ctx: &GpuContext, a: &ndarray::Array<f64, D>) -> GpuTensor {
+    let v: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+    ctx.upload_f32(&v, a.shape()).unwrap()
+}
+
+fn as_f32<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> Vec<f32> {
+    a.iter().map(|&v| v as f32).collect()
+}
+
+fn label(g: &Conv2dGeometry) -> String {
+    format!(
+        "{:?} k{:?} s{:?} {:?} -> {}",
+        g.input_shape(),
+        g.kernel,
+        g.stride,
+        g.padding,
+        g.out_c
+    )
+}
+
+fn check_forward(g: &Conv2dGeometry) {
+    let Some(ctx) = gpu() else { return };
+    let x = rand4(g.input_shape(), 1);
+    let w = rand4(g.weight_shape(), 2);
+    let b = rand1(g.out_c, 3);
+    let want = conv2d_forward_cpu(&x.view(), &w.view(), &b.view(), g);
+    let (gx, gw, gb) = (upload(ctx, &x), upload(ctx, &w), upload(ctx, &b));
+    let gy = ctx
+        .zeros(&g.output_shape(), crossmodal::DType::F32)
+        .unwrap();
+    ctx.run(&[&op::conv2d_forward(ctx, &gx, &gw, &gb, &gy, g).unwrap()])
+        .unwrap();
+    // At most KH*KW*Cin products of values in [-1, 1].
+    assert_close(
+        &format!("conv2d_forward {}", label(g)),
+        &ctx.read_f32(&gy).unwrap(),
+        &as_f32(&want),
+        1e-5,
+        1e-5,
+    );
+}
+
+fn check_backward_input(g: &Conv2dGeometry) {
+    let Some(ctx) = gpu() else { return };
+    let dy = rand4(g.output_shape(), 4);
+    let w = rand4(g.weight_shape(), 5);
+    // Accumulation: dx starts non-zero and the kernel adds to it.
+    let dx0 = rand4(g.input_shape(), 6);
+    let mut want = dx0.clone();
+    conv2d_backward_input_cpu(&mut want, &dy.view(), &w.view(), g);
+    let (gdx, gdy, gw) = (upload(ctx, &dx0), upload(ctx, &dy), upload(ctx, &w));
+    ctx.run(&[&op::conv2d_backward_input(ctx, &gdx, &gdy, &gw, g).unwrap()])
+        .unwrap();
+    // At most KH*KW*Cout products per element.
+    assert_close(
+        &format!("conv2d_backward_input {}", label(g)),
+        &ctx.read_f32(&gdx).unwrap(),
+        &as_f32(&want),
+        1e-5,
+        1e-5,
+    );
+}
+
+fn check_backward_weight(g: &Conv2dGeometry) {
+    let Some(ctx) = gpu() else { return };
+    let dy = rand4(g.output_shape(), 7);
+    let x = rand4(g.input_shape(), 8);
+    let dw0 = rand4(g.weight_shape(), 9);
+    let mut want = dw0.clone();
+    conv2d_backward_weight_cpu(&mut want, &dy.view(), &x.view(), g);
+    let (gdw, gdy, gx) = (upload(ctx, &dw0), upload(ctx, &dy), upload(ctx, &x));
+    ctx.run(&[&op::conv2d_backward_weight(ctx, &gdw, &gdy, &gx, g).unwrap()])
+        .unwrap();
+    // Sums of up to N*OH*OW products (21632 for the seed): rounding grows
+    // with the number of terms, so atol scales with sqrt(terms).
+    let terms = (g.batch * g.out_h() * g.out_w()) as f32;
+    assert_close(
+        &format!("conv2d_backward_weight {}", label(g)),
+        &ctx.read_f32(&gdw).unwrap(),
+        &as_f32(&want),
+        1e-5,
+        2e-6 * terms.sqrt(),
+    );
+}
+
+fn check_backward_bias(g: &Conv2dGeometry) {
+    let Some(ctx) = gpu() else { return };
+    let dy = rand4(g.output_shape(), 10);
+    let db0 = rand1(g.out_c, 11);
+    let mut want = db0.clone();
+    conv2d_backward_bias_cpu(&mut want, &dy.view(), g);
+    let (gdb, gdy) = (upload(ctx, &db0), upload(ctx, &dy));
+    ctx.run(&[&op::conv2d_backward_bias(ctx, &gdb, &gdy, g).unwrap()])
+        .unwrap();
+    let terms = (g.batch * g.out_h() * g.out_w()) as f32;
+    assert_close(
+        &format!("conv2d_backward_bias {}", label(g)),
+        &ctx.read_f32(&gdb).unwrap(),
+        &as_f32(&want),
+        1e-5,
+        2e-6 * terms.sqrt(),
+    );
+}
+
+#[test]
+fn conv2d_geometry_follows_tensorflow() {
+    // (in, kernel, stride, padding) -> (out, pad before), per TensorFlow.
+    let cases = [
+        (28, 3, 1, Padding::Valid, 26, 0),
+        (28, 3, 1, Padding::Same, 28, 1),
+        (11, 3, 2, Padding::Valid, 5, 0),
+        (11, 3, 2, Padding::Same, 6, 1),
+        (9, 2, 2, Padding::Same, 5, 0),
+        (10, 2, 2, Padding::Same, 5, 0),
+        (6, 3, 2, Padding::Same, 3, 0),
+        (10, 1, 3, Padding::Same, 4, 0),
+        (4, 5, 1, Padding::Same, 4, 2),
+    ];
+    for (input, k, s, padding, out, pad) in cases {
+        let g = geometry([1, input, 7, 1], 1, [k, 1], [s, 1], padding);
+        assert_eq!(
+            (g.out_h(), g.pad_top()),
+            (out, pad),
+            "rows: {input} {k} {s} {padding:?}"
+        );
+        let g = geometry([1, 7, input, 1], 1, [1, k], [1, s], padding);
+        assert_eq!(
+            (g.out_w(), g.pad_left()),
+            (out, pad),
+            "cols: {input} {k} {s} {padding:?}"
+        );
+    }
+    let g = seed();
+    assert_eq!(g.output_shape(), [32, 26, 26, 32]);
+    let p = g.params();
+    assert_eq!((p.out_h, p.out_w, p.pad_top, p.pad_left), (26, 26, 0, 0));
+    assert_eq!(std::mem::size_of::<Conv2dParams>() % 16, 0);
+}
+
+#[test]
+fn conv2d_forward() {
+    for g in awkward() {
+        check_forward(&g);
+    }
+}
+
+#[test]
+fn conv2d_forward_seed_shape() {
+    check_forward(&seed());
+}
+
+#[test]
+fn conv2d_backward_input() {
+    for g in awkward() {
+        check_backward_input(&g);
+    }
+}
+
+#[test]
+fn conv2d_backward_input_seed_shape() {
+    check_backward_input(&seed());
+}
+
+#[test]
+fn conv2d_backward_weight() {
+    for g in awkward() {
+        check_backward_weight(&g);
+    }
+}
+
+#[test]
+fn conv2d_backward_weight_seed_shape() {
+    check_backward_weight(&seed());
+}
+
+#[test]
+fn conv2d_backward_bias() {
+    for g in awkward() {
+        check_backward_bias(&g);
+    }
+}
+
+#[test]
+fn conv2d_backward_bias_seed_shape() {
+    check_backward_bias(&seed());
+}
+
+/// The loss `Σ wt·conv(x, w, b)` and its gradients from the backward
+/// references must match central differences; distinct sizes per dimension
+/// and unequal strides make a swapped index or stride fail.
+#[test]
+fn conv2d_backward_matches_finite_differences() {
+    let cases = [
+        geometry([2, 7, 6, 3], 4, [3, 2], [2, 2], Padding::Same),
+        geometry([2, 7, 6, 3], 4, [3, 2], [2, 1], Padding::Same),
+        geometry([2, 7, 6, 3], 4, [2, 3], [1, 2], Padding::Valid),
+    ];
+    for g in &cases {
+        let x = rand4(g.input_shape(), 20);
+        let w = rand4(g.weight_shape(), 21);
+        let b = rand1(g.out_c, 22);
+        let wt = rand4(g.output_shape(), 23);
+        let loss = |x: &Array4<f64>, w: &Array4<f64>, b: &Array1<f64>| {
+            let y = conv2d_forward_cpu(&x.view(), &w.view(), &b.view(), g);
+            (&y * &wt).sum()
+        };
+
+        let mut dx = Array4::zeros(x.raw_dim());
+        conv2d_backward_input_cpu(&mut dx, &wt.view(), &w.view(), g);
+        let fd = finite_difference(&x.clone().into_dyn(), 1e-5, |v| {
+            loss(&v.clone().into_dimensionality().unwrap(), &w, &b)
+        });
+        assert_close_f64(&format!("dx {}", label(g)), &dx.into_dyn(), &fd, 1e-6, 1e-8);
+
+        let mut dw = Array4::zeros(w.raw_dim());
+        conv2d_backward_weight_cpu(&mut dw, &wt.view(), &x.view(), g);
+        let fd = finite_difference(&w.clone().into_dyn(), 1e-5, |v| {
+            loss(&x, &v.clone().into_dimensionality().unwrap(), &b)
+        });
+        assert_close_f64(&format!("dw {}", label(g)), &dw.into_dyn(), &fd, 1e-6, 1e-8);
+
+        let mut db = Array1::zeros(b.raw_dim());
+        conv2d_backward_bias_cpu(&mut db, &wt.view(), g);
+        let fd = finite_difference(&b.clone().into_dyn(), 1e-5, |v| {
+            loss(&x, &w, &v.clone().into_dimensionality().unwrap())
+        });
+        assert_close_f64(&format!("db {}", label(g)), &db.into_dyn(), &fd, 1e-6, 1e-8);
+    }
+}
+
+fn assert_conv2d_shape_error<T: std::fmt::Debug>(r: crossmodal::Result<T>, what: &str) {
+    match r {
+        Err(Error::Shape { op, message }) => {
+            assert!(
+                op.contains("conv2d"),
+                "{what}: error names {op:?}: {message}"
+            )
+        }
+        other => panic!("{what}: expected a conv2d shape error, got {other:?}"),
+    }
+}
+
+#[test]
+fn conv2d_shape_errors() {
+    // Geometry: a Valid kernel larger than the input, zero stride.
+    assert_conv2d_shape_error(
+        Conv2dGeometry::new([1, 2, 5, 1], 1, [3, 3], [1, 1], Padding::Valid),
+        "kernel larger than input",
+    );
+    assert_conv2d_shape_error(
+        Conv2dGeometry::new([1, 5, 5, 1], 1, [3, 3], [0, 1], Padding::Same),
+        "zero stride",
+    );
+
+    let Some(ctx) = gpu() else { return };
+    let g = geometry([3, 11, 9, 5], 7, [3, 2], [2, 1], Padding::Same);
+    let zeros = |shape: &[usize]| ctx.zeros(shape, crossmodal::DType::F32).unwrap();
+    let (x, w, b, y) = (
+        zeros(&g.input_shape()),
+        zeros(&g.weight_shape()),
+        zeros(&g.bias_shape()),
+        zeros(&g.output_shape()),
+    );
+    // The weight in OIHW / HWOI order instead of HWIO.
+    let w_bad = zeros(&[3, 2, 7, 5]);
+    let x_bad = zeros(&[3, 9, 11, 5]);
+    let b_bad = zeros(&[5]);
+    let y_bad = zeros(&[3, 6, 9, 6]);
+    assert_conv2d_shape_error(op::conv2d_forward(ctx, &x, &w_bad, &b, &y, &g), "forward w");
+    assert_conv2d_shape_error(op::conv2d_forward(ctx, &x_bad, &w, &b, &y, &g), "forward x");
+    assert_conv2d_shape_error(op::conv2d_forward(ctx, &x, &w, &b_bad, &y, &g), "forward b");
+    assert_conv2d_shape_error(op::conv2d_forward(ctx, &x, &w, &b, &y_bad, &g), "forward y");
+    assert_conv2d_shape_error(
+        op::conv2d_backward_input(ctx, &x, &y, &w_bad, &g),
+        "backward_input w",
+    );
+    assert_conv2d_shape_error(
+        op::conv2d_backward_input(ctx, &x, &y_bad, &w, &g),
+        "backward_input dy",
+    );
+    assert_conv2d_shape_error(
+        op::conv2d_backward_weight(ctx, &w_bad, &y, &x, &g),
+        "backward_weight dw",
+    );
+    assert_conv2d_shape_error(
+        op::conv2d_backward_weight(ctx, &w, &y, &x_bad, &g),
+        "backward_weight x",
+    );
+    assert_conv2d_shape_error(
+        op::conv2d_backward_bias(ctx, &b_bad, &y, &g),
+        "backward_bias db",
+    );
+    // A flattened view of the output is accepted.
+    let flat = zeros(&[3, numel(&g.output_shape()) / 3]);
+    op::conv2d_forward(ctx, &x, &w, &b, &flat, &g).unwrap();
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
