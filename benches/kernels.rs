@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use crossmodal::gpu::Dispatch;
 use crossmodal::ops::{
-    activation::*, bias::*, concat::*, embedding::*, lstm::*, matmul::*, reduce::*,
-    softmax_cross_entropy::*,
+    activation::*, bias::*, concat::*, conv2d::*, embedding::*, lstm::*, matmul::*, pool2d::*,
+    reduce::*, softmax_cross_entropy::*,
 };
 use crossmodal::optim::{adam::*, sgd::*};
 use crossmodal::{DType, GpuContext, GpuTensor};
-use ndarray::{Array1, Array2, Array3, ArrayD, IxDyn};
+use ndarray::{Array1, Array2, Array3, Array4, ArrayD, IxDyn};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const BATCH: usize = 32;
@@ -347,6 +347,103 @@ fn lstm_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     });
 }
 
+fn array4(shape: [usize; 4], seed: u64) -> Array4<f32> {
+    Array4::from_shape_vec(shape, rand_vec(shape.iter().product(), seed)).unwrap()
+}
+
+fn image_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
+    // The seed image branch: 32×28×28×1 -> Conv2D(32, 3×3, valid) -> MaxPool 2×2.
+    let g = Conv2dGeometry::new([BATCH, 28, 28, 1], 32, [3, 3], [1, 1], Padding::Valid).unwrap();
+    let (x, w, b) = (
+        array4(g.input_shape(), 23),
+        array4(g.weight_shape(), 24),
+        Array1::from_vec(rand_vec(32, 25)),
+    );
+    let dy = array4(g.output_shape(), 26);
+    let (gx, gw, gb, gdy) = (
+        upload(ctx, &x.clone().into_dyn()),
+        upload(ctx, &w.clone().into_dyn()),
+        upload(ctx, &b.clone().into_dyn()),
+        upload(ctx, &dy.clone().into_dyn()),
+    );
+    let gy = ctx.zeros(&g.output_shape(), DType::F32).unwrap();
+    let (gdx, gdw, gdb) = (
+        ctx.zeros(&g.input_shape(), DType::F32).unwrap(),
+        ctx.zeros(&g.weight_shape(), DType::F32).unwrap(),
+        ctx.zeros(&[32], DType::F32).unwrap(),
+    );
+    let flops = 2.0 * (g.output_shape().iter().product::<usize>() * 9) as f64;
+    let (x1, w1, b1, g1) = (x.clone(), w.clone(), b.clone(), g.clone());
+    cases.push(Case {
+        name: "conv2d_forward 32x28x28x1 -> 32 3x3".into(),
+        work: Work::Flops(flops),
+        gpu: vec![conv2d_forward(ctx, &gx, &gw, &gb, &gy, &g).unwrap()],
+        cpu: Box::new(move || {
+            std::hint::black_box(conv2d_forward_cpu(&x1.view(), &w1.view(), &b1.view(), &g1));
+        }),
+    });
+    let (mut dx, dy1, w2, g2) = (
+        Array4::<f32>::zeros(g.input_shape()),
+        dy.clone(),
+        w.clone(),
+        g.clone(),
+    );
+    cases.push(Case {
+        name: "conv2d_backward_input 32x28x28x1 <- 32 3x3".into(),
+        work: Work::Flops(flops),
+        gpu: vec![conv2d_backward_input(ctx, &gdx, &gdy, &gw, &g).unwrap()],
+        cpu: Box::new(move || conv2d_backward_input_cpu(&mut dx, &dy1.view(), &w2.view(), &g2)),
+    });
+    let (mut dw, dy2, x2, g3) = (
+        Array4::<f32>::zeros(g.weight_shape()),
+        dy.clone(),
+        x.clone(),
+        g.clone(),
+    );
+    cases.push(Case {
+        name: "conv2d_backward_weight 3x3x1x32".into(),
+        work: Work::Flops(flops),
+        gpu: vec![conv2d_backward_weight(ctx, &gdw, &gdy, &gx, &g).unwrap()],
+        cpu: Box::new(move || conv2d_backward_weight_cpu(&mut dw, &dy2.view(), &x2.view(), &g3)),
+    });
+    let (mut db, dy3, g4) = (Array1::<f32>::zeros(32), dy.clone(), g.clone());
+    cases.push(Case {
+        name: "conv2d_backward_bias 32".into(),
+        work: Work::Bytes(4.0 * dy.len() as f64),
+        gpu: vec![conv2d_backward_bias(ctx, &gdb, &gdy, &g).unwrap()],
+        cpu: Box::new(move || conv2d_backward_bias_cpu(&mut db, &dy3.view(), &g4)),
+    });
+
+    let p = Pool2dGeometry::keras([BATCH, 26, 26, 32], [2, 2]).unwrap();
+    let px = array4(p.input_shape(), 27);
+    let pdy = array4(p.output_shape(), 28);
+    let (gpx, gpdy) = (
+        upload(ctx, &px.clone().into_dyn()),
+        upload(ctx, &pdy.clone().into_dyn()),
+    );
+    let gpy = ctx.zeros(&p.output_shape(), DType::F32).unwrap();
+    let garg = ctx.zeros(&p.output_shape(), DType::U32).unwrap();
+    let gpdx = ctx.zeros(&p.input_shape(), DType::F32).unwrap();
+    let bytes = 4.0 * (px.len() + 2 * pdy.len()) as f64;
+    let (px1, p1) = (px.clone(), p.clone());
+    cases.push(Case {
+        name: "maxpool_forward 32x26x26x32 2x2".into(),
+        work: Work::Bytes(bytes),
+        gpu: vec![maxpool_forward(ctx, &gpx, &gpy, &garg, &p).unwrap()],
+        cpu: Box::new(move || {
+            std::hint::black_box(maxpool_forward_cpu(&px1.view(), &p1));
+        }),
+    });
+    let (_, argmax) = maxpool_forward_cpu(&px.view(), &p);
+    let (mut pdx, p2) = (Array4::<f32>::zeros(p.input_shape()), p.clone());
+    cases.push(Case {
+        name: "maxpool_backward 32x26x26x32 2x2".into(),
+        work: Work::Bytes(bytes),
+        gpu: vec![maxpool_backward(ctx, &gpdx, &gpdy, &garg, &p).unwrap()],
+        cpu: Box::new(move || maxpool_backward_cpu(&mut pdx, &pdy.view(), &argmax.view(), &p2)),
+    });
+}
+
 fn head_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     // Concat of the LSTM output and the flattened image features.
     let (text, image) = (rand_array(&[BATCH, 64], 15), rand_array(&[BATCH, 5408], 16));
@@ -533,6 +630,7 @@ fn main() {
         ));
     }
     activation_cases(&ctx, &mut cases);
+    image_cases(&ctx, &mut cases);
     bias_cases(&ctx, &mut cases);
     embedding_cases(&ctx, &mut cases);
     lstm_cases(&ctx, &mut cases);
