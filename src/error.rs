@@ -42,11 +42,28 @@ pub enum Error {
         why: String,
     },
 
+    #[error("graph node {node:?}: {message}")]
+    Graph { node: String, message: String },
+
+    #[error("graph node {node:?} names an unknown input {input:?}")]
+    UnknownInput { node: String, input: String },
+
+    #[error("the graph has a cycle through {0}")]
+    Cycle(String),
+
     #[error("reading a buffer back from the GPU failed: {0}")]
     Readback(String),
 }
 
 impl Error {
+    /// Shorthand for a graph error naming the node.
+    pub fn graph(node: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Graph {
+            node: node.into(),
+            message: message.into(),
+        }
+    }
+
     /// Shorthand for a shape error naming the op.
     pub fn shape(op: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Shape {

@@ -9,6 +9,8 @@
 
 pub mod error;
 pub mod gpu;
+pub mod graph;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
