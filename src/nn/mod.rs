@@ -244,16 +244,14 @@ pub fn seed_model(c: &SeedConfig) -> Result<SeedModel> {
         false,
         c.mask_padding.then_some(tokens),
     )?;
-    let conv = conv2d(
-        &mut g,
-        "conv",
-        images,
-        c.filters,
-        [3, 3],
-        [1, 1],
-        Padding::Valid,
-        Some(Activation::Relu),
-    )?;
+    let conv_layer = Conv2dLayer {
+        filters: c.filters,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: Padding::Valid,
+        activation: Some(Activation::Relu),
+    };
+    let conv = conv2d(&mut g, "conv", images, conv_layer)?;
     let pool = g.add(
         "pool",
         Op::MaxPool2d {
