@@ -373,7 +373,7 @@ fn image_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         ctx.zeros(&[32], DType::F32).unwrap(),
     );
     let flops = 2.0 * (g.output_shape().iter().product::<usize>() * 9) as f64;
-    let (x1, w1, b1, g1) = (x.clone(), w.clone(), b.clone(), g.clone());
+    let (x1, w1, b1, g1) = (x.clone(), w.clone(), b.clone(), g);
     cases.push(Case {
         name: "conv2d_forward 32x28x28x1 -> 32 3x3".into(),
         work: Work::Flops(flops),
@@ -386,7 +386,7 @@ fn image_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         Array4::<f32>::zeros(g.input_shape()),
         dy.clone(),
         w.clone(),
-        g.clone(),
+        g,
     );
     cases.push(Case {
         name: "conv2d_backward_input 32x28x28x1 <- 32 3x3".into(),
@@ -398,7 +398,7 @@ fn image_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         Array4::<f32>::zeros(g.weight_shape()),
         dy.clone(),
         x.clone(),
-        g.clone(),
+        g,
     );
     cases.push(Case {
         name: "conv2d_backward_weight 3x3x1x32".into(),
@@ -406,7 +406,7 @@ fn image_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         gpu: vec![conv2d_backward_weight(ctx, &gdw, &gdy, &gx, &g).unwrap()],
         cpu: Box::new(move || conv2d_backward_weight_cpu(&mut dw, &dy2.view(), &x2.view(), &g3)),
     });
-    let (mut db, dy3, g4) = (Array1::<f32>::zeros(32), dy.clone(), g.clone());
+    let (mut db, dy3, g4) = (Array1::<f32>::zeros(32), dy.clone(), g);
     cases.push(Case {
         name: "conv2d_backward_bias 32".into(),
         work: Work::Bytes(4.0 * dy.len() as f64),
@@ -425,7 +425,7 @@ fn image_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
     let garg = ctx.zeros(&p.output_shape(), DType::U32).unwrap();
     let gpdx = ctx.zeros(&p.input_shape(), DType::F32).unwrap();
     let bytes = 4.0 * (px.len() + 2 * pdy.len()) as f64;
-    let (px1, p1) = (px.clone(), p.clone());
+    let (px1, p1) = (px.clone(), p);
     cases.push(Case {
         name: "maxpool_forward 32x26x26x32 2x2".into(),
         work: Work::Bytes(bytes),
@@ -435,7 +435,7 @@ fn image_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         }),
     });
     let (_, argmax) = maxpool_forward_cpu(&px.view(), &p);
-    let (mut pdx, p2) = (Array4::<f32>::zeros(p.input_shape()), p.clone());
+    let (mut pdx, p2) = (Array4::<f32>::zeros(p.input_shape()), p);
     cases.push(Case {
         name: "maxpool_backward 32x26x26x32 2x2".into(),
         work: Work::Bytes(bytes),
@@ -540,7 +540,7 @@ fn optimizer_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         ArrayD::<f32>::zeros(IxDyn(&[n])),
         ArrayD::<f32>::zeros(IxDyn(&[n])),
     );
-    let g1 = g.clone();
+    let g1 = g;
     let config = AdamConfig::default();
     let gm = ctx.zeros(&[n], DType::F32).unwrap();
     let gv = ctx.zeros(&[n], DType::F32).unwrap();
