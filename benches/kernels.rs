@@ -540,7 +540,7 @@ fn optimizer_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
         ArrayD::<f32>::zeros(IxDyn(&[n])),
         ArrayD::<f32>::zeros(IxDyn(&[n])),
     );
-    let g1 = g;
+    let g1 = g.clone();
     let config = AdamConfig::default();
     let gm = ctx.zeros(&[n], DType::F32).unwrap();
     let gv = ctx.zeros(&[n], DType::F32).unwrap();
