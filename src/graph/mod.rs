@@ -8,13 +8,17 @@
 //!   inputs and cycles by name.
 //! - Backward runs the tape in reverse over the nodes that lead from a
 //!   parameter to the loss ([`Graph::backward_order`]).
+//! - [`exec`]: the [`Executor`] trait the backends implement; [`cpu`]: the
+//!   CPU reference backend ([`CpuExecutor`], ndarray references only).
 
+pub mod cpu;
 pub mod exec;
 pub mod init;
 pub mod node;
 
 use std::collections::HashMap;
 
+pub use cpu::CpuExecutor;
 pub use exec::{Batch, Executor, HostData, Optimizer, TrainConfig};
 pub use node::{Init, Op, Value};
 
