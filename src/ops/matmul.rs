@@ -222,6 +222,12 @@ fn direct_spec(layout: Layout, p: &MatmulParams) -> &'static KernelSpec {
 
 /// `C (+)= op(A)·op(B)` with sizes and offsets from `p`, using the variant
 /// chosen for this adapter ([`matmul_variant`]).
+///
+/// The kernel and the grid are chosen from `p`: a dispatch whose params are
+/// later rewritten with `Dispatch::set_params` must keep m, n, k and
+/// `accumulate`, and keep each offset's remainder modulo 4 (the direct
+/// variant reads vec4 when offsets are multiples of 4). Otherwise prepare a
+/// new dispatch.
 pub fn matmul(
     ctx: &GpuContext,
     layout: Layout,
