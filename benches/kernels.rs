@@ -9,11 +9,15 @@
 //! software adapter such as lavapipe (see DESIGN.md).
 //!
 //! `cargo bench -- <filter>` runs the cases whose name contains the filter.
+//! The adapter's FMA peak and copy bandwidth are measured once at start
+//! (`ops::peak`), so each GPU case is also given as a fraction of them.
 
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use crossmodal::gpu::Dispatch;
+use crossmodal::ops::matmul::matmul_variant;
+use crossmodal::ops::peak::{measure_bandwidth, measure_fma_peak};
 use crossmodal::ops::{
     activation::*, bias::*, concat::*, conv2d::*, embedding::*, lstm::*, matmul::*, pool2d::*,
     reduce::*, softmax_cross_entropy::*,
@@ -566,25 +570,35 @@ fn optimizer_cases<'a>(ctx: &GpuContext, cases: &mut Vec<Case<'a>>) {
 
 // ---------------------------------------------------------------- main
 
-fn print_summary(ctx: &GpuContext, rows: &[Row]) {
+fn print_summary(ctx: &GpuContext, peaks: (f64, f64), rows: &[Row]) {
+    let (fma_gflops, copy_gbs) = peaks;
     println!("\n## Kernel summary on {}\n", ctx.describe());
-    println!("| case | CPU µs | GPU wall µs | GPU kernel µs | CPU/GPU (wall) | GPU throughput (kernel) |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("matmul variant: {}", matmul_variant(ctx));
+    println!("measured FMA peak {fma_gflops:.1} GFLOP/s, copy bandwidth {copy_gbs:.2} GB/s\n");
+    println!("| case | CPU µs | GPU wall µs | GPU kernel µs | CPU/GPU (wall) | GPU throughput (kernel) | % of adapter peak |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let gpu = r.gpu_kernel.unwrap_or(r.gpu_wall);
-        let throughput = match r.work {
-            Work::Flops(f) => format!("{:.3} GFLOP/s", f / gpu * 1e-9),
-            Work::Bytes(b) => format!("{:.3} GB/s", b / gpu * 1e-9),
+        let (throughput, peak) = match r.work {
+            Work::Flops(f) => (
+                format!("{:.3} GFLOP/s", f / gpu * 1e-9),
+                100.0 * f / gpu * 1e-9 / fma_gflops,
+            ),
+            Work::Bytes(b) => (
+                format!("{:.3} GB/s", b / gpu * 1e-9),
+                100.0 * b / gpu * 1e-9 / copy_gbs,
+            ),
         };
         println!(
-            "| {} | {:.1} | {:.1} | {} | {:.3} | {} |",
+            "| {} | {:.1} | {:.1} | {} | {:.3} | {} | {:.0}% |",
             r.name,
             r.cpu * 1e6,
             r.gpu_wall * 1e6,
             r.gpu_kernel
                 .map_or("-".into(), |k| format!("{:.1}", k * 1e6)),
             r.cpu / r.gpu_wall,
-            throughput
+            throughput,
+            peak
         );
     }
 }
@@ -602,6 +616,15 @@ fn main() {
         }
     };
     eprintln!("adapter: {}", ctx.describe());
+    eprintln!("matmul variant: {}", matmul_variant(&ctx));
+    let peaks = (
+        measure_fma_peak(&ctx).expect("FMA peak kernel"),
+        measure_bandwidth(&ctx).expect("copy bandwidth kernel"),
+    );
+    eprintln!(
+        "measured FMA peak {:.1} GFLOP/s, copy bandwidth {:.2} GB/s",
+        peaks.0, peaks.1
+    );
     let mut c = Criterion::default()
         .configure_from_args()
         .sample_size(10)
@@ -642,5 +665,5 @@ fn main() {
         bench_case(&mut c, &ctx, case, &mut rows);
     }
     c.final_summary();
-    print_summary(&ctx, &rows);
+    print_summary(&ctx, peaks, &rows);
 }

@@ -86,24 +86,106 @@ pub fn matmul_backward_cpu<A: NdFloat>(
 
 // ---------------------------------------------------------------- GPU
 
+/// Which kernel family computes a matmul. Both handle every layout, size and
+/// offset; they differ in speed per adapter (see `shaders/matmul.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// Register-blocked, reading storage directly: for software adapters
+    /// (lavapipe), where workgroup memory and barriers cost more than they save.
+    Direct,
+    /// Tiles staged in workgroup memory plus register blocking: for GPUs.
+    Tiled,
+}
+
+/// Rows and columns of C one `matmul_direct*` invocation computes (`DR`, `DC`).
+pub const DIRECT_BLOCK: (u32, u32) = (16, 16);
+/// Invocations per `matmul_direct*` workgroup, along N (`DL`).
+pub const DIRECT_LANES: u32 = 8;
+/// Rows, columns and K step of the `matmul_tiled` workgroup tile (`TM`, `TN`, `TK`).
+pub const TILED_TILE: (u32, u32, u32) = (64, 64, 16);
+/// `matmul_tiled` invocations per workgroup side (`TT`); each computes 4×4 outputs.
+pub const TILED_THREADS: u32 = 16;
+
+impl MatmulVariant {
+    /// Rows and columns of C one workgroup computes.
+    pub fn workgroup_tile(self) -> (u32, u32) {
+        match self {
+            MatmulVariant::Direct => (DIRECT_BLOCK.0, DIRECT_BLOCK.1 * DIRECT_LANES),
+            MatmulVariant::Tiled => (TILED_TILE.0, TILED_TILE.1),
+        }
+    }
+
+    /// Rows and columns of C one invocation computes.
+    pub fn invocation_tile(self) -> (u32, u32) {
+        match self {
+            MatmulVariant::Direct => DIRECT_BLOCK,
+            MatmulVariant::Tiled => (TILED_TILE.0 / TILED_THREADS, TILED_TILE.1 / TILED_THREADS),
+        }
+    }
+}
+
+impl std::fmt::Display for MatmulVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (tm, tn) = self.workgroup_tile();
+        let (im, in_) = self.invocation_tile();
+        match self {
+            MatmulVariant::Direct => write!(
+                f,
+                "direct ({im}x{in_} outputs per invocation, {DIRECT_LANES} invocations \
+                 per workgroup = {tm}x{tn} tile, storage read directly, vec4 loads when aligned)"
+            ),
+            MatmulVariant::Tiled => write!(
+                f,
+                "tiled ({tm}x{tn}x{} workgroup tile in workgroup memory, {TILED_THREADS}x{TILED_THREADS} \
+                 invocations of {im}x{in_} outputs)",
+                TILED_TILE.2
+            ),
+        }
+    }
+}
+
+/// The variant [`matmul`] uses on this adapter.
+pub fn matmul_variant(ctx: &GpuContext) -> MatmulVariant {
+    if ctx.is_software() {
+        MatmulVariant::Direct
+    } else {
+        MatmulVariant::Tiled
+    }
+}
+
 static SHADER: Shader = crate::shader!("matmul");
 const BINDINGS: &[Access] = &[Access::ReadWrite, Access::Read, Access::Read];
-static AB: KernelSpec = KernelSpec {
+static DIRECT: KernelSpec = KernelSpec {
     shader: &SHADER,
-    entry: "matmul_ab",
+    entry: "matmul_direct",
     bindings: BINDINGS,
 };
-static ATB: KernelSpec = KernelSpec {
+static DIRECT_B4: KernelSpec = KernelSpec {
     shader: &SHADER,
-    entry: "matmul_atb",
+    entry: "matmul_direct_b4",
     bindings: BINDINGS,
 };
-static ABT: KernelSpec = KernelSpec {
+static DIRECT_AB4: KernelSpec = KernelSpec {
     shader: &SHADER,
-    entry: "matmul_abt",
+    entry: "matmul_direct_ab4",
     bindings: BINDINGS,
 };
-const TILE: u32 = 16;
+static TILED: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "matmul_tiled",
+    bindings: BINDINGS,
+};
+
+impl Layout {
+    /// The `LAYOUT` override constant of `shaders/matmul.wgsl`.
+    fn code(self) -> f64 {
+        match self {
+            Layout::AB => 0.0,
+            Layout::AtB => 1.0,
+            Layout::ABt => 2.0,
+        }
+    }
+}
 
 fn check_fits(op: &str, operand: &str, t: &GpuTensor, offset: u32, len: usize) -> Result<()> {
     if t.numel() < offset as usize + len {
@@ -120,7 +202,32 @@ fn check_fits(op: &str, operand: &str, t: &GpuTensor, offset: u32, len: usize) -
     Ok(())
 }
 
-/// `C (+)= op(A)·op(B)` with sizes and offsets from `p`.
+/// The direct kernel for this call: vec4 views where sizes and offsets allow.
+fn direct_spec(layout: Layout, p: &MatmulParams) -> &'static KernelSpec {
+    let nonempty = p.m > 0 && p.n > 0 && p.k > 0;
+    // B[K,N] and C read as vec4 along N.
+    let b4 = nonempty
+        && layout != Layout::ABt
+        && p.n.is_multiple_of(4)
+        && p.b_offset.is_multiple_of(4)
+        && p.c_offset.is_multiple_of(4);
+    // A[K,M] read as vec4 along M as well.
+    let a4 = b4 && layout == Layout::AtB && p.m.is_multiple_of(4) && p.a_offset.is_multiple_of(4);
+    match (a4, b4) {
+        (true, _) => &DIRECT_AB4,
+        (false, true) => &DIRECT_B4,
+        _ => &DIRECT,
+    }
+}
+
+/// `C (+)= op(A)·op(B)` with sizes and offsets from `p`, using the variant
+/// chosen for this adapter ([`matmul_variant`]).
+///
+/// The kernel and the grid are chosen from `p`: a dispatch whose params are
+/// later rewritten with `Dispatch::set_params` must keep m, n, k and
+/// `accumulate`, and keep each offset's remainder modulo 4 (the direct
+/// variant reads vec4 when offsets are multiples of 4). Otherwise prepare a
+/// new dispatch.
 pub fn matmul(
     ctx: &GpuContext,
     layout: Layout,
@@ -129,15 +236,28 @@ pub fn matmul(
     b: &GpuTensor,
     p: MatmulParams,
 ) -> Result<Dispatch> {
-    let spec = match layout {
-        Layout::AB => &AB,
-        Layout::AtB => &ATB,
-        Layout::ABt => &ABT,
+    matmul_with(ctx, matmul_variant(ctx), layout, c, a, b, p)
+}
+
+/// [`matmul`] with an explicit variant (tests cover both on any adapter).
+pub fn matmul_with(
+    ctx: &GpuContext,
+    variant: MatmulVariant,
+    layout: Layout,
+    c: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    p: MatmulParams,
+) -> Result<Dispatch> {
+    let spec = match variant {
+        MatmulVariant::Direct => direct_spec(layout, &p),
+        MatmulVariant::Tiled => &TILED,
     };
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     check_fits(spec.entry, "A", a, p.a_offset, m * k)?;
     check_fits(spec.entry, "B", b, p.b_offset, k * n)?;
     check_fits(spec.entry, "C", c, p.c_offset, m * n)?;
-    let grid = Grid::Workgroups([p.n.div_ceil(TILE), p.m.div_ceil(TILE), 1]);
-    ctx.prepare(spec, &[], &p, &[c, a, b], grid)
+    let (tm, tn) = variant.workgroup_tile();
+    let grid = Grid::Workgroups([p.n.div_ceil(tn), p.m.div_ceil(tm), 1]);
+    ctx.prepare(spec, &[("LAYOUT", layout.code())], &p, &[c, a, b], grid)
 }

@@ -7,6 +7,7 @@ pub mod conv2d;
 pub mod embedding;
 pub mod lstm;
 pub mod matmul;
+pub mod peak;
 pub mod pool2d;
 pub mod reduce;
 pub mod rnn;
