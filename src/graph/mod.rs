@@ -10,8 +10,10 @@
 //!   parameter to the loss ([`Graph::backward_order`]).
 
 pub mod exec;
+pub mod gpu;
 pub mod init;
 pub mod node;
+pub mod plan;
 
 use std::collections::HashMap;
 
