@@ -13,8 +13,10 @@
 
 pub mod cpu;
 pub mod exec;
+pub mod gpu;
 pub mod init;
 pub mod node;
+pub mod plan;
 
 use std::collections::HashMap;
 

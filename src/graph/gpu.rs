@@ -1,0 +1,1681 @@
+//! The GPU backend: a [`Graph`] compiled once into a fixed schedule of
+//! prepared dispatches over planned buffers, run by the wgpu kernels of
+//! [`crate::ops`] and [`crate::optim`].
+//!
+//! Built once ([`GpuExecutor::new`]):
+//! - every tensor the schedule touches is declared (node values, gradients,
+//!   the recurrent layers' state and scratch, argmax, probabilities) and
+//!   every stage (each node's forward, each node's backward in
+//!   [`Graph::backward_order`], the optimizer update) lists the tensors it
+//!   binds; the [`plan`](crate::graph::plan) gives tensors whose stage
+//!   intervals do not intersect one shared buffer. Flatten is a view: the
+//!   same tensor under a new shape, for its value and its gradient.
+//! - every dispatch is prepared once over those buffers; binding a tensor
+//!   outside its planned interval is caught here, at construction.
+//!
+//! A training step writes the batch inputs (`queue.write_buffer`), records
+//! into ONE command encoder the clears of the tensors that are accumulated
+//! into (each just before its first stage, since its buffer may hold an
+//! earlier tensor), the forward dispatches the loss needs, the backward
+//! dispatches and the optimizer updates (Adam's step count is rewritten in
+//! its uniforms first), copies the loss into a staging buffer kept for the
+//! purpose, submits once and maps 4 bytes. Nothing is allocated per step.
+//!
+//! Backward seeds from the loss: the loss node must be a
+//! `SoftmaxCrossEntropy` (its backward kernel is the gradient of the batch
+//! mean). Gradients accumulate (`+=` in every backward kernel), so a value
+//! used twice receives the sum of both contributions.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, GpuContext, GpuTensor, KernelTiming};
+use crate::graph::exec::{Batch, Executor, HostData, Optimizer, TrainConfig};
+use crate::graph::plan::{plan_memory, MemoryPlan, PlanRequest};
+use crate::graph::{Graph, NodeId, Op};
+use crate::ops::activation::{activation_backward, activation_forward};
+use crate::ops::bias::{bias_add, bias_backward};
+use crate::ops::concat::{concat_backward, concat_forward_all};
+use crate::ops::conv2d::{
+    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_forward,
+    Conv2dGeometry,
+};
+use crate::ops::embedding::{embedding_backward, embedding_forward};
+use crate::ops::lstm::{
+    lstm_backward_sequence, lstm_forward_sequence, HiddenGrad, LstmBuffers, RecurrentDims,
+    RecurrentGrads, RecurrentWeights,
+};
+use crate::ops::matmul::{matmul, Layout, MatmulParams};
+use crate::ops::pool2d::{
+    avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward, Pool2dGeometry,
+};
+use crate::ops::reduce::{reduce_sum, SumOptions};
+use crate::ops::rnn::{rnn_backward_sequence, rnn_forward_sequence, RnnBuffers};
+use crate::ops::softmax_cross_entropy::{
+    softmax_cross_entropy_backward, softmax_cross_entropy_forward, softmax_forward,
+};
+use crate::optim::{adam::Adam, sgd::Sgd};
+use crate::tensor::{numel, DType};
+
+type TensorId = usize;
+
+/// How a tensor is zeroed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Zero {
+    /// Fully written before it is read.
+    No,
+    /// Accumulated into: cleared before its first stage in every run.
+    EveryRun,
+    /// Its first bytes are read as a constant zero and never written (the
+    /// recurrent initial state, slot 0 of h_all/c_all): cleared before its
+    /// first stage only when its buffer is shared (a new buffer is zero).
+    Prefix(u64),
+}
+
+#[derive(Clone, Debug)]
+struct TensorInfo {
+    name: String,
+    shape: Vec<usize>,
+    dtype: DType,
+    pinned: bool,
+    zero: Zero,
+}
+
+impl TensorInfo {
+    fn bytes(&self) -> u64 {
+        (numel(&self.shape) * self.dtype.size_bytes()) as u64
+    }
+}
+
+/// A tensor under a shape: Flatten's value and gradient are views of its
+/// input's.
+#[derive(Clone, Debug)]
+struct View {
+    id: TensorId,
+    shape: Vec<usize>,
+}
+
+/// The state and scratch of a recurrent layer (LSTM: all fields; RNN: no
+/// gates, c_all, dc_carry). Backward scratch exists only when the layer is
+/// in the backward order.
+#[derive(Clone, Copy, Debug)]
+struct Recurrent {
+    dims: RecurrentDims,
+    z: TensorId,
+    gates: Option<TensorId>,
+    h_all: TensorId,
+    c_all: Option<TensorId>,
+    h_last: TensorId,
+    dz: Option<TensorId>,
+    dh_carry: Option<TensorId>,
+    dc_carry: Option<TensorId>,
+}
+
+/// Tensors a node keeps besides its value.
+#[derive(Clone, Copy, Debug)]
+enum Extra {
+    None,
+    Recurrent(Recurrent),
+    MaxPool { argmax: TensorId },
+    Loss { probs: TensorId, rows: TensorId },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StageKind {
+    Forward(NodeId),
+    Backward(NodeId),
+    Update,
+}
+
+struct Stage {
+    kind: StageKind,
+    /// Empty for the update (the optimizer holds those).
+    dispatches: Vec<Dispatch>,
+}
+
+enum OptimizerState {
+    Adam(Adam),
+    Sgd(Sgd),
+}
+
+impl OptimizerState {
+    fn dispatches(&self) -> Vec<&Dispatch> {
+        match self {
+            OptimizerState::Adam(a) => a.dispatches(),
+            OptimizerState::Sgd(s) => s.dispatches(),
+        }
+    }
+
+    fn state_bytes(&self) -> u64 {
+        match self {
+            OptimizerState::Adam(a) => a
+                .slots()
+                .iter()
+                .map(|s| s.m.size_bytes() + s.v.size_bytes())
+                .sum(),
+            OptimizerState::Sgd(s) => s.slots().iter().map(|s| s.velocity.size_bytes()).sum(),
+        }
+    }
+
+    fn buffers(&self) -> usize {
+        match self {
+            OptimizerState::Adam(a) => 2 * a.slots().len(),
+            OptimizerState::Sgd(s) => s.slots().len(),
+        }
+    }
+}
+
+/// Options of [`GpuExecutor::with_options`].
+#[derive(Clone, Debug, Default)]
+pub struct ExecOptions {
+    /// Nodes whose value and gradient keep buffers of their own, so that
+    /// [`Executor::value`] and [`GpuExecutor::gradient_of`] can read them
+    /// after any run. The schedule is otherwise unchanged.
+    pub inspect: Vec<NodeId>,
+}
+
+/// What one run recorded and submitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepStats {
+    pub forward_dispatches: usize,
+    pub backward_dispatches: usize,
+    pub update_dispatches: usize,
+    /// `clear_buffer` commands (accumulated gradients, shared initial states).
+    pub clears: usize,
+    /// `queue.write_buffer` calls for inputs (plus Adam's step uniforms).
+    pub writes: usize,
+    pub submits: usize,
+    /// Bytes read back to the host.
+    pub readback_bytes: u64,
+}
+
+impl StepStats {
+    pub fn dispatches(&self) -> usize {
+        self.forward_dispatches + self.backward_dispatches + self.update_dispatches
+    }
+}
+
+/// What a run records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    Train,
+    Gradients,
+    Forward(NodeId),
+}
+
+/// The GPU backend of a graph (see the module doc).
+pub struct GpuExecutor<'a> {
+    ctx: &'a GpuContext,
+    graph: Graph,
+    loss: NodeId,
+    tensors: Vec<TensorInfo>,
+    handles: Vec<GpuTensor>,
+    lifetimes: Vec<Option<(usize, usize)>>,
+    value: Vec<Option<View>>,
+    grad: Vec<Option<View>>,
+    stages: Vec<Stage>,
+    /// Per stage: (tensor, bytes from its start) to clear first.
+    clears: Vec<Vec<(TensorId, u64)>>,
+    optimizer: Option<OptimizerState>,
+    plan: MemoryPlan,
+    /// Host-visible buffers the loss and predictions are copied into.
+    loss_staging: wgpu::Buffer,
+    staging: HashMap<TensorId, wgpu::Buffer>,
+    /// Buffers this executor created: planned and pinned tensors, optimizer
+    /// state, staging.
+    buffers_created: usize,
+    /// Training steps applied (Adam's next step is this + 1).
+    steps: u32,
+    /// Which stages the last run recorded (for `value`).
+    last_run: Vec<bool>,
+    last_stats: StepStats,
+}
+
+fn ancestors(graph: &Graph, target: NodeId) -> Vec<bool> {
+    let mut keep = vec![false; graph.nodes().len()];
+    keep[target.0] = true;
+    for id in graph.ids().rev() {
+        if keep[id.0] {
+            for i in &graph.node(id).inputs {
+                keep[i.0] = true;
+            }
+        }
+    }
+    keep
+}
+
+/// Hands out tensors to the dispatches of one stage, checking each against
+/// the stage's planned interval (a missing entry in the stage's uses would
+/// let the plan give the tensor's buffer to another one).
+struct Binder<'b> {
+    tensors: &'b [TensorInfo],
+    handles: &'b [GpuTensor],
+    lifetimes: &'b [Option<(usize, usize)>],
+    stage: usize,
+    node: &'b str,
+}
+
+impl Binder<'_> {
+    fn view(&self, v: &View) -> Result<GpuTensor> {
+        let live = self.lifetimes[v.id].is_some_and(|(a, b)| a <= self.stage && self.stage <= b);
+        if !live {
+            return Err(Error::graph(
+                self.node,
+                format!(
+                    "internal error: stage {} binds tensor {:?} outside its planned lifetime {:?}",
+                    self.stage, self.tensors[v.id].name, self.lifetimes[v.id]
+                ),
+            ));
+        }
+        Ok(self.unbound_view(v))
+    }
+
+    fn id(&self, id: TensorId) -> Result<GpuTensor> {
+        self.view(&View {
+            id,
+            shape: self.tensors[id].shape.clone(),
+        })
+    }
+
+    /// A handle for a bundle field the launcher does not bind in this stage
+    /// (e.g. the LSTM's backward scratch during forward); never checked.
+    fn unbound(&self, id: TensorId) -> GpuTensor {
+        self.unbound_view(&View {
+            id,
+            shape: self.tensors[id].shape.clone(),
+        })
+    }
+
+    fn unbound_view(&self, v: &View) -> GpuTensor {
+        let h = &self.handles[v.id];
+        GpuTensor {
+            buffer: h.buffer.clone(),
+            shape: v.shape.clone(),
+            dtype: h.dtype,
+        }
+    }
+}
+
+/// The tensors and stages of a graph before buffers exist.
+struct Declared {
+    tensors: Vec<TensorInfo>,
+    value: Vec<Option<View>>,
+    grad: Vec<Option<View>>,
+    extra: Vec<Extra>,
+}
+
+impl Declared {
+    fn add(
+        &mut self,
+        name: String,
+        shape: &[usize],
+        dtype: DType,
+        pinned: bool,
+        zero: Zero,
+    ) -> TensorId {
+        self.tensors.push(TensorInfo {
+            name,
+            shape: shape.to_vec(),
+            dtype,
+            pinned,
+            zero,
+        });
+        self.tensors.len() - 1
+    }
+
+    fn val(&self, n: NodeId) -> &View {
+        self.value[n.0].as_ref().expect("every node has a value")
+    }
+
+    fn vid(&self, n: NodeId) -> TensorId {
+        self.val(n).id
+    }
+
+    fn gid(&self, n: NodeId) -> Option<TensorId> {
+        self.grad[n.0].as_ref().map(|v| v.id)
+    }
+}
+
+fn recurrent_dims(graph: &Graph, n: NodeId) -> RecurrentDims {
+    let node = graph.node(n);
+    let x = &graph.node(node.inputs[0]).value.shape;
+    let h = graph.node(node.inputs[2]).value.shape[0];
+    RecurrentDims::new(x[0], x[1], x[2], h)
+}
+
+fn conv_geometry(graph: &Graph, n: NodeId) -> Result<Conv2dGeometry> {
+    let node = graph.node(n);
+    let Op::Conv2d { stride, padding } = node.op else {
+        unreachable!("conv_geometry of a Conv2d node")
+    };
+    let x = &graph.node(node.inputs[0]).value.shape;
+    let w = &graph.node(node.inputs[1]).value.shape;
+    Conv2dGeometry::new(
+        [x[0], x[1], x[2], x[3]],
+        w[3],
+        [w[0], w[1]],
+        stride,
+        padding,
+    )
+}
+
+fn pool_geometry(graph: &Graph, n: NodeId) -> Result<Pool2dGeometry> {
+    let node = graph.node(n);
+    let (Op::MaxPool2d { pool, stride } | Op::AvgPool2d { pool, stride }) = node.op else {
+        unreachable!("pool_geometry of a pooling node")
+    };
+    let x = &graph.node(node.inputs[0]).value.shape;
+    Pool2dGeometry::new([x[0], x[1], x[2], x[3]], pool, stride)
+}
+
+/// Declares every tensor: values, gradients and per-op state.
+fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId]) -> Declared {
+    let n = graph.nodes().len();
+    let needs = graph.needs_grad(loss);
+    let in_backward: Vec<bool> = {
+        let mut b = vec![false; n];
+        for id in graph.backward_order(loss) {
+            b[id.0] = true;
+        }
+        b
+    };
+    let mut l = Declared {
+        tensors: Vec::new(),
+        value: vec![None; n],
+        grad: vec![None; n],
+        extra: vec![Extra::None; n],
+    };
+    for id in graph.ids() {
+        let node = graph.node(id);
+        let name = &node.name;
+        let shape = node.value.shape.clone();
+        let inspected = inspect.contains(&id);
+        let f32 = DType::F32;
+        let own = |l: &mut Declared, pinned: bool, zero: Zero| {
+            let t = l.add(name.clone(), &shape, node.value.dtype, pinned, zero);
+            Some(View {
+                id: t,
+                shape: shape.clone(),
+            })
+        };
+        let value = match &node.op {
+            Op::Input { .. } | Op::Param { .. } => own(&mut l, true, Zero::No),
+            Op::Flatten => {
+                let t = l.vid(node.inputs[0]);
+                l.tensors[t].pinned |= inspected;
+                Some(View {
+                    id: t,
+                    shape: shape.clone(),
+                })
+            }
+            Op::Lstm {
+                return_sequences, ..
+            }
+            | Op::Rnn {
+                return_sequences, ..
+            } => {
+                let lstm = matches!(node.op, Op::Lstm { .. });
+                let dims = recurrent_dims(graph, id);
+                let RecurrentDims {
+                    steps: t,
+                    batch: b,
+                    hidden: h,
+                    ..
+                } = dims;
+                let g = if lstm { 4 * h } else { h };
+                let state0 = Zero::Prefix((b * h * 4) as u64);
+                let z = l.add(format!("{name}/z"), &[t, b, g], f32, false, Zero::No);
+                let gates =
+                    lstm.then(|| l.add(format!("{name}/gates"), &[t, b, g], f32, false, Zero::No));
+                let h_all = l.add(format!("{name}/h_all"), &[t + 1, b, h], f32, false, state0);
+                let c_all = lstm
+                    .then(|| l.add(format!("{name}/c_all"), &[t + 1, b, h], f32, false, state0));
+                let last_pinned = inspected && !return_sequences;
+                let h_last = l.add(
+                    format!("{name}/h_last"),
+                    &[b, h],
+                    f32,
+                    last_pinned,
+                    Zero::No,
+                );
+                let bwd = in_backward[id.0];
+                let dz = bwd.then(|| l.add(format!("{name}/dz"), &[t, b, g], f32, false, Zero::No));
+                let dh_carry =
+                    bwd.then(|| l.add(format!("{name}/dh_carry"), &[b, h], f32, false, Zero::No));
+                let dc_carry = (bwd && lstm)
+                    .then(|| l.add(format!("{name}/dc_carry"), &[b, h], f32, false, Zero::No));
+                l.extra[id.0] = Extra::Recurrent(Recurrent {
+                    dims,
+                    z,
+                    gates,
+                    h_all,
+                    c_all,
+                    h_last,
+                    dz,
+                    dh_carry,
+                    dc_carry,
+                });
+                if *return_sequences {
+                    // Copied out of h_all slots 1..=T by an accumulating split.
+                    own(&mut l, inspected, Zero::EveryRun)
+                } else {
+                    Some(View {
+                        id: h_last,
+                        shape: shape.clone(),
+                    })
+                }
+            }
+            Op::MaxPool2d { .. } => {
+                let argmax = l.add(
+                    format!("{name}/argmax"),
+                    &shape,
+                    DType::U32,
+                    false,
+                    Zero::No,
+                );
+                l.extra[id.0] = Extra::MaxPool { argmax };
+                own(&mut l, inspected, Zero::No)
+            }
+            Op::SoftmaxCrossEntropy => {
+                let logits = &graph.node(node.inputs[0]).value.shape;
+                let probs = l.add(format!("{name}/probs"), logits, f32, false, Zero::No);
+                let rows = l.add(format!("{name}/rows"), &[logits[0]], f32, false, Zero::No);
+                l.extra[id.0] = Extra::Loss { probs, rows };
+                // The loss is read back every step: its own buffer.
+                own(&mut l, true, Zero::No)
+            }
+            _ => own(&mut l, inspected, Zero::No),
+        };
+        l.value[id.0] = value;
+
+        if needs[id.0] && id != loss && !matches!(node.op, Op::Input { .. }) {
+            l.grad[id.0] = match node.op {
+                Op::Flatten => {
+                    let t = l
+                        .gid(node.inputs[0])
+                        .expect("Flatten's input needs a gradient");
+                    l.tensors[t].pinned |= inspected;
+                    Some(View {
+                        id: t,
+                        shape: shape.clone(),
+                    })
+                }
+                _ => {
+                    let pinned = inspected || matches!(node.op, Op::Param { .. });
+                    let t = l.add(
+                        format!("{name}.grad"),
+                        &shape,
+                        DType::F32,
+                        pinned,
+                        Zero::EveryRun,
+                    );
+                    Some(View { id: t, shape })
+                }
+            };
+        }
+    }
+    l
+}
+
+/// The tensors a stage binds.
+fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
+    let mut u = Vec::new();
+    match kind {
+        StageKind::Update => {
+            for p in graph.params() {
+                if let Some(g) = l.gid(p) {
+                    u.push(l.vid(p));
+                    u.push(g);
+                }
+            }
+        }
+        StageKind::Forward(n) => {
+            let node = graph.node(n);
+            u.extend(node.inputs.iter().map(|&i| l.vid(i)));
+            u.push(l.vid(n));
+            match l.extra[n.0] {
+                Extra::Recurrent(r) => {
+                    u.extend([r.z, r.h_all, r.h_last]);
+                    u.extend(r.gates.into_iter().chain(r.c_all));
+                }
+                Extra::MaxPool { argmax } => u.push(argmax),
+                Extra::Loss { probs, rows } => u.extend([probs, rows]),
+                Extra::None => {}
+            }
+        }
+        StageKind::Backward(n) => {
+            let node = graph.node(n);
+            let input = |i: usize| node.inputs[i];
+            u.extend(l.gid(n));
+            u.extend(node.inputs.iter().filter_map(|&i| l.gid(i)));
+            match &node.op {
+                Op::Embedding { .. } => u.push(l.vid(input(1))),
+                Op::Lstm { .. } | Op::Rnn { .. } => {
+                    u.extend(node.inputs.iter().map(|&i| l.vid(i)));
+                    if let Extra::Recurrent(r) = l.extra[n.0] {
+                        u.push(r.h_all);
+                        u.extend(
+                            [r.gates, r.c_all, r.dz, r.dh_carry, r.dc_carry]
+                                .into_iter()
+                                .flatten(),
+                        );
+                    }
+                }
+                Op::Conv2d { .. } | Op::Dense => u.extend([l.vid(input(0)), l.vid(input(1))]),
+                Op::Activation(a) => u.push(if a.backward_uses_input() {
+                    l.vid(input(0))
+                } else {
+                    l.vid(n)
+                }),
+                Op::MaxPool2d { .. } => {
+                    if let Extra::MaxPool { argmax } = l.extra[n.0] {
+                        u.push(argmax);
+                    }
+                }
+                Op::SoftmaxCrossEntropy => {
+                    if let Extra::Loss { probs, .. } = l.extra[n.0] {
+                        u.extend([probs, l.vid(input(1))]);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    u.sort_unstable();
+    u.dedup();
+    u
+}
+
+fn forward_dispatches(
+    ctx: &GpuContext,
+    graph: &Graph,
+    l: &Declared,
+    n: NodeId,
+    b: &Binder,
+) -> Result<Vec<Dispatch>> {
+    let node = graph.node(n);
+    let x = |i: usize| b.view(l.val(node.inputs[i]));
+    let out = b.view(l.val(n))?;
+    Ok(match &node.op {
+        Op::Input { .. } | Op::Param { .. } | Op::Flatten => Vec::new(),
+        Op::Embedding { .. } => vec![embedding_forward(ctx, &x(0)?, &x(1)?, &out)?],
+        Op::Lstm {
+            return_sequences,
+            masked,
+        }
+        | Op::Rnn {
+            return_sequences,
+            masked,
+        } => {
+            let Extra::Recurrent(r) = l.extra[n.0] else {
+                unreachable!("recurrent nodes have state")
+            };
+            let (xs, w, u, bias) = (x(0)?, x(1)?, x(2)?, x(3)?);
+            let mask = masked.then(|| x(4)).transpose()?;
+            let weights = RecurrentWeights {
+                w: &w,
+                u: &u,
+                b: &bias,
+            };
+            // Backward scratch is not bound by forward; without a backward
+            // it does not exist and z stands in.
+            let scratch = |t: Option<TensorId>| b.unbound(t.unwrap_or(r.z));
+            let mut d = if matches!(node.op, Op::Lstm { .. }) {
+                let bufs = LstmBuffers {
+                    dims: r.dims,
+                    z: b.id(r.z)?,
+                    gates: b.id(r.gates.expect("LSTM gates"))?,
+                    h_all: b.id(r.h_all)?,
+                    c_all: b.id(r.c_all.expect("LSTM c_all"))?,
+                    h_last: b.id(r.h_last)?,
+                    dz: scratch(r.dz),
+                    dh_carry: scratch(r.dh_carry),
+                    dc_carry: scratch(r.dc_carry),
+                };
+                lstm_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
+            } else {
+                let bufs = RnnBuffers {
+                    dims: r.dims,
+                    z: b.id(r.z)?,
+                    h_all: b.id(r.h_all)?,
+                    h_last: b.id(r.h_last)?,
+                    dz: scratch(r.dz),
+                    dh_carry: scratch(r.dh_carry),
+                };
+                rnn_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
+            };
+            if *return_sequences {
+                // out = h_all[1..=T]: the split (concat backward) of h_all
+                // seen as one row, into the cleared output.
+                let RecurrentDims {
+                    steps: t,
+                    batch: bt,
+                    hidden: h,
+                    ..
+                } = r.dims;
+                let seq = b.view(&View {
+                    id: l.vid(n),
+                    shape: vec![1, t * bt * h],
+                })?;
+                let all = b.view(&View {
+                    id: r.h_all,
+                    shape: vec![1, (t + 1) * bt * h],
+                })?;
+                d.push(concat_backward(ctx, &seq, &all, bt * h)?);
+            }
+            d
+        }
+        Op::Conv2d { .. } => {
+            let g = conv_geometry(graph, n)?;
+            vec![conv2d_forward(ctx, &x(0)?, &x(1)?, &x(2)?, &out, &g)?]
+        }
+        Op::MaxPool2d { .. } => {
+            let Extra::MaxPool { argmax } = l.extra[n.0] else {
+                unreachable!("max pooling keeps argmax")
+            };
+            let g = pool_geometry(graph, n)?;
+            vec![maxpool_forward(ctx, &x(0)?, &out, &b.id(argmax)?, &g)?]
+        }
+        Op::AvgPool2d { .. } => {
+            let g = pool_geometry(graph, n)?;
+            vec![avgpool_forward(ctx, &x(0)?, &out, &g)?]
+        }
+        Op::Dense => {
+            let (xs, w, bias) = (x(0)?, x(1)?, x(2)?);
+            let (rows, f, units) = (xs.shape[0], xs.shape[1], w.shape[1]);
+            vec![
+                matmul(
+                    ctx,
+                    Layout::AB,
+                    &out,
+                    &xs,
+                    &w,
+                    MatmulParams::new(rows, units, f),
+                )?,
+                bias_add(ctx, &out, &bias)?,
+            ]
+        }
+        Op::Activation(a) => vec![activation_forward(ctx, *a, &x(0)?, &out)?],
+        Op::Concat => {
+            let xs = (0..node.inputs.len()).map(x).collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&GpuTensor> = xs.iter().collect();
+            concat_forward_all(ctx, &refs, &out)?
+        }
+        Op::Softmax => vec![softmax_forward(ctx, &x(0)?, &out)?],
+        Op::SoftmaxCrossEntropy => {
+            let Extra::Loss { probs, rows } = l.extra[n.0] else {
+                unreachable!("the loss keeps probs and rows")
+            };
+            let (logits, labels) = (x(0)?, x(1)?);
+            let rows = b.id(rows)?;
+            let mut d = vec![softmax_cross_entropy_forward(
+                ctx,
+                &logits,
+                &labels,
+                &b.id(probs)?,
+                &rows,
+            )?];
+            d.extend(reduce_sum(
+                ctx,
+                &out,
+                &rows,
+                SumOptions::mean(logits.shape[0]),
+            )?);
+            d
+        }
+    })
+}
+
+fn backward_dispatches(
+    ctx: &GpuContext,
+    graph: &Graph,
+    l: &Declared,
+    n: NodeId,
+    b: &Binder,
+) -> Result<Vec<Dispatch>> {
+    let node = graph.node(n);
+    let x = |i: usize| b.view(l.val(node.inputs[i]));
+    // The gradient of input i, if it needs one.
+    let dx = |i: usize| -> Result<Option<GpuTensor>> {
+        l.grad[node.inputs[i].0]
+            .as_ref()
+            .map(|v| b.view(v))
+            .transpose()
+    };
+    let need = |i: usize, what: &str| -> Result<GpuTensor> {
+        dx(i)?.ok_or_else(|| Error::Unsupported {
+            op: node.name.clone(),
+            what: format!("{what} as a constant (it does not depend on a parameter)"),
+            why: "this op's backward always writes that gradient".into(),
+        })
+    };
+    let dy = || -> Result<GpuTensor> {
+        b.view(l.grad[n.0].as_ref().ok_or_else(|| {
+            Error::graph(&node.name, "internal error: no incoming gradient buffer")
+        })?)
+    };
+    Ok(match &node.op {
+        Op::Input { .. } | Op::Param { .. } | Op::Flatten => Vec::new(),
+        Op::Embedding { padding_idx } => vec![embedding_backward(
+            ctx,
+            &need(0, "the embedding table")?,
+            &dy()?,
+            &x(1)?,
+            *padding_idx,
+        )?],
+        Op::Lstm {
+            return_sequences,
+            masked,
+        }
+        | Op::Rnn {
+            return_sequences,
+            masked,
+        } => {
+            let Extra::Recurrent(r) = l.extra[n.0] else {
+                unreachable!("recurrent nodes have state")
+            };
+            let (xs, w, u, bias) = (x(0)?, x(1)?, x(2)?, x(3)?);
+            let mask = masked.then(|| x(4)).transpose()?;
+            let weights = RecurrentWeights {
+                w: &w,
+                u: &u,
+                b: &bias,
+            };
+            let (gx, gw, gu, gb) = (
+                dx(0)?,
+                need(1, "the input kernel")?,
+                need(2, "the recurrent kernel")?,
+                need(3, "the bias")?,
+            );
+            let grads = RecurrentGrads {
+                dx: gx.as_ref(),
+                dw: &gw,
+                du: &gu,
+                db: &gb,
+            };
+            let g = dy()?;
+            let dh = if *return_sequences {
+                HiddenGrad {
+                    seq: Some(&g),
+                    last: None,
+                }
+            } else {
+                HiddenGrad {
+                    seq: None,
+                    last: Some(&g),
+                }
+            };
+            let scratch = |t: Option<TensorId>| -> Result<GpuTensor> {
+                b.id(t.ok_or_else(|| {
+                    Error::graph(&node.name, "internal error: no backward scratch")
+                })?)
+            };
+            if matches!(node.op, Op::Lstm { .. }) {
+                let bufs = LstmBuffers {
+                    dims: r.dims,
+                    // z and h_last are not bound by backward.
+                    z: b.unbound(r.z),
+                    gates: b.id(r.gates.expect("LSTM gates"))?,
+                    h_all: b.id(r.h_all)?,
+                    c_all: b.id(r.c_all.expect("LSTM c_all"))?,
+                    h_last: b.unbound(r.h_last),
+                    dz: scratch(r.dz)?,
+                    dh_carry: scratch(r.dh_carry)?,
+                    dc_carry: scratch(r.dc_carry)?,
+                };
+                lstm_backward_sequence(ctx, &grads, dh, &bufs, &xs, &weights, mask.as_ref())?
+            } else {
+                let bufs = RnnBuffers {
+                    dims: r.dims,
+                    z: b.unbound(r.z),
+                    h_all: b.id(r.h_all)?,
+                    h_last: b.unbound(r.h_last),
+                    dz: scratch(r.dz)?,
+                    dh_carry: scratch(r.dh_carry)?,
+                };
+                rnn_backward_sequence(ctx, &grads, dh, &bufs, &xs, &weights, mask.as_ref())?
+            }
+        }
+        Op::Conv2d { .. } => {
+            let g = conv_geometry(graph, n)?;
+            let (xs, w, gy) = (x(0)?, x(1)?, dy()?);
+            let mut d = vec![
+                conv2d_backward_weight(ctx, &need(1, "the conv kernel")?, &gy, &xs, &g)?,
+                conv2d_backward_bias(ctx, &need(2, "the conv bias")?, &gy, &g)?,
+            ];
+            if let Some(gx) = dx(0)? {
+                d.push(conv2d_backward_input(ctx, &gx, &gy, &w, &g)?);
+            }
+            d
+        }
+        Op::MaxPool2d { .. } => {
+            let Extra::MaxPool { argmax } = l.extra[n.0] else {
+                unreachable!("max pooling keeps argmax")
+            };
+            let g = pool_geometry(graph, n)?;
+            vec![maxpool_backward(
+                ctx,
+                &need(0, "the pooled input")?,
+                &dy()?,
+                &b.id(argmax)?,
+                &g,
+            )?]
+        }
+        Op::AvgPool2d { .. } => {
+            let g = pool_geometry(graph, n)?;
+            vec![avgpool_backward(
+                ctx,
+                &need(0, "the pooled input")?,
+                &dy()?,
+                &g,
+            )?]
+        }
+        Op::Dense => {
+            let (xs, w, gy) = (x(0)?, x(1)?, dy()?);
+            let (rows, f, units) = (xs.shape[0], xs.shape[1], w.shape[1]);
+            let mut d = Vec::new();
+            if let Some(gx) = dx(0)? {
+                // dx += dy·Wᵀ
+                d.push(matmul(
+                    ctx,
+                    Layout::ABt,
+                    &gx,
+                    &gy,
+                    &w,
+                    MatmulParams::new(rows, f, units).accumulate(),
+                )?);
+            }
+            // dW += xᵀ·dy
+            d.push(matmul(
+                ctx,
+                Layout::AtB,
+                &need(1, "the dense kernel")?,
+                &xs,
+                &gy,
+                MatmulParams::new(f, units, rows).accumulate(),
+            )?);
+            d.extend(bias_backward(ctx, &need(2, "the dense bias")?, &gy)?);
+            d
+        }
+        Op::Activation(a) => {
+            let saved = if a.backward_uses_input() {
+                x(0)?
+            } else {
+                b.view(l.val(n))?
+            };
+            vec![activation_backward(
+                ctx,
+                *a,
+                &need(0, "the activation input")?,
+                &dy()?,
+                &saved,
+            )?]
+        }
+        Op::Concat => {
+            let gy = dy()?;
+            let mut d = Vec::new();
+            let mut offset = 0;
+            for (i, &input) in node.inputs.iter().enumerate() {
+                if let Some(gx) = dx(i)? {
+                    d.push(concat_backward(ctx, &gx, &gy, offset)?);
+                }
+                offset += graph.node(input).value.shape[1];
+            }
+            d
+        }
+        Op::Softmax => {
+            return Err(Error::Unsupported {
+                op: node.name.clone(),
+                what: "the backward of Softmax".into(),
+                why: "softmax is for prediction; train through SoftmaxCrossEntropy".into(),
+            })
+        }
+        Op::SoftmaxCrossEntropy => {
+            let Extra::Loss { probs, .. } = l.extra[n.0] else {
+                unreachable!("the loss keeps probs and rows")
+            };
+            match dx(0)? {
+                Some(gl) => vec![softmax_cross_entropy_backward(
+                    ctx,
+                    &gl,
+                    &b.id(probs)?,
+                    &x(1)?,
+                )?],
+                None => Vec::new(),
+            }
+        }
+    })
+}
+
+impl<'a> GpuExecutor<'a> {
+    /// Builds the schedule of `graph` for training on `loss` from the
+    /// initial `params` (every parameter of the graph, once).
+    pub fn new(
+        ctx: &'a GpuContext,
+        graph: &Graph,
+        loss: NodeId,
+        params: &[(NodeId, Vec<f32>)],
+        config: TrainConfig,
+    ) -> Result<Self> {
+        Self::with_options(ctx, graph, loss, params, config, ExecOptions::default())
+    }
+
+    /// As [`GpuExecutor::new`], with nodes kept for inspection.
+    pub fn with_options(
+        ctx: &'a GpuContext,
+        graph: &Graph,
+        loss: NodeId,
+        params: &[(NodeId, Vec<f32>)],
+        config: TrainConfig,
+        options: ExecOptions,
+    ) -> Result<Self> {
+        let op = "GpuExecutor";
+        if loss.0 >= graph.nodes().len() {
+            return Err(Error::graph(format!("#{}", loss.0), "no such loss node"));
+        }
+        let loss_node = graph.node(loss);
+        if !matches!(loss_node.op, Op::SoftmaxCrossEntropy) {
+            return Err(Error::Unsupported {
+                op: op.into(),
+                what: format!(
+                    "loss node {:?} of kind {}",
+                    loss_node.name,
+                    loss_node.op.kind()
+                ),
+                why: "backward is seeded by SoftmaxCrossEntropy, the only loss op".into(),
+            });
+        }
+        if let Some(c) = config.clip_global_norm {
+            return Err(Error::Unsupported {
+                op: op.into(),
+                what: format!("gradient clipping by global norm ({c})"),
+                why: "the GPU backend has no global-norm kernel yet".into(),
+            });
+        }
+        for &i in &options.inspect {
+            if i.0 >= graph.nodes().len() {
+                return Err(Error::graph(format!("#{}", i.0), "no such node to inspect"));
+            }
+        }
+        let backward = graph.backward_order(loss);
+        if let Some(&s) = backward
+            .iter()
+            .find(|&&i| matches!(graph.node(i).op, Op::Softmax))
+        {
+            return Err(Error::Unsupported {
+                op: graph.node(s).name.clone(),
+                what: "the backward of Softmax".into(),
+                why: "softmax is for prediction; train through SoftmaxCrossEntropy".into(),
+            });
+        }
+
+        // Tensors and stages.
+        let l = declare(graph, loss, &options.inspect);
+        let mut kinds: Vec<StageKind> = graph
+            .ids()
+            .filter(|&i| {
+                !matches!(
+                    graph.node(i).op,
+                    Op::Input { .. } | Op::Param { .. } | Op::Flatten
+                )
+            })
+            .map(StageKind::Forward)
+            .collect();
+        kinds.extend(
+            backward
+                .iter()
+                .filter(|&&i| !matches!(graph.node(i).op, Op::Flatten))
+                .map(|&i| StageKind::Backward(i)),
+        );
+        let trainable = graph.params().iter().any(|&p| l.grad[p.0].is_some());
+        if trainable {
+            kinds.push(StageKind::Update);
+        }
+        let uses: Vec<Vec<TensorId>> = kinds.iter().map(|&k| stage_uses(graph, &l, k)).collect();
+        let mut lifetimes: Vec<Option<(usize, usize)>> = vec![None; l.tensors.len()];
+        for (s, u) in uses.iter().enumerate() {
+            for &t in u {
+                let life = lifetimes[t].get_or_insert((s, s));
+                life.1 = s;
+            }
+        }
+
+        // The plan and its buffers.
+        let requests: Vec<PlanRequest> = l
+            .tensors
+            .iter()
+            .zip(&lifetimes)
+            .map(|(t, &lifetime)| PlanRequest {
+                bytes: t.bytes(),
+                pinned: t.pinned,
+                lifetime,
+            })
+            .collect();
+        let plan = plan_memory(&requests);
+        let mut buffers_created = 0;
+        let slot_buffers = plan
+            .slots
+            .iter()
+            .map(|s| {
+                buffers_created += 1;
+                Ok(ctx
+                    .zeros(&[(s.bytes as usize / 4).max(1)], DType::F32)?
+                    .buffer)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let handles: Vec<GpuTensor> = l
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| GpuTensor {
+                buffer: slot_buffers[plan.slot_of[i]].clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype,
+            })
+            .collect();
+        let mut clears = vec![Vec::new(); kinds.len()];
+        for (t, info) in l.tensors.iter().enumerate() {
+            let Some((first, _)) = lifetimes[t] else {
+                continue;
+            };
+            let shared = plan.slots[plan.slot_of[t]].tensors.len() > 1;
+            let bytes = match info.zero {
+                Zero::EveryRun => info.bytes(),
+                Zero::Prefix(b) if shared => b,
+                _ => 0,
+            };
+            if bytes > 0 {
+                clears[first].push((t, bytes));
+            }
+        }
+
+        // Initial parameters.
+        let mut given = vec![false; graph.nodes().len()];
+        for (id, data) in params {
+            let node = graph
+                .nodes()
+                .get(id.0)
+                .ok_or_else(|| Error::graph(format!("#{}", id.0), "no such parameter node"))?;
+            if !matches!(node.op, Op::Param { .. }) {
+                return Err(Error::graph(
+                    &node.name,
+                    "given an initial value but is not a Param",
+                ));
+            }
+            if given[id.0] {
+                return Err(Error::graph(&node.name, "given two initial values"));
+            }
+            given[id.0] = true;
+            let h = &handles[l.vid(*id)];
+            ctx.write_f32(h, data)
+                .map_err(|e| Error::graph(&node.name, format!("initial value: {e}")))?;
+        }
+        if let Some(p) = graph.params().into_iter().find(|p| !given[p.0]) {
+            return Err(Error::graph(&graph.node(p).name, "no initial value given"));
+        }
+
+        // Dispatches, prepared once.
+        let mut stages = Vec::with_capacity(kinds.len());
+        for (s, &kind) in kinds.iter().enumerate() {
+            let node_name = match kind {
+                StageKind::Forward(n) | StageKind::Backward(n) => graph.node(n).name.as_str(),
+                StageKind::Update => "optimizer",
+            };
+            let binder = Binder {
+                tensors: &l.tensors,
+                handles: &handles,
+                lifetimes: &lifetimes,
+                stage: s,
+                node: node_name,
+            };
+            let dispatches = match kind {
+                StageKind::Forward(n) => forward_dispatches(ctx, graph, &l, n, &binder)?,
+                StageKind::Backward(n) => backward_dispatches(ctx, graph, &l, n, &binder)?,
+                StageKind::Update => Vec::new(),
+            };
+            stages.push(Stage { kind, dispatches });
+        }
+        let optimizer = if trainable {
+            let mut opt = match &config.optimizer {
+                Optimizer::Adam(c) => OptimizerState::Adam(Adam::new(*c)?),
+                Optimizer::Sgd(c) => OptimizerState::Sgd(Sgd::new(*c)?),
+            };
+            for p in graph.params() {
+                if let Some(g) = l.gid(p) {
+                    let (w, g) = (&handles[l.vid(p)], &handles[g]);
+                    match &mut opt {
+                        OptimizerState::Adam(a) => a.prepare(ctx, w, g)?,
+                        OptimizerState::Sgd(s) => s.prepare(ctx, w, g)?,
+                    };
+                }
+            }
+            buffers_created += opt.buffers();
+            Some(opt)
+        } else {
+            None
+        };
+        let loss_staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("loss readback"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        buffers_created += 1;
+
+        let n_stages = stages.len();
+        Ok(Self {
+            ctx,
+            graph: graph.clone(),
+            loss,
+            tensors: l.tensors,
+            handles,
+            lifetimes,
+            value: l.value,
+            grad: l.grad,
+            stages,
+            clears,
+            optimizer,
+            plan,
+            loss_staging,
+            staging: HashMap::new(),
+            buffers_created,
+            steps: 0,
+            last_run: vec![false; n_stages],
+            last_stats: StepStats::default(),
+        })
+    }
+
+    /// The memory plan: intermediate tensors, the buffers holding them, their
+    /// bytes against one buffer each.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// Bytes of optimizer state (Adam's m and v, SGD's velocity).
+    pub fn optimizer_state_bytes(&self) -> u64 {
+        self.optimizer
+            .as_ref()
+            .map_or(0, OptimizerState::state_bytes)
+    }
+
+    /// Device buffers this executor has created (tensors, optimizer state,
+    /// staging). Constant across training steps. Buffers the launchers
+    /// create while the schedule is built (uniforms, reduction partials)
+    /// are not counted; they too are created only then.
+    pub fn buffers_created(&self) -> usize {
+        self.buffers_created
+    }
+
+    /// What the last run (train step, gradients, loss or predict) recorded.
+    pub fn step_stats(&self) -> StepStats {
+        self.last_stats
+    }
+
+    /// Training steps applied so far.
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+
+    /// The planned tensors sharing a buffer, by name, one line per buffer
+    /// (for reports).
+    pub fn describe_plan(&self) -> Vec<String> {
+        self.plan
+            .slots
+            .iter()
+            .filter(|s| !s.pinned)
+            .map(|s| {
+                let names: Vec<String> = s
+                    .tensors
+                    .iter()
+                    .map(|&t| {
+                        let (a, b) = self.lifetimes[t].unwrap_or((0, 0));
+                        format!("{} [{a}..{b}]", self.tensors[t].name)
+                    })
+                    .collect();
+                format!("{} bytes: {}", s.bytes, names.join(", "))
+            })
+            .collect()
+    }
+
+    fn stages_for(&self, run: Run) -> Vec<usize> {
+        let target = match run {
+            Run::Train | Run::Gradients => self.loss,
+            Run::Forward(n) => n,
+        };
+        let keep = ancestors(&self.graph, target);
+        (0..self.stages.len())
+            .filter(|&s| match self.stages[s].kind {
+                StageKind::Forward(n) => keep[n.0],
+                StageKind::Backward(_) => !matches!(run, Run::Forward(_)),
+                StageKind::Update => run == Run::Train,
+            })
+            .collect()
+    }
+
+    /// Writes the inputs the recorded stages read.
+    fn write_inputs(&self, batch: &Batch, target: NodeId) -> Result<usize> {
+        let keep = ancestors(&self.graph, target);
+        let mut writes = 0;
+        for id in self.graph.inputs() {
+            if !keep[id.0] {
+                continue;
+            }
+            let node = self.graph.node(id);
+            let data = batch
+                .inputs
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, d)| d)
+                .ok_or_else(|| Error::graph(&node.name, "the batch has no data for this input"))?;
+            let h = &self.handles[self.vid(id)];
+            let (bytes, len, dtype): (&[u8], usize, DType) = match data {
+                HostData::F32(v) => (bytemuck::cast_slice(v), v.len(), DType::F32),
+                HostData::U32(v) => (bytemuck::cast_slice(v), v.len(), DType::U32),
+            };
+            if dtype != h.dtype || len != h.numel() {
+                return Err(Error::shape(
+                    &node.name,
+                    format!(
+                        "the batch gives {len} {dtype:?} values, the input is {:?} of shape {:?}",
+                        h.dtype, h.shape
+                    ),
+                ));
+            }
+            if len > 0 {
+                self.ctx.queue.write_buffer(&h.buffer, 0, bytes);
+            }
+            writes += 1;
+        }
+        for (id, _) in &batch.inputs {
+            if self
+                .graph
+                .nodes()
+                .get(id.0)
+                .is_none_or(|n| !matches!(n.op, Op::Input { .. }))
+            {
+                return Err(Error::graph(
+                    format!("#{}", id.0),
+                    "the batch feeds a node that is not an Input",
+                ));
+            }
+        }
+        Ok(writes)
+    }
+
+    fn vid(&self, n: NodeId) -> TensorId {
+        self.value[n.0].as_ref().expect("every node has a value").id
+    }
+
+    /// Records the stages: clears, then dispatches (timestamped when a
+    /// query set is given).
+    fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        stages: &[usize],
+        timer: Option<&wgpu::QuerySet>,
+        stats: &mut StepStats,
+        names: &mut Vec<&'static str>,
+    ) {
+        let mut k = 0u32;
+        for &s in stages {
+            for &(t, bytes) in &self.clears[s] {
+                encoder.clear_buffer(&self.handles[t].buffer, 0, Some(bytes));
+                stats.clears += 1;
+            }
+            let stage = &self.stages[s];
+            let dispatches: Vec<&Dispatch> = match stage.kind {
+                StageKind::Update => self
+                    .optimizer
+                    .as_ref()
+                    .map(OptimizerState::dispatches)
+                    .unwrap_or_default(),
+                _ => stage.dispatches.iter().collect(),
+            };
+            let count = match stage.kind {
+                StageKind::Forward(_) => &mut stats.forward_dispatches,
+                StageKind::Backward(_) => &mut stats.backward_dispatches,
+                StageKind::Update => &mut stats.update_dispatches,
+            };
+            *count += dispatches.len();
+            for d in dispatches {
+                let ts = timer.map(|q| wgpu::ComputePassTimestampWrites {
+                    query_set: q,
+                    beginning_of_pass_write_index: Some(2 * k),
+                    end_of_pass_write_index: Some(2 * k + 1),
+                });
+                d.record(encoder, ts);
+                names.push(d.name);
+                k += 1;
+            }
+        }
+    }
+
+    /// One run: inputs, one encoder, one submit, and the readback of `read`
+    /// (through a staging buffer kept for it).
+    fn run(&mut self, batch: &Batch, run: Run, read: Option<TensorId>) -> Result<Vec<u32>> {
+        let target = match run {
+            Run::Forward(n) => n,
+            _ => self.loss,
+        };
+        let stages = self.stages_for(run);
+        let mut stats = StepStats {
+            writes: self.write_inputs(batch, target)?,
+            ..StepStats::default()
+        };
+        if run == Run::Train {
+            if let Some(OptimizerState::Adam(a)) = &mut self.optimizer {
+                a.set_step(self.ctx, self.steps + 1)?;
+                stats.writes += a.slots().len();
+            }
+        }
+        if let Some(t) = read {
+            if t != self.vid(self.loss) && !self.staging.contains_key(&t) {
+                let buffer = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("prediction readback"),
+                    size: self.tensors[t].bytes().max(4),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.buffers_created += 1;
+                self.staging.insert(t, buffer);
+            }
+        }
+        let ctx = self.ctx;
+        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        let mut names = Vec::new();
+        self.record(&mut encoder, &stages, None, &mut stats, &mut names);
+        let staging = read.map(|t| {
+            let s = self.staging.get(&t).unwrap_or(&self.loss_staging);
+            let bytes = self.tensors[t].bytes();
+            if bytes > 0 {
+                encoder.copy_buffer_to_buffer(&self.handles[t].buffer, 0, s, 0, bytes);
+            }
+            (s, bytes)
+        });
+        ctx.queue.submit([encoder.finish()]);
+        stats.submits = 1;
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Validation {
+                op: "GpuExecutor run".into(),
+                message: e.to_string(),
+            });
+        }
+        self.last_run = vec![false; self.stages.len()];
+        for &s in &stages {
+            self.last_run[s] = true;
+        }
+        let words = match staging {
+            Some((s, bytes)) if bytes > 0 => {
+                stats.readback_bytes = bytes;
+                map_read(ctx, s, bytes)?
+            }
+            _ => {
+                ctx.wait()?;
+                Vec::new()
+            }
+        };
+        if run == Run::Train {
+            self.steps += 1;
+        }
+        self.last_stats = stats;
+        Ok(words)
+    }
+
+    /// One training step with a timestamp around every dispatch: the GPU
+    /// time of each, in recording order. Applies the update like
+    /// [`Executor::train_step`]; allocates its query buffers per call.
+    pub fn profile_step(&mut self, batch: &Batch) -> Result<Vec<KernelTiming>> {
+        let ctx = self.ctx;
+        if !ctx.has_timestamps() {
+            return Err(Error::Unsupported {
+                op: "profile_step".into(),
+                what: "timestamp queries".into(),
+                why: format!("adapter {} lacks TIMESTAMP_QUERY", ctx.info.name),
+            });
+        }
+        let stages = self.stages_for(Run::Train);
+        let total: usize = stages
+            .iter()
+            .map(|&s| match self.stages[s].kind {
+                StageKind::Update => self.optimizer.as_ref().map_or(0, |o| o.dispatches().len()),
+                _ => self.stages[s].dispatches.len(),
+            })
+            .sum();
+        let count = 2 * total as u32;
+        if count == 0 || count > wgpu::QUERY_SET_MAX_QUERIES {
+            return Err(Error::Unsupported {
+                op: "profile_step".into(),
+                what: format!("{total} timed dispatches"),
+                why: format!(
+                    "one query set holds 1 to {} timestamps",
+                    wgpu::QUERY_SET_MAX_QUERIES
+                ),
+            });
+        }
+        let mut stats = StepStats {
+            writes: self.write_inputs(batch, self.loss)?,
+            ..StepStats::default()
+        };
+        if let Some(OptimizerState::Adam(a)) = &mut self.optimizer {
+            a.set_step(ctx, self.steps + 1)?;
+        }
+        let query_set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("step timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let bytes = count as u64 * 8;
+        let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamp resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamp readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        let mut names = Vec::new();
+        self.record(
+            &mut encoder,
+            &stages,
+            Some(&query_set),
+            &mut stats,
+            &mut names,
+        );
+        encoder.resolve_query_set(&query_set, 0..count, &resolve, 0);
+        encoder.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
+        ctx.queue.submit([encoder.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Validation {
+                op: "profile_step".into(),
+                message: e.to_string(),
+            });
+        }
+        let words = map_read(ctx, &readback, bytes)?;
+        self.steps += 1;
+        self.last_run = vec![false; self.stages.len()];
+        for &s in &stages {
+            self.last_run[s] = true;
+        }
+        stats.submits = 1;
+        self.last_stats = stats;
+        // Little-endian u64 pairs (a Vec<u32> need not be 8-aligned).
+        let ticks: Vec<u64> = words
+            .chunks_exact(2)
+            .map(|w| w[0] as u64 | (w[1] as u64) << 32)
+            .collect();
+        let period = ctx.queue.get_timestamp_period() as f64;
+        Ok(names
+            .iter()
+            .enumerate()
+            .map(|(i, &name)| KernelTiming {
+                name,
+                nanoseconds: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period,
+            })
+            .collect())
+    }
+
+    /// Reads tensor `t` if the last run left it intact, else an error
+    /// naming `node` and saying why.
+    fn read_kept(&self, node: NodeId, t: TensorId, what: &str) -> Result<Vec<f32>> {
+        let name = &self.graph.node(node).name;
+        let info = &self.tensors[t];
+        if !info.pinned {
+            let Some((first, _)) = self.lifetimes[t] else {
+                return Err(Error::graph(name, format!("its {what} is never computed")));
+            };
+            if !self.last_run[first] {
+                return Err(Error::graph(
+                    name,
+                    format!("its {what} was not computed by the last run"),
+                ));
+            }
+            let slot = &self.plan.slots[self.plan.slot_of[t]];
+            if let Some(&later) = slot.tensors.iter().find(|&&u| {
+                u != t && self.lifetimes[u].is_some_and(|(f, _)| f > first && self.last_run[f])
+            }) {
+                return Err(Error::graph(
+                    name,
+                    format!(
+                        "its {what} was overwritten by {:?}, which the memory plan puts in the \
+                         same buffer; keep it with ExecOptions::inspect",
+                        self.tensors[later].name
+                    ),
+                ));
+            }
+        }
+        let h = &self.handles[t];
+        match h.dtype {
+            DType::F32 => self.ctx.read_f32(h),
+            // Indices (tokens, labels) as floats: exact below 2^24.
+            DType::U32 => Ok(self
+                .ctx
+                .read_u32(h)?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()),
+        }
+    }
+
+    /// The gradient of any node after the last backward (inspection): the
+    /// accumulated gradient of its value. Parameters' gradients are always
+    /// kept; others need [`ExecOptions::inspect`] unless their buffer was
+    /// not reused since.
+    pub fn gradient_of(&mut self, id: NodeId) -> Result<Vec<f32>> {
+        let name = &self.graph.node(id).name;
+        let g = self.grad[id.0].as_ref().ok_or_else(|| {
+            Error::graph(
+                name,
+                "has no gradient (it does not lead from a parameter to the loss)",
+            )
+        })?;
+        self.read_kept(id, g.id, "gradient")
+    }
+}
+
+/// Maps `bytes` of a MAP_READ buffer after the submit that fills it.
+fn map_read(ctx: &GpuContext, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u32>> {
+    let (tx, rx) = mpsc::channel();
+    buffer
+        .slice(..bytes)
+        .map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+    ctx.wait()?;
+    rx.recv()
+        .map_err(|e| Error::Readback(e.to_string()))?
+        .map_err(|e| Error::Readback(e.to_string()))?;
+    let words = {
+        let view = buffer
+            .get_mapped_range(..bytes)
+            .map_err(|e| Error::Readback(format!("{e:?}")))?;
+        bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+    };
+    buffer.unmap();
+    Ok(words)
+}
+
+impl Executor for GpuExecutor<'_> {
+    fn train_step(&mut self, batch: &Batch) -> Result<f32> {
+        let t = self.vid(self.loss);
+        let w = self.run(batch, Run::Train, Some(t))?;
+        Ok(f32::from_bits(w[0]))
+    }
+
+    fn loss(&mut self, batch: &Batch) -> Result<f32> {
+        let t = self.vid(self.loss);
+        let w = self.run(batch, Run::Forward(self.loss), Some(t))?;
+        Ok(f32::from_bits(w[0]))
+    }
+
+    fn predict(&mut self, batch: &Batch, output: NodeId) -> Result<Vec<f32>> {
+        if output.0 >= self.graph.nodes().len() {
+            return Err(Error::graph(
+                format!("#{}", output.0),
+                "no such output node",
+            ));
+        }
+        let t = self.vid(output);
+        let w = self.run(batch, Run::Forward(output), Some(t))?;
+        Ok(match self.tensors[t].dtype {
+            DType::F32 => bytemuck::cast_vec(w),
+            DType::U32 => w.into_iter().map(|v| v as f32).collect(),
+        })
+    }
+
+    fn gradients(&mut self, batch: &Batch) -> Result<(f32, Vec<Vec<f32>>)> {
+        let t = self.vid(self.loss);
+        let w = self.run(batch, Run::Gradients, Some(t))?;
+        let grads = self
+            .graph
+            .params()
+            .into_iter()
+            .map(|p| match &self.grad[p.0] {
+                Some(g) => self.ctx.read_f32(&self.handles[g.id]),
+                None => Ok(vec![0.0; self.graph.node(p).value.numel()]),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((f32::from_bits(w[0]), grads))
+    }
+
+    fn param(&self, id: NodeId) -> Result<Vec<f32>> {
+        let node = self
+            .graph
+            .nodes()
+            .get(id.0)
+            .ok_or_else(|| Error::graph(format!("#{}", id.0), "no such node"))?;
+        if !matches!(node.op, Op::Param { .. }) {
+            return Err(Error::graph(&node.name, "is not a Param"));
+        }
+        self.ctx.read_f32(&self.handles[self.vid(id)])
+    }
+
+    fn set_param(&mut self, id: NodeId, value: &[f32]) -> Result<()> {
+        let node = self
+            .graph
+            .nodes()
+            .get(id.0)
+            .ok_or_else(|| Error::graph(format!("#{}", id.0), "no such node"))?;
+        if !matches!(node.op, Op::Param { .. }) {
+            return Err(Error::graph(&node.name, "is not a Param"));
+        }
+        self.ctx
+            .write_f32(&self.handles[self.vid(id)], value)
+            .map_err(|e| Error::graph(&node.name, e.to_string()))
+    }
+
+    fn value(&mut self, id: NodeId) -> Result<Vec<f32>> {
+        if id.0 >= self.graph.nodes().len() {
+            return Err(Error::graph(format!("#{}", id.0), "no such node"));
+        }
+        let t = self.vid(id);
+        self.read_kept(id, t, "value")
+    }
+}
