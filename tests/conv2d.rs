@@ -1,6 +1,7 @@
 //! conv2d kernels against the CPU reference (evaluated in f64, so the
 //! tolerances measure the GPU's f32 rounding only) on awkward shapes and the
-//! seed model's shape, accumulation into non-zero gradients, the backward
+//! seed model's shape, accumulation into non-zero gradients, the fast
+//! (im2col) references against the plain-loop definitions, the backward
 //! references against finite differences, and shape errors.
 
 mod common;
@@ -9,8 +10,9 @@ use common::*;
 use crossmodal::gpu::GpuTensor;
 use crossmodal::ops::conv2d as op;
 use crossmodal::ops::conv2d::{
-    conv2d_backward_bias_cpu, conv2d_backward_input_cpu, conv2d_backward_weight_cpu,
-    conv2d_forward_cpu, Conv2dGeometry, Conv2dParams, Padding,
+    conv2d_backward_bias_cpu, conv2d_backward_bias_naive_cpu, conv2d_backward_input_cpu,
+    conv2d_backward_input_naive_cpu, conv2d_backward_weight_cpu, conv2d_backward_weight_naive_cpu,
+    conv2d_forward_cpu, conv2d_forward_naive_cpu, Conv2dGeometry, Conv2dParams, Padding,
 };
 use crossmodal::{Error, GpuContext};
 use ndarray::{Array1, Array4, Ix1, Ix4};
@@ -289,6 +291,114 @@ fn conv2d_backward_matches_finite_differences() {
         });
         assert_close_f64(&format!("db {}", label(g)), &db.into_dyn(), &fd, 1e-6, 1e-8);
     }
+}
+
+/// `got == want` up to rounding: rtol 1e-12 in f64, and an atol of 1e-15
+/// per summed term for results that cancel to near zero.
+fn assert_same<D: ndarray::Dimension>(
+    what: &str,
+    got: &ndarray::Array<f64, D>,
+    want: &ndarray::Array<f64, D>,
+    terms: usize,
+) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let atol = 1e-15 * terms as f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + 1e-12 * w.abs(),
+            "{what}: element {i} is {g}, the naive reference gives {w}"
+        );
+    }
+}
+
+/// The fast references (im2col and matrix products) against the naive
+/// plain-loop definitions, which share no code with them, in f64: awkward
+/// shapes (strides 2 and mixed, Same padding, Cin > 1, a kernel larger
+/// than the input), the seed shape, accumulation into non-zero gradients.
+#[test]
+fn conv2d_references_match_the_naive_definitions() {
+    let mut cases = awkward();
+    cases.push(geometry([2, 9, 8, 4], 3, [3, 3], [2, 2], Padding::Same));
+    cases.push(seed());
+    for g in &cases {
+        let x = rand4(g.input_shape(), 30);
+        let w = rand4(g.weight_shape(), 31);
+        let b = rand1(g.out_c, 32);
+        let dy = rand4(g.output_shape(), 33);
+        let taps = g.kernel[0] * g.kernel[1] * g.in_c;
+        let pixels = g.batch * g.out_h() * g.out_w();
+
+        let y = conv2d_forward_cpu(&x.view(), &w.view(), &b.view(), g);
+        let want = conv2d_forward_naive_cpu(&x.view(), &w.view(), &b.view(), g);
+        assert_same(&format!("forward {}", label(g)), &y, &want, taps);
+
+        let dx0 = rand4(g.input_shape(), 34);
+        let (mut dx, mut want) = (dx0.clone(), dx0);
+        conv2d_backward_input_cpu(&mut dx, &dy.view(), &w.view(), g);
+        conv2d_backward_input_naive_cpu(&mut want, &dy.view(), &w.view(), g);
+        let terms = g.kernel[0] * g.kernel[1] * g.out_c;
+        assert_same(&format!("backward_input {}", label(g)), &dx, &want, terms);
+
+        let dw0 = rand4(g.weight_shape(), 35);
+        let (mut dw, mut want) = (dw0.clone(), dw0);
+        conv2d_backward_weight_cpu(&mut dw, &dy.view(), &x.view(), g);
+        conv2d_backward_weight_naive_cpu(&mut want, &dy.view(), &x.view(), g);
+        assert_same(&format!("backward_weight {}", label(g)), &dw, &want, pixels);
+
+        let db0 = rand1(g.out_c, 36);
+        let (mut db, mut want) = (db0.clone(), db0);
+        conv2d_backward_bias_cpu(&mut db, &dy.view(), g);
+        conv2d_backward_bias_naive_cpu(&mut want, &dy.view(), g);
+        assert_same(&format!("backward_bias {}", label(g)), &db, &want, pixels);
+    }
+}
+
+/// Inputs and gradients that are not in standard layout (axes permuted in
+/// memory) give the same results as standard-layout copies (up to rounding:
+/// a non-standard dx receives the gradient summed apart, then added).
+#[test]
+fn conv2d_references_accept_any_layout() {
+    let g = geometry([2, 7, 6, 3], 4, [3, 2], [2, 1], Padding::Same);
+    // Same logical shape, memory order [C, W, H, N] (or reversed for w).
+    let permuted = |a: &Array4<f64>| {
+        let mut p = a
+            .clone()
+            .permuted_axes([3, 2, 1, 0])
+            .as_standard_layout()
+            .into_owned();
+        p = p.permuted_axes([3, 2, 1, 0]);
+        assert!(!p.is_standard_layout());
+        assert_eq!(p, *a);
+        p
+    };
+    let x = rand4(g.input_shape(), 40);
+    let w = rand4(g.weight_shape(), 41);
+    let b = rand1(g.out_c, 42);
+    let dy = rand4(g.output_shape(), 43);
+    let (xp, wp, dyp) = (permuted(&x), permuted(&w), permuted(&dy));
+    // More than any sum here has terms (N·OH·OW = 48).
+    let terms = 64;
+
+    let want = conv2d_forward_cpu(&x.view(), &w.view(), &b.view(), &g);
+    let got = conv2d_forward_cpu(&xp.view(), &wp.view(), &b.view(), &g);
+    assert_same("forward", &got, &want, terms);
+
+    let dx0 = rand4(g.input_shape(), 44);
+    let (mut got, mut want) = (permuted(&dx0), dx0);
+    conv2d_backward_input_cpu(&mut want, &dy.view(), &w.view(), &g);
+    conv2d_backward_input_cpu(&mut got, &dyp.view(), &wp.view(), &g);
+    assert_same("backward_input", &got, &want, terms);
+
+    let dw0 = rand4(g.weight_shape(), 45);
+    let (mut got, mut want) = (permuted(&dw0), dw0);
+    conv2d_backward_weight_cpu(&mut want, &dy.view(), &x.view(), &g);
+    conv2d_backward_weight_cpu(&mut got, &dyp.view(), &xp.view(), &g);
+    assert_same("backward_weight", &got, &want, terms);
+
+    let (mut got, mut want) = (Array1::zeros(g.out_c), Array1::zeros(g.out_c));
+    conv2d_backward_bias_cpu(&mut want, &dy.view(), &g);
+    conv2d_backward_bias_cpu(&mut got, &dyp.view(), &g);
+    assert_same("backward_bias", &got, &want, terms);
 }
 
 fn assert_conv2d_shape_error<T: std::fmt::Debug>(r: crossmodal::Result<T>, what: &str) {

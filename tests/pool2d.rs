@@ -1,8 +1,9 @@
 //! Max and average pooling kernels against the CPU reference (argmax exactly,
 //! values from a reference evaluated in f64) on awkward shapes, overlapping
 //! windows and the seed model's shape; accumulation into non-zero
-//! gradients; tie-breaking; the backward references against finite
-//! differences; shape errors.
+//! gradients; tie-breaking; the fast max-pool references against the
+//! naive definitions; the backward references against finite differences;
+//! shape errors.
 
 mod common;
 
@@ -10,8 +11,8 @@ use common::*;
 use crossmodal::gpu::GpuTensor;
 use crossmodal::ops::pool2d as op;
 use crossmodal::ops::pool2d::{
-    avgpool_backward_cpu, avgpool_forward_cpu, maxpool_backward_cpu, maxpool_forward_cpu,
-    Pool2dGeometry, Pool2dParams,
+    avgpool_backward_cpu, avgpool_forward_cpu, maxpool_backward_cpu, maxpool_backward_naive_cpu,
+    maxpool_forward_cpu, maxpool_forward_naive_cpu, Pool2dGeometry, Pool2dParams,
 };
 use crossmodal::{DType, Error, GpuContext};
 use ndarray::{Array4, Ix4};
@@ -192,6 +193,57 @@ fn maxpool_forward_ties_pick_the_first_maximum() {
     for ((n, oh, ow, c), &a) in argmax.indexed_iter() {
         let origin = ((n * 5 + oh) * 4 + ow * 2) * 3 + c;
         assert_eq!(a as usize, origin);
+    }
+}
+
+/// The fast max-pool references (whole pixels, slices) against the naive
+/// per-element definitions: argmax and y exactly (NaNs included), dx
+/// exactly, on awkward shapes, ties, NaNs, non-standard layouts (x and dx)
+/// and the seed shape.
+#[test]
+fn maxpool_references_match_the_naive_definitions() {
+    let mut cases = awkward();
+    cases.push(seed());
+    for g in &cases {
+        let random_x = rand4(g.input_shape(), 12);
+        let ties = random_x.mapv(|v| (v * 2.0).round() / 2.0);
+        // NaN in some windows, including first in scan order.
+        let mut nans = random_x.clone();
+        nans.iter_mut().step_by(7).for_each(|v| *v = f64::NAN);
+        // Same logical array, memory order [C, W, H, N].
+        let permute = |a: &Array4<f64>| {
+            a.clone()
+                .permuted_axes([3, 2, 1, 0])
+                .as_standard_layout()
+                .into_owned()
+                .permuted_axes([3, 2, 1, 0])
+        };
+        let permuted = permute(&random_x);
+        for (what, x) in [
+            ("random", &random_x),
+            ("ties", &ties),
+            ("nans", &nans),
+            ("permuted", &permuted),
+        ] {
+            let what = format!("{what} {}", label(g));
+            let (y, argmax) = maxpool_forward_cpu(&x.view(), g);
+            let (want_y, want_arg) = maxpool_forward_naive_cpu(&x.view(), g);
+            assert_eq!(argmax, want_arg, "maxpool_forward argmax {what}");
+            let bits = |a: &Array4<f64>| a.mapv(f64::to_bits);
+            assert_eq!(bits(&y), bits(&want_y), "maxpool_forward y {what}");
+
+            let dy = rand4(g.output_shape(), 13);
+            let dx0 = rand4(g.input_shape(), 14);
+            let mut dx = if what.starts_with("permuted") {
+                permute(&dx0)
+            } else {
+                dx0.clone()
+            };
+            let mut want = dx0;
+            maxpool_backward_cpu(&mut dx, &dy.view(), &argmax.view(), g);
+            maxpool_backward_naive_cpu(&mut want, &dy.view(), &argmax.view(), g);
+            assert_eq!(dx, want, "maxpool_backward {what}");
+        }
     }
 }
 

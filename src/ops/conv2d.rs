@@ -9,7 +9,10 @@
 //! `conv2d_backward_bias` and, unless x is the network input,
 //! `conv2d_backward_input`. All three accumulate (+=).
 
-use ndarray::{Array1, Array4, ArrayView1, ArrayView4, NdFloat};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{
+    Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis, CowArray, Ix4, NdFloat,
+};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
@@ -196,13 +199,168 @@ fn tap(out: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<u
 }
 
 // ---------------------------------------------------------------- CPU reference
+//
+// The references are matrix products over the im2col matrix (one row per
+// output pixel, one column per weight tap `(kh, kw, ci)`), so ndarray's
+// `dot` (matrixmultiply for f32/f64) does the arithmetic. The
+// `*_naive_cpu` functions below them are the plain-loop definitions; the
+// tests hold the fast references to them.
 
 fn check_cpu(what: &str, got: &[usize], want: &[usize]) {
     assert_eq!(got, want, "conv2d reference: {what} shape");
 }
 
-/// `y[n,oh,ow,co] = b[co] + Σ_{kh,kw,ci} x[n,ih,iw,ci] · w[kh,kw,ci,co]`.
+/// `a` (`[N,H,W,C]` in standard layout, from `as_standard_layout`) viewed
+/// as the matrix `[N·H·W, C]`.
+fn as_matrix<'a, A: NdFloat>(a: &'a CowArray<'_, A, Ix4>) -> ArrayView2<'a, A> {
+    let (n, h, w, c) = a.dim();
+    a.view()
+        .into_shape_with_order((n * h * w, c))
+        .expect("standard layout reshapes")
+}
+
+/// Calls `f(row, col, at, len)` for every output pixel and kernel row
+/// whose taps reach into the input: `row` is the pixel's im2col row
+/// `(n, oh, ow)`, `col` the column of its first in-bounds tap
+/// `(kh, kw0, 0)` and `at` the flat NHWC index of `x[n, ih, iw0, 0]`. The
+/// in-bounds taps of a kernel row are consecutive, and so are their inputs,
+/// so both runs are `len` contiguous values in the same order.
+fn for_each_run(g: &Conv2dGeometry, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let [batch, out_h, out_w, _] = g.output_shape();
+    let [k_h, k_w] = g.kernel;
+    let c = g.in_c;
+    // Per output column: the first in-bounds kw, its input column, and how many.
+    let runs: Vec<Option<(usize, usize, usize)>> = (0..out_w)
+        .map(|ow| {
+            let mut taps = (0..k_w).filter_map(|kw| Some((kw, g.input_col(ow, kw)?)));
+            let (kw0, iw0) = taps.next()?;
+            Some((kw0, iw0, 1 + taps.count()))
+        })
+        .collect();
+    let mut row = 0;
+    for n in 0..batch {
+        for oh in 0..out_h {
+            for &run in &runs {
+                for kh in 0..k_h {
+                    let (Some(ih), Some((kw0, iw0, taps))) = (g.input_row(oh, kh), run) else {
+                        continue;
+                    };
+                    let at = ((n * g.in_h + ih) * g.in_w + iw0) * c;
+                    f(row, (kh * k_w + kw0) * c, at, taps * c);
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// The im2col matrix `[N·OH·OW, KH·KW·Cin]`: each row holds the input
+/// window its output pixel reads, zeros in the padding, so that the
+/// convolution is `cols · w` with w viewed as `[KH·KW·Cin, Cout]`.
+fn im2col<A: NdFloat>(x: &ArrayView4<A>, g: &Conv2dGeometry) -> Array2<A> {
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout");
+    let [batch, out_h, out_w, _] = g.output_shape();
+    let taps = g.kernel[0] * g.kernel[1] * g.in_c;
+    let mut cols = Array2::zeros((batch * out_h * out_w, taps));
+    let dst = cols.as_slice_mut().expect("fresh array");
+    for_each_run(g, |row, col, at, len| {
+        dst[row * taps + col..][..len].copy_from_slice(&x[at..][..len]);
+    });
+    cols
+}
+
+/// The adjoint of `im2col`: adds each column entry to the input element it
+/// was copied from (`dx` is NHWC in standard layout).
+fn col2im<A: NdFloat>(dcols: &Array2<A>, dx: &mut [A], g: &Conv2dGeometry) {
+    let taps = dcols.ncols();
+    let src = dcols.as_slice().expect("standard layout");
+    for_each_run(g, |row, col, at, len| {
+        for (d, &s) in dx[at..][..len]
+            .iter_mut()
+            .zip(&src[row * taps + col..][..len])
+        {
+            *d += s;
+        }
+    });
+}
+
+/// `y[n,oh,ow,co] = b[co] + Σ_{kh,kw,ci} x[n,ih,iw,ci] · w[kh,kw,ci,co]`,
+/// computed as `b + im2col(x) · w`.
 pub fn conv2d_forward_cpu<A: NdFloat>(
+    x: &ArrayView4<A>,
+    w: &ArrayView4<A>,
+    b: &ArrayView1<A>,
+    g: &Conv2dGeometry,
+) -> Array4<A> {
+    check_cpu("x", x.shape(), &g.input_shape());
+    check_cpu("w", w.shape(), &g.weight_shape());
+    check_cpu("b", b.shape(), &g.bias_shape());
+    let cols = im2col(x, g);
+    let w = w.as_standard_layout();
+    let mut y = Array2::zeros((cols.nrows(), g.out_c));
+    y.assign(b);
+    general_mat_mul(A::one(), &cols, &as_matrix(&w), A::one(), &mut y);
+    y.into_shape_with_order(g.output_shape())
+        .expect("standard layout reshapes")
+}
+
+/// `dx[n,ih,iw,ci] += Σ dy[n,oh,ow,co] · w[kh,kw,ci,co]` over the terms
+/// that read it, computed as `col2im(dy · wᵀ)`.
+pub fn conv2d_backward_input_cpu<A: NdFloat>(
+    dx: &mut Array4<A>,
+    dy: &ArrayView4<A>,
+    w: &ArrayView4<A>,
+    g: &Conv2dGeometry,
+) {
+    check_cpu("dx", dx.shape(), &g.input_shape());
+    check_cpu("dy", dy.shape(), &g.output_shape());
+    check_cpu("w", w.shape(), &g.weight_shape());
+    let (dy, w) = (dy.as_standard_layout(), w.as_standard_layout());
+    let dcols = as_matrix(&dy).dot(&as_matrix(&w).t());
+    match dx.as_slice_mut() {
+        Some(dx) => col2im(&dcols, dx, g),
+        None => {
+            let mut grad = Array4::zeros(g.input_shape());
+            col2im(&dcols, grad.as_slice_mut().expect("fresh array"), g);
+            *dx += &grad;
+        }
+    }
+}
+
+/// `dw[kh,kw,ci,co] += Σ_{n,oh,ow} x[n,ih,iw,ci] · dy[n,oh,ow,co]`,
+/// computed as `im2col(x)ᵀ · dy`.
+pub fn conv2d_backward_weight_cpu<A: NdFloat>(
+    dw: &mut Array4<A>,
+    dy: &ArrayView4<A>,
+    x: &ArrayView4<A>,
+    g: &Conv2dGeometry,
+) {
+    check_cpu("dw", dw.shape(), &g.weight_shape());
+    check_cpu("dy", dy.shape(), &g.output_shape());
+    check_cpu("x", x.shape(), &g.input_shape());
+    let dy = dy.as_standard_layout();
+    let grad = im2col(x, g).t().dot(&as_matrix(&dy));
+    *dw += &grad
+        .into_shape_with_order(g.weight_shape())
+        .expect("standard layout reshapes");
+}
+
+/// `db[co] += Σ_{n,oh,ow} dy[n,oh,ow,co]`.
+pub fn conv2d_backward_bias_cpu<A: NdFloat>(
+    db: &mut Array1<A>,
+    dy: &ArrayView4<A>,
+    g: &Conv2dGeometry,
+) {
+    check_cpu("db", db.shape(), &g.bias_shape());
+    check_cpu("dy", dy.shape(), &g.output_shape());
+    let dy = dy.as_standard_layout();
+    *db += &as_matrix(&dy).sum_axis(Axis(0));
+}
+
+/// The forward by definition, one bounds-checked term at a time: the
+/// obviously-correct version `conv2d_forward_cpu` is tested against.
+pub fn conv2d_forward_naive_cpu<A: NdFloat>(
     x: &ArrayView4<A>,
     w: &ArrayView4<A>,
     b: &ArrayView1<A>,
@@ -240,7 +398,8 @@ pub fn conv2d_forward_cpu<A: NdFloat>(
 }
 
 /// Calls `f(n, oh, ow, co, kh, kw, ci, ih, iw)` for every product term of
-/// the forward sum; the backward references scatter along the same loops.
+/// the forward sum; the naive backward references scatter along the same
+/// loops (a formulation independent of the GPU's gathers and of im2col).
 fn for_each_term(g: &Conv2dGeometry, mut f: impl FnMut([usize; 9])) {
     let [batch, out_h, out_w, out_c] = g.output_shape();
     for n in 0..batch {
@@ -266,8 +425,8 @@ fn for_each_term(g: &Conv2dGeometry, mut f: impl FnMut([usize; 9])) {
     }
 }
 
-/// `dx[n,ih,iw,ci] += Σ dy[n,oh,ow,co] · w[kh,kw,ci,co]` over the terms that read it.
-pub fn conv2d_backward_input_cpu<A: NdFloat>(
+/// The input gradient by definition (scatter over the forward's terms).
+pub fn conv2d_backward_input_naive_cpu<A: NdFloat>(
     dx: &mut Array4<A>,
     dy: &ArrayView4<A>,
     w: &ArrayView4<A>,
@@ -281,8 +440,8 @@ pub fn conv2d_backward_input_cpu<A: NdFloat>(
     });
 }
 
-/// `dw[kh,kw,ci,co] += Σ_{n,oh,ow} x[n,ih,iw,ci] · dy[n,oh,ow,co]`.
-pub fn conv2d_backward_weight_cpu<A: NdFloat>(
+/// The weight gradient by definition (scatter over the forward's terms).
+pub fn conv2d_backward_weight_naive_cpu<A: NdFloat>(
     dw: &mut Array4<A>,
     dy: &ArrayView4<A>,
     x: &ArrayView4<A>,
@@ -296,8 +455,8 @@ pub fn conv2d_backward_weight_cpu<A: NdFloat>(
     });
 }
 
-/// `db[co] += Σ_{n,oh,ow} dy[n,oh,ow,co]`.
-pub fn conv2d_backward_bias_cpu<A: NdFloat>(
+/// The bias gradient by definition, one element at a time.
+pub fn conv2d_backward_bias_naive_cpu<A: NdFloat>(
     db: &mut Array1<A>,
     dy: &ArrayView4<A>,
     g: &Conv2dGeometry,

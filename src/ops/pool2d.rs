@@ -168,8 +168,73 @@ fn unflat(shape: [usize; 4], i: usize) -> [usize; 4] {
 }
 
 /// `(y, argmax)`: the window maxima and the flat index into x of each
-/// (first maximum in scan order).
+/// (first maximum in scan order). Works on whole pixels: the first tap of a
+/// window initialises all C channels, each later tap (in scan order)
+/// replaces those it strictly exceeds.
 pub fn maxpool_forward_cpu<A: NdFloat>(
+    x: &ArrayView4<A>,
+    g: &Pool2dGeometry,
+) -> (Array4<A>, Array4<u32>) {
+    check_cpu("x", x.shape(), &g.input_shape());
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout");
+    let shape = g.output_shape();
+    let [batch, out_h, out_w, c] = shape;
+    let mut y = Array4::<A>::zeros(shape);
+    let mut argmax = Array4::<u32>::zeros(shape);
+    let ys = y.as_slice_mut().expect("fresh array");
+    let args = argmax.as_slice_mut().expect("fresh array");
+    let mut o = 0;
+    for n in 0..batch {
+        for oh in 0..out_h {
+            for ow in 0..out_w {
+                let (yo, ao) = (&mut ys[o..o + c], &mut args[o..o + c]);
+                for kh in 0..g.pool[0] {
+                    for kw in 0..g.pool[1] {
+                        let ih = oh * g.stride[0] + kh;
+                        let iw = ow * g.stride[1] + kw;
+                        let at = flat(g.input_shape(), [n, ih, iw, 0]);
+                        let xi = &x[at..at + c];
+                        let first = kh == 0 && kw == 0;
+                        for (ch, ((yv, av), &v)) in
+                            yo.iter_mut().zip(ao.iter_mut()).zip(xi).enumerate()
+                        {
+                            if first || v > *yv {
+                                *yv = v;
+                                *av = (at + ch) as u32;
+                            }
+                        }
+                    }
+                }
+                o += c;
+            }
+        }
+    }
+    (y, argmax)
+}
+
+/// `dx[argmax[o]] += dy[o]` for every output element o.
+pub fn maxpool_backward_cpu<A: NdFloat>(
+    dx: &mut Array4<A>,
+    dy: &ArrayView4<A>,
+    argmax: &ArrayView4<u32>,
+    g: &Pool2dGeometry,
+) {
+    check_cpu("dx", dx.shape(), &g.input_shape());
+    check_cpu("dy", dy.shape(), &g.output_shape());
+    check_cpu("argmax", argmax.shape(), &g.output_shape());
+    // Both iterators run in logical (row-major) order whatever the layouts.
+    let pairs = argmax.iter().zip(dy.iter());
+    match dx.as_slice_mut() {
+        Some(dx) => pairs.for_each(|(&a, &d)| dx[a as usize] += d),
+        None => pairs.for_each(|(&a, &d)| dx[unflat(g.input_shape(), a as usize)] += d),
+    }
+}
+
+/// The max-pool forward by definition, one bounds-checked element at a
+/// time: the obviously-correct version `maxpool_forward_cpu` is tested
+/// against.
+pub fn maxpool_forward_naive_cpu<A: NdFloat>(
     x: &ArrayView4<A>,
     g: &Pool2dGeometry,
 ) -> (Array4<A>, Array4<u32>) {
@@ -189,8 +254,8 @@ pub fn maxpool_forward_cpu<A: NdFloat>(
     (y, argmax)
 }
 
-/// `dx[argmax[o]] += dy[o]` for every output element o.
-pub fn maxpool_backward_cpu<A: NdFloat>(
+/// The max-pool backward by definition (4-D indexing).
+pub fn maxpool_backward_naive_cpu<A: NdFloat>(
     dx: &mut Array4<A>,
     dy: &ArrayView4<A>,
     argmax: &ArrayView4<u32>,
