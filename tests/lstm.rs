@@ -365,58 +365,177 @@ fn lstm_gates_backward() {
 const SEQ_RTOL: f32 = 5e-5;
 const SEQ_ATOL: f32 = 5e-6;
 
-fn check_forward_sequence(dims: RecurrentDims, kind: Mask, seed: u64) {
+/// Which launchers run a sequence: the public default (the fewest
+/// dispatches the device allows), one dispatch per step, or the whole
+/// recurrence in one dispatch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    Default,
+    Stepwise,
+    Persistent,
+}
+
+fn forward(
+    ctx: &GpuContext,
+    path: Path,
+    bufs: &LstmBuffers,
+    g: &Uploaded,
+) -> Vec<crossmodal::gpu::Dispatch> {
+    let (x, w, m) = (&g.x, &g.weights(), g.mask.as_ref());
+    match path {
+        Path::Default => op::lstm_forward_sequence(ctx, bufs, x, w, m),
+        Path::Stepwise => op::lstm_forward_stepwise(ctx, bufs, x, w, m),
+        Path::Persistent => op::lstm_forward_persistent(ctx, bufs, x, w, m),
+    }
+    .unwrap()
+}
+
+fn backward(
+    ctx: &GpuContext,
+    path: Path,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &LstmBuffers,
+    g: &Uploaded,
+) -> Vec<crossmodal::gpu::Dispatch> {
+    let (x, w, m) = (&g.x, &g.weights(), g.mask.as_ref());
+    match path {
+        Path::Default => op::lstm_backward_sequence(ctx, grads, dh, bufs, x, w, m),
+        Path::Stepwise => op::lstm_backward_stepwise(ctx, grads, dh, bufs, x, w, m),
+        Path::Persistent => op::lstm_backward_persistent(ctx, grads, dh, bufs, x, w, m),
+    }
+    .unwrap()
+}
+
+/// Dispatches a path may take: the persistent forward is the input
+/// projection plus one recurrence dispatch, its backward one recurrence
+/// dispatch plus the weight-gradient matmuls and the bias reduction; the
+/// default is the persistent path wherever it is supported.
+fn check_dispatch_count(
+    ctx: &GpuContext,
+    path: Path,
+    dims: RecurrentDims,
+    fwd: Option<usize>,
+    bwd: Option<usize>,
+) {
+    let persistent = match path {
+        Path::Default => op::lstm_persistent_support(ctx, dims).is_ok(),
+        p => p == Path::Persistent,
+    };
+    let (f, b) = if persistent {
+        (3, 6)
+    } else {
+        (2 * dims.steps, 2 * dims.steps + 5)
+    };
+    if let Some(fwd) = fwd {
+        assert!(
+            fwd <= f,
+            "{path:?} forward {dims:?}: {fwd} dispatches > {f}"
+        );
+        assert!(
+            persistent || fwd >= dims.steps,
+            "{path:?} forward: {fwd} dispatches"
+        );
+    }
+    if let Some(bwd) = bwd {
+        assert!(
+            bwd <= b,
+            "{path:?} backward {dims:?}: {bwd} dispatches > {b}"
+        );
+        assert!(
+            persistent || bwd >= dims.steps,
+            "{path:?} backward: {bwd} dispatches"
+        );
+    }
+}
+
+struct Uploaded {
+    x: GpuTensor,
+    w: GpuTensor,
+    u: GpuTensor,
+    b: GpuTensor,
+    mask: Option<GpuTensor>,
+}
+
+impl Uploaded {
+    fn new(ctx: &GpuContext, case: &Case, kind: Mask) -> Self {
+        let d = case.dims;
+        Self {
+            x: up(ctx, &case.x),
+            w: up(ctx, &case.w),
+            u: up(ctx, &case.u),
+            b: up(ctx, &case.b),
+            mask: upload_mask(ctx, kind, &case.mask, d.steps, d.batch),
+        }
+    }
+
+    fn weights(&self) -> RecurrentWeights<'_> {
+        RecurrentWeights {
+            w: &self.w,
+            u: &self.u,
+            b: &self.b,
+        }
+    }
+}
+
+/// Runs the forward pass of `path` and compares every saved tensor with
+/// the CPU reference; the persistent path also with the per-step path.
+fn check_forward_sequence(path: Path, dims: RecurrentDims, kind: Mask, seed: u64) {
     let Some(ctx) = gpu() else { return };
     let case = Case::new(dims, seed);
     let want = case.forward_cpu(kind);
+    let gp = Uploaded::new(ctx, &case, kind);
     let bufs = LstmBuffers::new(ctx, dims).unwrap();
-    let (gx, gw, gu, gb) = (
-        up(ctx, &case.x),
-        up(ctx, &case.w),
-        up(ctx, &case.u),
-        up(ctx, &case.b),
-    );
-    let gmask = upload_mask(ctx, kind, &case.mask, dims.steps, dims.batch);
-    let weights = RecurrentWeights {
-        w: &gw,
-        u: &gu,
-        b: &gb,
-    };
-    let fwd = op::lstm_forward_sequence(ctx, &bufs, &gx, &weights, gmask.as_ref()).unwrap();
+    let fwd = forward(ctx, path, &bufs, &gp);
+    check_dispatch_count(ctx, path, dims, Some(fwd.len()), None);
     // Run twice: the dispatches are built once and recorded every step.
     run(ctx, &fwd);
     run(ctx, &fwd);
-    let what = |s: &str| format!("lstm_forward_sequence {dims:?} {kind:?}: {s}");
+    let what = |s: &str| format!("lstm forward {path:?} {dims:?} {kind:?}: {s}");
     let read = |t: &GpuTensor| ctx.read_f32(t).unwrap();
     let last = want.h_all.index_axis(Axis(0), dims.steps).to_owned();
+    let (rtol, atol) = (SEQ_RTOL, SEQ_ATOL);
     assert_close(
         &what("h_last"),
         &read(&bufs.h_last),
         &flat(&last),
-        SEQ_RTOL,
-        SEQ_ATOL,
+        rtol,
+        atol,
     );
     assert_close(
         &what("h_all"),
         &read(&bufs.h_all),
         &flat(&want.h_all),
-        SEQ_RTOL,
-        SEQ_ATOL,
+        rtol,
+        atol,
     );
     assert_close(
         &what("c_all"),
         &read(&bufs.c_all),
         &flat(&want.c_all),
-        SEQ_RTOL,
-        SEQ_ATOL,
+        rtol,
+        atol,
     );
     assert_close(
         &what("gates"),
         &read(&bufs.gates),
         &flat(&want.gates),
-        SEQ_RTOL,
-        SEQ_ATOL,
+        rtol,
+        atol,
     );
+    if path == Path::Persistent {
+        let step_bufs = LstmBuffers::new(ctx, dims).unwrap();
+        let fwd = forward(ctx, Path::Stepwise, &step_bufs, &gp);
+        run(ctx, &fwd);
+        for (name, got, want) in [
+            ("h_all vs stepwise", &bufs.h_all, &step_bufs.h_all),
+            ("c_all vs stepwise", &bufs.c_all, &step_bufs.c_all),
+            ("gates vs stepwise", &bufs.gates, &step_bufs.gates),
+            ("h_last vs stepwise", &bufs.h_last, &step_bufs.h_last),
+        ] {
+            assert_close(&what(name), &read(got), &read(want), rtol, atol);
+        }
+    }
 }
 
 /// Which incoming gradients the backward test feeds.
@@ -426,7 +545,23 @@ struct Incoming {
     last: bool,
 }
 
+const BOTH: Incoming = Incoming {
+    seq: true,
+    last: true,
+};
+const LAST: Incoming = Incoming {
+    seq: false,
+    last: true,
+};
+const SEQ: Incoming = Incoming {
+    seq: true,
+    last: false,
+};
+
+/// Forward with `paths.0`, backward with `paths.1` in one submit; the
+/// gradients (accumulated onto non-zero buffers) against the CPU reference.
 fn check_backward_sequence(
+    paths: (Path, Path),
     dims: RecurrentDims,
     kind: Mask,
     incoming: Incoming,
@@ -477,18 +612,7 @@ fn check_backward_sequence(
     );
 
     let bufs = LstmBuffers::new(ctx, dims).unwrap();
-    let (gx, gw, gu, gb) = (
-        up(ctx, &case.x),
-        up(ctx, &case.w),
-        up(ctx, &case.u),
-        up(ctx, &case.b),
-    );
-    let gmask = upload_mask(ctx, kind, &case.mask, steps, batch);
-    let weights = RecurrentWeights {
-        w: &gw,
-        u: &gu,
-        b: &gb,
-    };
+    let gp = Uploaded::new(ctx, &case, kind);
     let (gseq, glast) = (up(ctx, &dh_seq), up(ctx, &dh_last));
     let (gdx, gdw, gdu, gdb) = (up(ctx, &dx0), up(ctx, &dw0), up(ctx, &du0), up(ctx, &db0));
     let grads = RecurrentGrads {
@@ -501,14 +625,15 @@ fn check_backward_sequence(
         seq: incoming.seq.then_some(&gseq),
         last: incoming.last.then_some(&glast),
     };
-    let mut step = op::lstm_forward_sequence(ctx, &bufs, &gx, &weights, gmask.as_ref()).unwrap();
-    step.extend(
-        op::lstm_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, gmask.as_ref()).unwrap(),
-    );
+    let mut step = forward(ctx, paths.0, &bufs, &gp);
+    let bwd = backward(ctx, paths.1, &grads, dh, &bufs, &gp);
+    check_dispatch_count(ctx, paths.0, dims, Some(step.len()), None);
+    check_dispatch_count(ctx, paths.1, dims, None, Some(bwd.len()));
+    step.extend(bwd);
     // Forward and backward of a training step in one submit.
     run(ctx, &step);
 
-    let what = |s: &str| format!("lstm_backward_sequence {dims:?} {kind:?} {incoming:?}: {s}");
+    let what = |s: &str| format!("lstm backward {paths:?} {dims:?} {kind:?} {incoming:?}: {s}");
     let read = |t: &GpuTensor| ctx.read_f32(t).unwrap();
     let (rtol, atol) = (SEQ_RTOL, SEQ_ATOL);
     let want_dx = if with_dx {
@@ -522,12 +647,69 @@ fn check_backward_sequence(
     assert_close(&what("db"), &read(&gdb), &flat(&want.db), rtol, atol);
 }
 
-/// T=7, B=5, D=6, H=13: no size a multiple of a workgroup or tile.
+/// The persistent backward's dz against the per-step path's, from the same
+/// forward state.
+fn check_dz_against_stepwise(dims: RecurrentDims, kind: Mask, incoming: Incoming, seed: u64) {
+    let Some(ctx) = gpu() else { return };
+    let RecurrentDims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = dims;
+    let case = Case::new(dims, seed);
+    let gp = Uploaded::new(ctx, &case, kind);
+    let dh_seq = up(ctx, &arr3([steps, batch, hidden], seed + 10, 1.0));
+    let dh_last = up(ctx, &arr2([batch, hidden], seed + 11, 1.0));
+    let dh = HiddenGrad {
+        seq: incoming.seq.then_some(&dh_seq),
+        last: incoming.last.then_some(&dh_last),
+    };
+    let f32 = crossmodal::DType::F32;
+    let grads = [
+        ctx.zeros(&[input, 4 * hidden], f32).unwrap(),
+        ctx.zeros(&[hidden, 4 * hidden], f32).unwrap(),
+        ctx.zeros(&[4 * hidden], f32).unwrap(),
+    ];
+    let grads = RecurrentGrads {
+        dx: None,
+        dw: &grads[0],
+        du: &grads[1],
+        db: &grads[2],
+    };
+    let mut dz = Vec::new();
+    for path in [Path::Stepwise, Path::Persistent] {
+        let bufs = LstmBuffers::new(ctx, dims).unwrap();
+        let mut d = forward(ctx, Path::Stepwise, &bufs, &gp);
+        d.extend(backward(ctx, path, &grads, dh, &bufs, &gp));
+        run(ctx, &d);
+        dz.push(ctx.read_f32(&bufs.dz).unwrap());
+    }
+    assert_close(
+        &format!("lstm_sequence_backward dz vs stepwise {dims:?} {kind:?} {incoming:?}"),
+        &dz[1],
+        &dz[0],
+        SEQ_RTOL,
+        SEQ_ATOL,
+    );
+}
+
+/// T=7, B=5, D=6, H=13: no size a multiple of a workgroup or tile; B odd
+/// (the persistent kernels' last pair has one sample), sample 4 all padding.
 const AWKWARD: RecurrentDims = RecurrentDims {
     steps: 7,
     batch: 5,
     input: 6,
     hidden: 13,
+};
+
+/// B=17: the persistent kernels' 9 sample pairs span two workgroups of 8
+/// lanes, the last pair has one sample. H=6.
+const TWO_GROUPS: RecurrentDims = RecurrentDims {
+    steps: 4,
+    batch: 17,
+    input: 3,
+    hidden: 6,
 };
 
 /// The seed model: tokens[32,100] -> Embedding(10000,32) -> LSTM(64).
@@ -540,39 +722,110 @@ const SEED: RecurrentDims = RecurrentDims {
 
 #[test]
 fn lstm_forward_sequence() {
-    check_forward_sequence(AWKWARD, Mask::None, 50);
-    check_forward_sequence(AWKWARD, Mask::U32, 51);
-    check_forward_sequence(AWKWARD, Mask::F32, 52);
+    check_forward_sequence(Path::Default, AWKWARD, Mask::None, 50);
+    check_forward_sequence(Path::Default, AWKWARD, Mask::U32, 51);
+    check_forward_sequence(Path::Default, AWKWARD, Mask::F32, 52);
+}
+
+#[test]
+fn lstm_forward_stepwise() {
+    check_forward_sequence(Path::Stepwise, AWKWARD, Mask::None, 50);
+    check_forward_sequence(Path::Stepwise, AWKWARD, Mask::U32, 51);
+    check_forward_sequence(Path::Stepwise, AWKWARD, Mask::F32, 52);
+}
+
+#[test]
+fn lstm_sequence_forward() {
+    check_forward_sequence(Path::Persistent, AWKWARD, Mask::None, 50);
+    check_forward_sequence(Path::Persistent, AWKWARD, Mask::U32, 51);
+    check_forward_sequence(Path::Persistent, AWKWARD, Mask::F32, 52);
+    check_forward_sequence(Path::Persistent, TWO_GROUPS, Mask::U32, 53);
+    check_forward_sequence(
+        Path::Persistent,
+        RecurrentDims::new(3, 1, 2, 7),
+        Mask::None,
+        54,
+    );
 }
 
 #[test]
 fn lstm_backward_sequence() {
-    let both = Incoming {
-        seq: true,
-        last: true,
-    };
-    let last = Incoming {
-        seq: false,
-        last: true,
-    };
-    let seq = Incoming {
-        seq: true,
-        last: false,
-    };
-    check_backward_sequence(AWKWARD, Mask::None, last, true, 60);
-    check_backward_sequence(AWKWARD, Mask::U32, last, true, 61);
-    check_backward_sequence(AWKWARD, Mask::F32, seq, true, 62);
-    check_backward_sequence(AWKWARD, Mask::U32, both, false, 63);
+    let d = (Path::Default, Path::Default);
+    check_backward_sequence(d, AWKWARD, Mask::None, LAST, true, 60);
+    check_backward_sequence(d, AWKWARD, Mask::U32, LAST, true, 61);
+    check_backward_sequence(d, AWKWARD, Mask::F32, SEQ, true, 62);
+    check_backward_sequence(d, AWKWARD, Mask::U32, BOTH, false, 63);
+}
+
+#[test]
+fn lstm_backward_stepwise() {
+    let s = (Path::Stepwise, Path::Stepwise);
+    check_backward_sequence(s, AWKWARD, Mask::None, LAST, true, 60);
+    check_backward_sequence(s, AWKWARD, Mask::U32, LAST, true, 61);
+    check_backward_sequence(s, AWKWARD, Mask::F32, SEQ, true, 62);
+    check_backward_sequence(s, AWKWARD, Mask::U32, BOTH, false, 63);
+}
+
+#[test]
+fn lstm_sequence_backward() {
+    let p = (Path::Persistent, Path::Persistent);
+    check_backward_sequence(p, AWKWARD, Mask::None, LAST, true, 60);
+    check_backward_sequence(p, AWKWARD, Mask::U32, LAST, true, 61);
+    check_backward_sequence(p, AWKWARD, Mask::F32, SEQ, true, 62);
+    check_backward_sequence(p, AWKWARD, Mask::U32, BOTH, false, 63);
+    check_backward_sequence(p, TWO_GROUPS, Mask::F32, BOTH, true, 64);
+    let one = RecurrentDims::new(3, 1, 2, 7);
+    check_backward_sequence(p, one, Mask::None, SEQ, true, 65);
+    // Either backward consumes either forward's saved state.
+    let mixed = (Path::Stepwise, Path::Persistent);
+    check_backward_sequence(mixed, AWKWARD, Mask::U32, BOTH, true, 66);
+    let mixed = (Path::Persistent, Path::Stepwise);
+    check_backward_sequence(mixed, AWKWARD, Mask::U32, BOTH, true, 67);
+    check_dz_against_stepwise(AWKWARD, Mask::U32, BOTH, 68);
+    check_dz_against_stepwise(TWO_GROUPS, Mask::None, SEQ, 69);
 }
 
 #[test]
 fn lstm_seed_shape() {
-    let last = Incoming {
-        seq: false,
-        last: true,
+    check_forward_sequence(Path::Persistent, SEED, Mask::U32, 70);
+    check_forward_sequence(Path::Stepwise, SEED, Mask::U32, 70);
+    let p = (Path::Persistent, Path::Persistent);
+    check_backward_sequence(p, SEED, Mask::U32, LAST, true, 71);
+    let s = (Path::Stepwise, Path::Stepwise);
+    check_backward_sequence(s, SEED, Mask::U32, LAST, true, 71);
+    check_dz_against_stepwise(SEED, Mask::U32, BOTH, 72);
+}
+
+/// The persistent kernels hold H ≤ PERSISTENT_MAX_HIDDEN units; beyond,
+/// they say so and the default launchers fall back to the per-step path.
+#[test]
+fn lstm_persistent_unsupported() {
+    let Some(ctx) = gpu() else { return };
+    let dims = RecurrentDims::new(2, 3, 2, PERSISTENT_MAX_HIDDEN + 1);
+    let case = Case::new(dims, 75);
+    let gp = Uploaded::new(ctx, &case, Mask::U32);
+    let bufs = LstmBuffers::new(ctx, dims).unwrap();
+    let is_unsupported =
+        |r: crossmodal::Result<_>| matches!(r, Err(crossmodal::Error::Unsupported { .. }));
+    assert!(is_unsupported(op::lstm_persistent_support(ctx, dims)));
+    assert!(is_unsupported(
+        op::lstm_sequence_forward(ctx, &bufs, &gp.weights(), gp.mask.as_ref()).map(|_| ())
+    ));
+    let dh = HiddenGrad {
+        seq: None,
+        last: Some(&bufs.h_last),
     };
-    check_forward_sequence(SEED, Mask::U32, 70);
-    check_backward_sequence(SEED, Mask::U32, last, true, 71);
+    assert!(is_unsupported(
+        op::lstm_sequence_backward(ctx, &bufs, dh, &gp.u, gp.mask.as_ref()).map(|_| ())
+    ));
+    assert!(
+        op::lstm_persistent_support(ctx, RecurrentDims::new(2, 3, 2, PERSISTENT_MAX_HIDDEN))
+            .is_ok()
+    );
+    // The default launcher takes the per-step path and still matches the CPU.
+    check_forward_sequence(Path::Default, dims, Mask::U32, 75);
+    let fwd = forward(ctx, Path::Default, &bufs, &gp);
+    assert_eq!(fwd.len(), 2 * dims.steps, "per-step fallback");
 }
 
 // ---------------------------------------------------------------- finite differences

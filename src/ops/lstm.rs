@@ -14,14 +14,25 @@
 //! - z, gates, dz `[T,B,4H]`; h_all, c_all `[T+1,B,H]` with slot 0 the zero
 //!   initial state; h_last `[B,H]` = h_all slot T (Keras `return_sequences=False`).
 //!
-//! GPU forward ([`lstm_forward_sequence`]): one batched input projection
-//! `Z = X·W` over all `T*B` rows, then per step `z_t += h_{t-1}·U` (a matmul
-//! into the step's slice of Z) and the fused gate kernel
-//! [`lstm_gates_forward`] (adds b). Backward ([`lstm_backward_sequence`]):
-//! per step, last to first, [`lstm_gates_backward`] then
-//! `dh_{t-1} += dz_t·Uᵀ`; then the weight gradients as batched matmuls over
-//! all `T*B` rows: `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`
-//! (`ops::bias::bias_backward`), `dx += dZ·Wᵀ`.
+//! GPU forward: one batched input projection `Z = X·W` over all `T*B` rows,
+//! then the recurrence, in one of two ways:
+//! - persistent ([`lstm_forward_persistent`]): [`lstm_sequence_forward`]
+//!   runs every step in one dispatch, each invocation carrying two samples
+//!   (samples are independent) with their h and c in private arrays, for
+//!   H ≤ [`PERSISTENT_MAX_HIDDEN`]: 2 dispatches in all;
+//! - per step ([`lstm_forward_stepwise`], any H, the readable reference):
+//!   `z_t += h_{t-1}·U` (a matmul into the step's slice of Z) and the fused
+//!   gate kernel [`lstm_gates_forward`] (adds b): 2T dispatches.
+//!
+//! Backward: the recurrence in one dispatch ([`lstm_sequence_backward`]) or
+//! per step, last to first ([`lstm_gates_backward`] then
+//! `dh_{t-1} += dz_t·Uᵀ`), writing dz of every step; then the weight
+//! gradients as batched matmuls over all `T*B` rows: `dW += Xᵀ·dZ`,
+//! `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ` (`ops::bias::bias_backward`),
+//! `dx += dZ·Wᵀ`. Both paths save the same state (gates, c_all, h_all), so
+//! either backward follows either forward. [`lstm_forward_sequence`] and
+//! [`lstm_backward_sequence`] take the persistent path wherever
+//! [`lstm_persistent_support`] allows it.
 //!
 //! The sizes, weight and gradient bundles and the weight-gradient plumbing
 //! are shared with `ops::rnn`.
@@ -299,6 +310,34 @@ static GATES_BACKWARD: KernelSpec = KernelSpec {
     ],
 };
 
+static SEQUENCE_FORWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "lstm_sequence_forward",
+    bindings: &[
+        Access::Read,      // z (= X·W)
+        Access::Read,      // bias
+        Access::Read,      // U
+        Access::Read,      // mask
+        Access::ReadWrite, // gates
+        Access::ReadWrite, // c_all
+        Access::ReadWrite, // h_all
+        Access::ReadWrite, // h_last
+    ],
+};
+static SEQUENCE_BACKWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "lstm_sequence_backward",
+    bindings: &[
+        Access::ReadWrite, // dz
+        Access::Read,      // dh_seq
+        Access::Read,      // dh_last
+        Access::Read,      // gates
+        Access::Read,      // c_all
+        Access::Read,      // U
+        Access::Read,      // mask
+    ],
+};
+
 /// Sizes of a recurrent layer: T, B, D (input features), H (units).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecurrentDims {
@@ -512,6 +551,133 @@ pub fn lstm_gates_backward(
     )
 }
 
+/// Largest H of the persistent kernels (`MAX_H` in lstm.wgsl and rnn.wgsl:
+/// the size of their per-invocation arrays).
+pub const PERSISTENT_MAX_HIDDEN: usize = 256;
+/// Lanes of a persistent workgroup (`PLANES`); each lane owns two samples.
+const PERSISTENT_LANES: usize = 8;
+
+/// Whether a persistent kernel (each invocation runs the whole recurrence of
+/// two samples) handles `dims` on this device.
+pub(crate) fn persistent_support(ctx: &GpuContext, op: &str, dims: RecurrentDims) -> Result<()> {
+    dims.check(op)?;
+    let unsupported = |why: String| Error::Unsupported {
+        op: op.to_string(),
+        what: format!("the one-dispatch recurrence for {dims:?}"),
+        why,
+    };
+    if dims.hidden > PERSISTENT_MAX_HIDDEN {
+        return Err(unsupported(format!(
+            "H = {} exceeds the {PERSISTENT_MAX_HIDDEN} units its per-invocation state \
+             holds (use the per-step path)",
+            dims.hidden
+        )));
+    }
+    let groups = persistent_groups(dims);
+    let max = ctx.limits.max_compute_workgroups_per_dimension;
+    if groups > max {
+        return Err(unsupported(format!(
+            "batch {} needs {groups} workgroups, the adapter allows {max}",
+            dims.batch
+        )));
+    }
+    Ok(())
+}
+
+/// Workgroups of a persistent kernel: `PERSISTENT_LANES` lanes of two samples each.
+pub(crate) fn persistent_groups(dims: RecurrentDims) -> u32 {
+    dims.batch.div_ceil(2).div_ceil(PERSISTENT_LANES) as u32
+}
+
+/// Whether [`lstm_sequence_forward`] and [`lstm_sequence_backward`] handle
+/// `dims` on this device: H ≤ [`PERSISTENT_MAX_HIDDEN`], and
+/// ceil(B/16) workgroups within the adapter's limit.
+pub fn lstm_persistent_support(ctx: &GpuContext, dims: RecurrentDims) -> Result<()> {
+    persistent_support(ctx, "lstm_persistent", dims)
+}
+
+/// The whole forward recurrence in one dispatch (each invocation runs two
+/// samples through every step): from `bufs.z` holding `X·W` (left as it
+/// is), writes gates, c_all, h_all (slots 1..=T; slot 0 is the initial
+/// state, read here) and h_last as the per-step [`lstm_gates_forward`]
+/// sequence does.
+pub fn lstm_sequence_forward(
+    ctx: &GpuContext,
+    bufs: &LstmBuffers,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let op = SEQUENCE_FORWARD.entry;
+    let dims = bufs.dims;
+    persistent_support(ctx, op, dims)?;
+    let h = dims.hidden;
+    expect_numel(op, "U", &weights.u.shape, h * 4 * h)?;
+    expect_numel(op, "bias", &weights.b.shape, 4 * h)?;
+    let kind = mask_kind(op, mask, dims)?;
+    ctx.prepare(
+        &SEQUENCE_FORWARD,
+        &[("HIDDEN", h as f64)],
+        &params(dims, 0, kind),
+        &[
+            &bufs.z,
+            weights.b,
+            weights.u,
+            // Without a mask the binding is never read.
+            mask.unwrap_or(weights.b),
+            &bufs.gates,
+            &bufs.c_all,
+            &bufs.h_all,
+            &bufs.h_last,
+        ],
+        Grid::Workgroups([persistent_groups(dims), 1, 1]),
+    )
+}
+
+/// The whole backward recurrence in one dispatch (each invocation runs two
+/// samples from the last step to the first): writes dz of every step into
+/// `bufs.dz` from the incoming `dh` and the gates and c_all forward saved.
+/// The weight gradients follow as matmuls over dz.
+pub fn lstm_sequence_backward(
+    ctx: &GpuContext,
+    bufs: &LstmBuffers,
+    dh: HiddenGrad,
+    u: &GpuTensor,
+    mask: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let op = SEQUENCE_BACKWARD.entry;
+    let dims = bufs.dims;
+    persistent_support(ctx, op, dims)?;
+    let (b, h) = (dims.batch, dims.hidden);
+    expect_numel(op, "U", &u.shape, h * 4 * h)?;
+    if let Some(seq) = dh.seq {
+        expect_numel(op, "dh_seq", &seq.shape, dims.steps * b * h)?;
+    }
+    if let Some(last) = dh.last {
+        expect_numel(op, "dh_last", &last.shape, b * h)?;
+    }
+    let kind = mask_kind(op, mask, dims)?;
+    let mut p = params(dims, 0, kind);
+    p.has_seq = dh.seq.is_some() as u32;
+    p.has_last = dh.last.is_some() as u32;
+    // Absent inputs are never read; the read-only gates buffer fills them.
+    let stand_in = &bufs.gates;
+    ctx.prepare(
+        &SEQUENCE_BACKWARD,
+        &[("HIDDEN", h as f64)],
+        &p,
+        &[
+            &bufs.dz,
+            dh.seq.unwrap_or(stand_in),
+            dh.last.unwrap_or(stand_in),
+            &bufs.gates,
+            &bufs.c_all,
+            u,
+            mask.unwrap_or(stand_in),
+        ],
+        Grid::Workgroups([persistent_groups(dims), 1, 1]),
+    )
+}
+
 /// Checks x, W, U, b for a recurrent layer whose z is `gates` wide.
 pub(crate) fn check_weights(
     op: &str,
@@ -650,10 +816,13 @@ pub(crate) fn weight_gradients(
     Ok(d)
 }
 
-/// The whole forward pass over x `[T,B,D]`: fills `bufs.z`, `gates`,
-/// `c_all`, `h_all` and `h_last`. Record the returned dispatches in order,
-/// in one `ctx.run`. Slot 0 of h_all and c_all must hold the zero initial
-/// state (as [`LstmBuffers::new`] leaves it; nothing writes it).
+/// The whole forward pass over x `[T,B,D]`: fills `bufs.gates`, `c_all`,
+/// `h_all` and `h_last` (and `bufs.z`, see below) in the fewest dispatches
+/// the device allows: [`lstm_forward_persistent`] (2 dispatches) when
+/// [`lstm_persistent_support`] says it fits, else [`lstm_forward_stepwise`]
+/// (2T). Record the returned dispatches in order, in one `ctx.run`. Slot 0
+/// of h_all and c_all must hold the zero initial state (as
+/// [`LstmBuffers::new`] leaves it; nothing writes it).
 pub fn lstm_forward_sequence(
     ctx: &GpuContext,
     bufs: &LstmBuffers,
@@ -661,7 +830,43 @@ pub fn lstm_forward_sequence(
     weights: &RecurrentWeights,
     mask: Option<&GpuTensor>,
 ) -> Result<Vec<Dispatch>> {
-    let op = "lstm_forward_sequence";
+    if lstm_persistent_support(ctx, bufs.dims).is_ok() {
+        lstm_forward_persistent(ctx, bufs, x, weights, mask)
+    } else {
+        lstm_forward_stepwise(ctx, bufs, x, weights, mask)
+    }
+}
+
+/// The forward pass in two dispatches: `Z = X·W` (bufs.z keeps it), then
+/// [`lstm_sequence_forward`].
+pub fn lstm_forward_persistent(
+    ctx: &GpuContext,
+    bufs: &LstmBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "lstm_forward_persistent";
+    let dims = bufs.dims;
+    let gates = 4 * dims.hidden;
+    check_weights(op, x, weights, dims, gates)?;
+    Ok(vec![
+        input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?,
+        lstm_sequence_forward(ctx, bufs, weights, mask)?,
+    ])
+}
+
+/// The forward pass one step at a time (any H; the readable reference):
+/// `Z = X·W`, then per step `z_t += h_{t-1}·U` and [`lstm_gates_forward`].
+/// bufs.z ends up holding the full pre-activations.
+pub fn lstm_forward_stepwise(
+    ctx: &GpuContext,
+    bufs: &LstmBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "lstm_forward_stepwise";
     let dims = bufs.dims;
     let gates = 4 * dims.hidden;
     check_weights(op, x, weights, dims, gates)?;
@@ -687,8 +892,10 @@ pub fn lstm_forward_sequence(
 
 /// The whole backward pass: accumulates dx (if given), dW, dU and db from
 /// the incoming gradient of the hidden states and what forward left in
-/// `bufs`. Record the returned dispatches in order, in one `ctx.run`,
-/// after the forward ones.
+/// `bufs` (either forward path), in the fewest dispatches the device
+/// allows: [`lstm_backward_persistent`] when [`lstm_persistent_support`]
+/// says it fits, else [`lstm_backward_stepwise`]. Record the returned
+/// dispatches in order, in one `ctx.run`, after the forward ones.
 pub fn lstm_backward_sequence(
     ctx: &GpuContext,
     grads: &RecurrentGrads,
@@ -698,7 +905,58 @@ pub fn lstm_backward_sequence(
     weights: &RecurrentWeights,
     mask: Option<&GpuTensor>,
 ) -> Result<Vec<Dispatch>> {
-    let op = "lstm_backward_sequence";
+    if lstm_persistent_support(ctx, bufs.dims).is_ok() {
+        lstm_backward_persistent(ctx, grads, dh, bufs, x, weights, mask)
+    } else {
+        lstm_backward_stepwise(ctx, grads, dh, bufs, x, weights, mask)
+    }
+}
+
+/// The backward pass with the recurrence in one dispatch:
+/// [`lstm_sequence_backward`] (dz of every step), then the weight gradients
+/// as matmuls over all `T*B` rows (4 or 5 dispatches).
+pub fn lstm_backward_persistent(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &LstmBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "lstm_backward_persistent";
+    let dims = bufs.dims;
+    let gates = 4 * dims.hidden;
+    check_weights(op, x, weights, dims, gates)?;
+    if dh.seq.is_none() && dh.last.is_none() {
+        return Err(Error::shape(op, "no incoming gradient (seq or last)"));
+    }
+    let mut d = vec![lstm_sequence_backward(ctx, bufs, dh, weights.u, mask)?];
+    d.extend(weight_gradients(
+        ctx,
+        grads,
+        &bufs.dz,
+        x,
+        &bufs.h_all,
+        weights.w,
+        dims,
+    )?);
+    Ok(d)
+}
+
+/// The backward pass one step at a time (any H; the readable reference):
+/// per step, last to first, [`lstm_gates_backward`] then
+/// `dh_{t-1} += dz_t·Uᵀ`; then the weight gradients.
+pub fn lstm_backward_stepwise(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &LstmBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "lstm_backward_stepwise";
     let dims = bufs.dims;
     let gates = 4 * dims.hidden;
     check_weights(op, x, weights, dims, gates)?;
@@ -736,7 +994,8 @@ pub fn lstm_backward_sequence(
 // ---------------------------------------------------------------- autograd rule
 //
 // Saves: x (the layer's input), and in `LstmBuffers` the gates, c_all and
-// h_all of the forward pass. Backward: `lstm_backward_sequence`, i.e. per
-// step `lstm_gates_backward` + `matmul_abt` (dh carry), then `matmul_atb`
-// (dW, dU), `bias_backward` (db) and `matmul_abt` (dx). Outputs:
-// `h_last` (`return_sequences=False`) or h_all slots 1..=T.
+// h_all of the forward pass. Backward: `lstm_backward_sequence`, i.e.
+// `lstm_sequence_backward` (or per step `lstm_gates_backward` +
+// `matmul_abt` for the dh carry), then `matmul_atb` (dW, dU),
+// `bias_backward` (db) and `matmul_abt` (dx). Outputs: `h_last`
+// (`return_sequences=False`) or h_all slots 1..=T.

@@ -6,12 +6,18 @@
 //! unchanged, forward and backward), z and dz `[T,B,H]`, h_all `[T+1,B,H]`
 //! with slot 0 the zero initial state, h_last `[B,H]`.
 //!
-//! GPU forward ([`rnn_forward_sequence`]): one batched input projection
-//! `Z = X·W`, then per step `z_t += h_{t-1}·U` and [`rnn_cell_forward`]
-//! (adds b, tanh). Backward ([`rnn_backward_sequence`]): per step, last to
-//! first, [`rnn_cell_backward`] then `dh_{t-1} += dz_t·Uᵀ`; then
-//! `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`
+//! GPU forward: one batched input projection `Z = X·W`, then the
+//! recurrence either in one dispatch ([`rnn_sequence_forward`], each
+//! invocation carrying two samples with their h in private arrays, for
+//! H ≤ `ops::lstm::PERSISTENT_MAX_HIDDEN`; [`rnn_forward_persistent`]) or
+//! per step (`z_t += h_{t-1}·U` and [`rnn_cell_forward`], which adds b and
+//! applies tanh; [`rnn_forward_stepwise`], any H). Backward: the recurrence
+//! in one dispatch ([`rnn_sequence_backward`]) or per step, last to first
+//! ([`rnn_cell_backward`] then `dh_{t-1} += dz_t·Uᵀ`), writing dz of every
+//! step; then `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`
 //! (`ops::bias::bias_backward`), `dx += dZ·Wᵀ` over all `T*B` rows.
+//! [`rnn_forward_sequence`] and [`rnn_backward_sequence`] take the
+//! persistent path wherever [`rnn_persistent_support`] allows it.
 //! The sizes, weight and gradient bundles come from `ops::lstm`.
 
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFloat};
@@ -19,9 +25,9 @@ use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFlo
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
 use crate::ops::lstm::{
-    check_step, check_weights, input_projection, mask_kind, recurrent_backward,
-    recurrent_projection, weight_gradients, HiddenGrad, RecurrentCpuGrads, RecurrentDims,
-    RecurrentGrads, RecurrentWeights,
+    check_step, check_weights, input_projection, mask_kind, persistent_groups, persistent_support,
+    recurrent_backward, recurrent_projection, weight_gradients, HiddenGrad, RecurrentCpuGrads,
+    RecurrentDims, RecurrentGrads, RecurrentWeights,
 };
 use crate::tensor::{expect_numel, DType};
 
@@ -177,6 +183,31 @@ static CELL_BACKWARD: KernelSpec = KernelSpec {
     ],
 };
 
+static SEQUENCE_FORWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "rnn_sequence_forward",
+    bindings: &[
+        Access::Read,      // z (= X·W)
+        Access::Read,      // bias
+        Access::Read,      // U
+        Access::Read,      // mask
+        Access::ReadWrite, // h_all
+        Access::ReadWrite, // h_last
+    ],
+};
+static SEQUENCE_BACKWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "rnn_sequence_backward",
+    bindings: &[
+        Access::ReadWrite, // dz
+        Access::Read,      // dh_seq
+        Access::Read,      // dh_last
+        Access::Read,      // h_all
+        Access::Read,      // U
+        Access::Read,      // mask
+    ],
+};
+
 /// The device buffers of one RNN layer, allocated once; the dispatches
 /// built over them are recorded again every training step.
 #[derive(Debug)]
@@ -292,10 +323,100 @@ pub fn rnn_cell_backward(
     )
 }
 
-/// The whole forward pass over x `[T,B,D]`: fills `bufs.z`, `h_all` and
-/// `h_last`. Record the returned dispatches in order, in one `ctx.run`.
-/// Slot 0 of h_all must hold the zero initial state (as
-/// [`RnnBuffers::new`] leaves it; nothing writes it).
+/// Whether [`rnn_sequence_forward`] and [`rnn_sequence_backward`] handle
+/// `dims` on this device: H ≤ [`PERSISTENT_MAX_HIDDEN`], and ceil(B/16)
+/// workgroups within the adapter's limit.
+///
+/// [`PERSISTENT_MAX_HIDDEN`]: crate::ops::lstm::PERSISTENT_MAX_HIDDEN
+pub fn rnn_persistent_support(ctx: &GpuContext, dims: RecurrentDims) -> Result<()> {
+    persistent_support(ctx, "rnn_persistent", dims)
+}
+
+/// The whole forward recurrence in one dispatch (each invocation runs two
+/// samples through every step): from `bufs.z` holding `X·W` (left as it
+/// is), writes h_all (slots 1..=T; slot 0 is the initial state, read here)
+/// and h_last as the per-step [`rnn_cell_forward`] sequence does.
+pub fn rnn_sequence_forward(
+    ctx: &GpuContext,
+    bufs: &RnnBuffers,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let op = SEQUENCE_FORWARD.entry;
+    let dims = bufs.dims;
+    persistent_support(ctx, op, dims)?;
+    let h = dims.hidden;
+    expect_numel(op, "U", &weights.u.shape, h * h)?;
+    expect_numel(op, "bias", &weights.b.shape, h)?;
+    let kind = mask_kind(op, mask, dims)?;
+    ctx.prepare(
+        &SEQUENCE_FORWARD,
+        &[("HIDDEN", h as f64)],
+        &params(dims, 0, kind),
+        &[
+            &bufs.z,
+            weights.b,
+            weights.u,
+            // Without a mask the binding is never read.
+            mask.unwrap_or(weights.b),
+            &bufs.h_all,
+            &bufs.h_last,
+        ],
+        Grid::Workgroups([persistent_groups(dims), 1, 1]),
+    )
+}
+
+/// The whole backward recurrence in one dispatch (each invocation runs two
+/// samples from the last step to the first): writes dz of every step into
+/// `bufs.dz` from the incoming `dh` and h_all forward saved. The weight
+/// gradients follow as matmuls over dz.
+pub fn rnn_sequence_backward(
+    ctx: &GpuContext,
+    bufs: &RnnBuffers,
+    dh: HiddenGrad,
+    u: &GpuTensor,
+    mask: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let op = SEQUENCE_BACKWARD.entry;
+    let dims = bufs.dims;
+    persistent_support(ctx, op, dims)?;
+    let (b, h) = (dims.batch, dims.hidden);
+    expect_numel(op, "U", &u.shape, h * h)?;
+    if let Some(seq) = dh.seq {
+        expect_numel(op, "dh_seq", &seq.shape, dims.steps * b * h)?;
+    }
+    if let Some(last) = dh.last {
+        expect_numel(op, "dh_last", &last.shape, b * h)?;
+    }
+    let kind = mask_kind(op, mask, dims)?;
+    let mut p = params(dims, 0, kind);
+    p.has_seq = dh.seq.is_some() as u32;
+    p.has_last = dh.last.is_some() as u32;
+    // Absent inputs are never read; the read-only h_all fills them.
+    let stand_in = &bufs.h_all;
+    ctx.prepare(
+        &SEQUENCE_BACKWARD,
+        &[("HIDDEN", h as f64)],
+        &p,
+        &[
+            &bufs.dz,
+            dh.seq.unwrap_or(stand_in),
+            dh.last.unwrap_or(stand_in),
+            &bufs.h_all,
+            u,
+            mask.unwrap_or(stand_in),
+        ],
+        Grid::Workgroups([persistent_groups(dims), 1, 1]),
+    )
+}
+
+/// The whole forward pass over x `[T,B,D]`: fills `bufs.h_all` and
+/// `h_last` (and `bufs.z`, see below) in the fewest dispatches the device
+/// allows: [`rnn_forward_persistent`] (2 dispatches) when
+/// [`rnn_persistent_support`] says it fits, else [`rnn_forward_stepwise`]
+/// (2T). Record the returned dispatches in order, in one `ctx.run`. Slot 0
+/// of h_all must hold the zero initial state (as [`RnnBuffers::new`]
+/// leaves it; nothing writes it).
 pub fn rnn_forward_sequence(
     ctx: &GpuContext,
     bufs: &RnnBuffers,
@@ -303,7 +424,43 @@ pub fn rnn_forward_sequence(
     weights: &RecurrentWeights,
     mask: Option<&GpuTensor>,
 ) -> Result<Vec<Dispatch>> {
-    let op = "rnn_forward_sequence";
+    if rnn_persistent_support(ctx, bufs.dims).is_ok() {
+        rnn_forward_persistent(ctx, bufs, x, weights, mask)
+    } else {
+        rnn_forward_stepwise(ctx, bufs, x, weights, mask)
+    }
+}
+
+/// The forward pass in two dispatches: `Z = X·W` (bufs.z keeps it), then
+/// [`rnn_sequence_forward`].
+pub fn rnn_forward_persistent(
+    ctx: &GpuContext,
+    bufs: &RnnBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "rnn_forward_persistent";
+    let dims = bufs.dims;
+    let gates = dims.hidden;
+    check_weights(op, x, weights, dims, gates)?;
+    Ok(vec![
+        input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?,
+        rnn_sequence_forward(ctx, bufs, weights, mask)?,
+    ])
+}
+
+/// The forward pass one step at a time (any H; the readable reference):
+/// `Z = X·W`, then per step `z_t += h_{t-1}·U` and [`rnn_cell_forward`].
+/// bufs.z ends up holding the full pre-activations.
+pub fn rnn_forward_stepwise(
+    ctx: &GpuContext,
+    bufs: &RnnBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "rnn_forward_stepwise";
     let dims = bufs.dims;
     let gates = dims.hidden;
     check_weights(op, x, weights, dims, gates)?;
@@ -329,8 +486,10 @@ pub fn rnn_forward_sequence(
 
 /// The whole backward pass: accumulates dx (if given), dW, dU and db from
 /// the incoming gradient of the hidden states and what forward left in
-/// `bufs`. Record the returned dispatches in order, in one `ctx.run`,
-/// after the forward ones.
+/// `bufs` (either forward path), in the fewest dispatches the device
+/// allows: [`rnn_backward_persistent`] when [`rnn_persistent_support`]
+/// says it fits, else [`rnn_backward_stepwise`]. Record the returned
+/// dispatches in order, in one `ctx.run`, after the forward ones.
 pub fn rnn_backward_sequence(
     ctx: &GpuContext,
     grads: &RecurrentGrads,
@@ -340,7 +499,58 @@ pub fn rnn_backward_sequence(
     weights: &RecurrentWeights,
     mask: Option<&GpuTensor>,
 ) -> Result<Vec<Dispatch>> {
-    let op = "rnn_backward_sequence";
+    if rnn_persistent_support(ctx, bufs.dims).is_ok() {
+        rnn_backward_persistent(ctx, grads, dh, bufs, x, weights, mask)
+    } else {
+        rnn_backward_stepwise(ctx, grads, dh, bufs, x, weights, mask)
+    }
+}
+
+/// The backward pass with the recurrence in one dispatch:
+/// [`rnn_sequence_backward`] (dz of every step), then the weight gradients
+/// as matmuls over all `T*B` rows (4 or 5 dispatches).
+pub fn rnn_backward_persistent(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &RnnBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "rnn_backward_persistent";
+    let dims = bufs.dims;
+    let gates = dims.hidden;
+    check_weights(op, x, weights, dims, gates)?;
+    if dh.seq.is_none() && dh.last.is_none() {
+        return Err(Error::shape(op, "no incoming gradient (seq or last)"));
+    }
+    let mut d = vec![rnn_sequence_backward(ctx, bufs, dh, weights.u, mask)?];
+    d.extend(weight_gradients(
+        ctx,
+        grads,
+        &bufs.dz,
+        x,
+        &bufs.h_all,
+        weights.w,
+        dims,
+    )?);
+    Ok(d)
+}
+
+/// The backward pass one step at a time (any H; the readable reference):
+/// per step, last to first, [`rnn_cell_backward`] then
+/// `dh_{t-1} += dz_t·Uᵀ`; then the weight gradients.
+pub fn rnn_backward_stepwise(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &RnnBuffers,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = "rnn_backward_stepwise";
     let dims = bufs.dims;
     let gates = dims.hidden;
     check_weights(op, x, weights, dims, gates)?;
@@ -378,7 +588,7 @@ pub fn rnn_backward_sequence(
 // ---------------------------------------------------------------- autograd rule
 //
 // Saves: x (the layer's input) and, in `RnnBuffers`, h_all. Backward:
-// `rnn_backward_sequence`, i.e. per step `rnn_cell_backward` + `matmul_abt`
-// (dh carry), then `matmul_atb` (dW, dU), `bias_backward` (db) and
-// `matmul_abt` (dx). Outputs: `h_last` (`return_sequences=False`) or h_all
+// `rnn_backward_sequence`, i.e. `rnn_sequence_backward` (or per step
+// `rnn_cell_backward` + `matmul_abt` for the dh carry), then `matmul_atb`
+// (dW, dU), `bias_backward` (db) and `matmul_abt` (dx). Outputs: `h_last` (`return_sequences=False`) or h_all
 // slots 1..=T.
