@@ -1,338 +1,26 @@
-//! The GPU executor (`graph::gpu`):
-//! - the small seed model: loss, probabilities, inspected values and every
-//!   parameter gradient against a CPU computation built here from the ops'
-//!   `*_cpu` references in f64, which is itself checked against central
-//!   finite differences (f64);
+//! The GPU executor (`graph::gpu`) on its own; its agreement with the CPU
+//! executor (loss, gradients, inspected values, probabilities, training
+//! steps) is tests/graph_backends.rs.
 //! - graphs the seed model does not cover (a sequence-returning LSTM into a
 //!   masked RNN; two convolutions with tanh and average pooling; a value
 //!   used three times): every parameter gradient against a directional
 //!   finite difference of the GPU loss (f32, loose);
+//! - values overwritten by buffer reuse are reported by name;
 //! - determinism, learning, the memory plan (reuse, no allocation per
 //!   step), dispatch and submit counts, timestamps, typed errors.
 
 mod common;
+mod graph_common;
 
-use common::{assert_close, finite_difference, gpu, random, random_u32};
-use crossmodal::graph::gpu::{ExecOptions, GpuExecutor};
+use common::{gpu, random, random_u32};
+use crossmodal::graph::gpu::GpuExecutor;
 use crossmodal::graph::init::init_params;
-use crossmodal::graph::{
-    Batch, Executor, Graph, HostData, Init, NodeId, Op, Optimizer, TrainConfig,
-};
-use crossmodal::nn::{self, seed_model, Conv2dLayer, SeedConfig, SeedModel};
-use crossmodal::ops::activation::{activation_backward_cpu, activation_forward_cpu, Activation};
-use crossmodal::ops::bias::{bias_add_cpu, bias_backward_cpu};
-use crossmodal::ops::concat::concat_forward_cpu;
-use crossmodal::ops::conv2d::{
-    conv2d_backward_bias_cpu, conv2d_backward_weight_cpu, conv2d_forward_cpu, Conv2dGeometry,
-    Padding,
-};
-use crossmodal::ops::embedding::{embedding_backward_cpu, embedding_forward_cpu};
-use crossmodal::ops::lstm::{
-    lstm_backward_cpu, lstm_forward_cpu, RecurrentCpuGrads, RecurrentDims,
-};
-use crossmodal::ops::matmul::{matmul_cpu, Layout};
-use crossmodal::ops::pool2d::{maxpool_backward_cpu, maxpool_forward_cpu, Pool2dGeometry};
-use crossmodal::ops::softmax_cross_entropy::{
-    softmax_cross_entropy_backward_cpu, softmax_cross_entropy_forward_cpu,
-};
+use crossmodal::graph::{Batch, Executor, Graph, HostData, Init, Op, Optimizer, TrainConfig};
+use crossmodal::nn::{seed_model, SeedConfig, SeedModel};
 use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
-use crossmodal::{DType, Error, GpuContext};
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, Axis, Ix1, Ix2, Ix4, IxDyn};
-
-fn small(mask_padding: bool) -> SeedConfig {
-    SeedConfig {
-        batch: 3,
-        vocab: 50,
-        seq_len: 7,
-        image: [8, 8, 1],
-        embed_dim: 4,
-        lstm_units: 5,
-        filters: 3,
-        classes: 3,
-        mask_padding,
-    }
-}
-
-/// One batch of the seed model's inputs: time-major tokens with padding
-/// (zeros) at the end of two sequences and a few random zeros, images,
-/// labels.
-struct SeedData {
-    tokens: Vec<u32>,
-    images: Vec<f32>,
-    labels: Vec<u32>,
-}
-
-impl SeedData {
-    fn new(c: &SeedConfig, seed: u64) -> Self {
-        let (t, b) = (c.seq_len, c.batch);
-        let mut tokens = random_u32(t * b, 0, c.vocab as u32, seed);
-        for j in 0..b {
-            // Sequence j has t - 2j real steps (at least 2).
-            let len = t.saturating_sub(2 * j).max(2);
-            for i in len..t {
-                tokens[i * b + j] = 0;
-            }
-        }
-        let [h, w, ch] = c.image;
-        let images = random(&[b, h, w, ch], seed + 1).into_raw_vec_and_offset().0;
-        let labels = random_u32(b, 0, c.classes as u32, seed + 2);
-        Self {
-            tokens,
-            images,
-            labels,
-        }
-    }
-
-    fn batch(&self, m: &SeedModel) -> Batch {
-        Batch::new()
-            .with(m.tokens, HostData::U32(self.tokens.clone()))
-            .with(m.images, HostData::F32(self.images.clone()))
-            .with(m.labels, HostData::U32(self.labels.clone()))
-    }
-}
-
-/// The seed model on the CPU, from the ops' references, in f64.
-struct Reference {
-    loss: f64,
-    probs: Array2<f64>,
-    h_last: Array2<f64>,
-    conv_relu: ArrayD<f64>,
-    /// In `Graph::params` order.
-    grads: Vec<ArrayD<f64>>,
-}
-
-fn reference(c: &SeedConfig, params: &[ArrayD<f64>], d: &SeedData) -> Reference {
-    let (t, b, dim, h) = (c.seq_len, c.batch, c.embed_dim, c.lstm_units);
-    let p2 = |i: usize| params[i].view().into_dimensionality::<Ix2>().unwrap();
-    let p1 = |i: usize| params[i].view().into_dimensionality::<Ix1>().unwrap();
-    let p4 = |i: usize| params[i].view().into_dimensionality::<Ix4>().unwrap();
-    let (table, w, u, bias) = (p2(0), p2(1), p2(2), p1(3));
-    let (ck, cb, dk, db) = (p4(4), p1(5), p2(6), p1(7));
-
-    // Text: embedding (time-major) and LSTM.
-    let x = embedding_forward_cpu(&table, &d.tokens)
-        .into_shape_with_order((t, b, dim))
-        .unwrap();
-    let mask = c
-        .mask_padding
-        .then(|| Array2::from_shape_fn((t, b), |(i, j)| d.tokens[i * b + j] != 0));
-    let mask_view = mask.as_ref().map(|m| m.view());
-    let states = lstm_forward_cpu(&x.view(), &w, &u, &bias, mask_view.as_ref());
-    let h_last = states.h_all.index_axis(Axis(0), t).to_owned();
-
-    // Image: conv, ReLU, max pool, flatten.
-    let [ih, iw, ic] = c.image;
-    let images = ArrayD::from_shape_vec(IxDyn(&[b, ih, iw, ic]), d.images.clone())
-        .unwrap()
-        .mapv(|v| v as f64)
-        .into_dimensionality::<Ix4>()
-        .unwrap();
-    let g =
-        Conv2dGeometry::new([b, ih, iw, ic], c.filters, [3, 3], [1, 1], Padding::Valid).unwrap();
-    let conv = conv2d_forward_cpu(&images.view(), &ck, &cb, &g).into_dyn();
-    let relu = activation_forward_cpu(Activation::Relu, &conv.view())
-        .into_dimensionality::<Ix4>()
-        .unwrap();
-    let pg = Pool2dGeometry::new(g.output_shape(), [2, 2], [2, 2]).unwrap();
-    let (pool, argmax) = maxpool_forward_cpu(&relu.view(), &pg);
-    let flat_len = pool.len() / b;
-    let flat = pool.into_shape_with_order((b, flat_len)).unwrap();
-
-    // Fusion, dense, loss.
-    let fused = concat_forward_cpu(&[h_last.view().into_dyn(), flat.view().into_dyn()])
-        .into_dimensionality::<Ix2>()
-        .unwrap();
-    let mut logits = matmul_cpu(Layout::AB, &fused.view(), &dk).into_dyn();
-    bias_add_cpu(&mut logits, &db);
-    let logits = logits.into_dimensionality::<Ix2>().unwrap();
-    let (probs, rows) = softmax_cross_entropy_forward_cpu(&logits.view(), &d.labels);
-    let loss = rows.sum() / b as f64;
-
-    // Backward, in reverse.
-    let mut dlogits = Array2::zeros(logits.raw_dim());
-    softmax_cross_entropy_backward_cpu(&mut dlogits, &probs.view(), &d.labels);
-    let dfused = matmul_cpu(Layout::ABt, &dlogits.view(), &dk);
-    let ddk = matmul_cpu(Layout::AtB, &fused.view(), &dlogits.view());
-    let mut ddb = Array1::zeros(db.len());
-    bias_backward_cpu(&mut ddb, &dlogits.view().into_dyn());
-    let dh_last = dfused.slice(s![.., ..h]).to_owned();
-    let dpool = dfused
-        .slice(s![.., h..])
-        .to_owned()
-        .into_shape_with_order(pg.output_shape())
-        .unwrap();
-    let mut drelu = Array4::zeros(relu.raw_dim());
-    maxpool_backward_cpu(&mut drelu, &dpool.view(), &argmax.view(), &pg);
-    let mut dconv = ArrayD::zeros(conv.raw_dim());
-    activation_backward_cpu(
-        Activation::Relu,
-        &mut dconv,
-        &drelu.view().into_dyn(),
-        &conv.view(),
-    );
-    let dconv = dconv.into_dimensionality::<Ix4>().unwrap();
-    let mut dck = Array4::zeros(ck.raw_dim());
-    conv2d_backward_weight_cpu(&mut dck, &dconv.view(), &images.view(), &g);
-    let mut dcb = Array1::zeros(cb.len());
-    conv2d_backward_bias_cpu(&mut dcb, &dconv.view(), &g);
-
-    let mut dh_seq = Array3::zeros((t, b, h));
-    dh_seq.index_axis_mut(Axis(0), t - 1).assign(&dh_last);
-    let mut rg = RecurrentCpuGrads::zeros(RecurrentDims::new(t, b, dim, h), 4 * h);
-    lstm_backward_cpu(
-        &mut rg,
-        &dh_seq.view(),
-        &states,
-        &x.view(),
-        &w,
-        &u,
-        mask_view.as_ref(),
-    );
-    let mut dtable = Array2::zeros(table.raw_dim());
-    let dx = rg.dx.into_shape_with_order((t * b, dim)).unwrap();
-    embedding_backward_cpu(
-        &mut dtable,
-        &dx.view(),
-        &d.tokens,
-        c.mask_padding.then_some(0),
-    );
-    Reference {
-        loss,
-        probs,
-        h_last,
-        conv_relu: relu.into_dyn(),
-        grads: vec![
-            dtable.into_dyn(),
-            rg.dw.into_dyn(),
-            rg.du.into_dyn(),
-            rg.db.into_dyn(),
-            dck.into_dyn(),
-            dcb.into_dyn(),
-            ddk.into_dyn(),
-            ddb.into_dyn(),
-        ],
-    }
-}
-
-fn f64_params(g: &Graph, params: &[(NodeId, Vec<f32>)]) -> Vec<ArrayD<f64>> {
-    params
-        .iter()
-        .map(|(id, v)| {
-            ArrayD::from_shape_vec(
-                IxDyn(&g.node(*id).value.shape),
-                v.iter().map(|&x| x as f64).collect(),
-            )
-            .unwrap()
-        })
-        .collect()
-}
-
-fn f32s(a: &ArrayD<f64>) -> Vec<f32> {
-    a.iter().map(|&v| v as f32).collect()
-}
-
-#[test]
-fn cpu_reference_matches_finite_differences() {
-    // The reference the GPU is compared with is itself checked (f64).
-    for mask in [true, false] {
-        let c = small(mask);
-        let m = seed_model(&c).unwrap();
-        let params = f64_params(&m.graph, &init_params(&m.graph, 7));
-        let data = SeedData::new(&c, 11);
-        let r = reference(&c, &params, &data);
-        for (i, p) in params.iter().enumerate() {
-            let fd = finite_difference(p, 1e-6, |probe| {
-                let mut q = params.clone();
-                q[i] = probe.clone();
-                reference(&c, &q, &data).loss
-            });
-            common::assert_close_f64(
-                &format!("reference gradient {i} (mask {mask})"),
-                &r.grads[i],
-                &fd,
-                1e-5,
-                1e-8,
-            );
-        }
-    }
-}
-
-#[test]
-fn seed_model_matches_cpu_reference() {
-    let Some(ctx) = gpu() else { return };
-    for mask in [true, false] {
-        let c = small(mask);
-        let m = seed_model(&c).unwrap();
-        let g = &m.graph;
-        let init = init_params(g, 3);
-        let data = SeedData::new(&c, 5);
-        let r = reference(&c, &f64_params(g, &init), &data);
-        let inspect = ["lstm", "conv", "concat"].map(|n| g.id(n).unwrap());
-        let mut ex = GpuExecutor::with_options(
-            ctx,
-            g,
-            m.loss,
-            &init,
-            TrainConfig::default(),
-            ExecOptions {
-                inspect: inspect.to_vec(),
-            },
-        )
-        .unwrap();
-        let batch = data.batch(&m);
-        let what = |s: &str| format!("{s} (mask {mask})");
-
-        let (loss, grads) = ex.gradients(&batch).unwrap();
-        assert_close(&what("loss"), &[loss], &[r.loss as f32], 1e-5, 0.0);
-        for (k, (got, want)) in grads.iter().zip(&r.grads).enumerate() {
-            let name = &g.node(g.params()[k]).name;
-            // f32 against f64: rtol 1e-4 with an absolute floor of 1e-5 of
-            // the gradient's largest entry (observed: below 2e-4 and 4e-6).
-            let want = f32s(want);
-            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            assert_close(&what(name), got, &want, 1e-4, 1e-5 * scale);
-        }
-        // Inspected values survive the backward pass.
-        let h = ex.value(g.id("lstm").unwrap()).unwrap();
-        assert_close(
-            &what("lstm h_T"),
-            &h,
-            &f32s(&r.h_last.into_dyn()),
-            1e-5,
-            1e-6,
-        );
-        let relu = ex.value(g.id("conv").unwrap()).unwrap();
-        assert_close(&what("conv relu"), &relu, &f32s(&r.conv_relu), 1e-5, 1e-6);
-        // Gradients of inspected nodes: d loss / d h_T is the first block
-        // of d loss / d concat.
-        let dcat = ex.gradient_of(g.id("concat").unwrap()).unwrap();
-        let dh = ex.gradient_of(g.id("lstm").unwrap()).unwrap();
-        let cols = dcat.len() / c.batch;
-        let first: Vec<f32> = (0..c.batch)
-            .flat_map(|r| dcat[r * cols..r * cols + c.lstm_units].to_vec())
-            .collect();
-        assert_eq!(
-            dh, first,
-            "the LSTM's gradient is its block of the concat's"
-        );
-
-        assert_close(
-            &what("loss()"),
-            &[ex.loss(&batch).unwrap()],
-            &[loss],
-            0.0,
-            0.0,
-        );
-        let probs = ex.predict(&batch, m.probs).unwrap();
-        assert_close(
-            &what("probs"),
-            &probs,
-            &f32s(&r.probs.into_dyn()),
-            1e-5,
-            1e-6,
-        );
-    }
-}
+use crossmodal::{Error, GpuContext};
+use graph_common::{conv_stack_with_shared_value, sequence_lstm_into_masked_rnn, small, SeedData};
+use ndarray::s;
 
 #[test]
 fn values_overwritten_by_reuse_are_reported_by_name() {
@@ -411,97 +99,22 @@ fn check_directional(ex: &mut GpuExecutor, g: &Graph, batch: &Batch, eps: f32, r
     }
 }
 
-fn input(g: &mut Graph, name: &str, shape: &[usize], dtype: DType) -> NodeId {
-    g.add(
-        name,
-        Op::Input {
-            shape: shape.to_vec(),
-            dtype,
-        },
-        &[],
-    )
-    .unwrap()
-}
-
 #[test]
 fn sequence_lstm_into_masked_rnn_gradients() {
     let Some(ctx) = gpu() else { return };
-    let (t, b, vocab, classes) = (6, 4, 20, 3);
-    let mut g = Graph::new();
-    let tokens = input(&mut g, "tokens", &[t, b], DType::U32);
-    let labels = input(&mut g, "labels", &[b], DType::U32);
-    let e = nn::embedding(&mut g, "embedding", tokens, vocab, 5, None).unwrap();
-    let seq = nn::lstm(&mut g, "lstm", e, 4, true, None).unwrap();
-    let last = nn::rnn(&mut g, "rnn", seq, 3, false, Some(tokens)).unwrap();
-    let logits = nn::dense(&mut g, "dense", last, classes, None).unwrap();
-    let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
-        .unwrap();
-    let mut init = init_params(&g, 1);
-    // Larger embeddings so every path carries a visible gradient.
-    init[0].1.iter_mut().for_each(|v| *v *= 20.0);
-    let mut toks = random_u32(t * b, 1, vocab as u32, 2);
-    toks[(t - 1) * b + 1] = 0; // a masked final step
-    toks[2 * b + 2] = 0; // a masked middle step
-    let batch = Batch::new()
-        .with(tokens, HostData::U32(toks))
-        .with(labels, HostData::U32(random_u32(b, 0, classes as u32, 3)));
-    let mut ex = GpuExecutor::new(ctx, &g, loss, &init, TrainConfig::default()).unwrap();
-    check_directional(&mut ex, &g, &batch, 1e-2, 5e-3);
+    let case = sequence_lstm_into_masked_rnn();
+    let g = &case.graph;
+    let mut ex = GpuExecutor::new(ctx, g, case.loss, &case.init, TrainConfig::default()).unwrap();
+    check_directional(&mut ex, g, &case.batch, 1e-2, 5e-3);
 }
 
 #[test]
 fn conv_stack_with_shared_value_gradients() {
     let Some(ctx) = gpu() else { return };
-    let (b, classes) = (3, 2);
-    let mut g = Graph::new();
-    let images = input(&mut g, "images", &[b, 9, 7, 2], DType::F32);
-    let labels = input(&mut g, "labels", &[b], DType::U32);
-    let layer = |filters, activation| Conv2dLayer {
-        filters,
-        kernel: [3, 2],
-        stride: [1, 1],
-        padding: Padding::Same,
-        activation,
-    };
-    let c1 = nn::conv2d(&mut g, "conv1", images, layer(3, Some(Activation::Tanh))).unwrap();
-    let c2 = nn::conv2d(&mut g, "conv2", c1, layer(4, None)).unwrap();
-    let pool = g
-        .add(
-            "pool",
-            Op::AvgPool2d {
-                pool: [2, 2],
-                stride: [2, 2],
-            },
-            &[c2],
-        )
-        .unwrap();
-    let f = g.add("flatten", Op::Flatten, &[pool]).unwrap();
-    // f feeds three nodes: its gradient is the sum of three contributions.
-    let p = nn::dense(&mut g, "p", f, 4, Some(Activation::Sigmoid)).unwrap();
-    let q = nn::dense(&mut g, "q", f, 3, Some(Activation::Relu)).unwrap();
-    let cat = g.add("concat", Op::Concat, &[p, f, q]).unwrap();
-    let logits = nn::dense(&mut g, "out", cat, classes, None).unwrap();
-    let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
-        .unwrap();
-    let mut init = init_params(&g, 4);
-    // Non-zero biases so no gradient vanishes by symmetry.
-    for (id, v) in init.iter_mut() {
-        if g.node(*id).name.ends_with(".bias") {
-            v.iter_mut()
-                .enumerate()
-                .for_each(|(i, x)| *x = 0.1 * (i as f32 - 1.0));
-        }
-    }
-    let batch = Batch::new()
-        .with(
-            images,
-            HostData::F32(random(&[b, 9, 7, 2], 5).into_raw_vec_and_offset().0),
-        )
-        .with(labels, HostData::U32(random_u32(b, 0, classes as u32, 6)));
-    let mut ex = GpuExecutor::new(ctx, &g, loss, &init, TrainConfig::default()).unwrap();
-    check_directional(&mut ex, &g, &batch, 1e-2, 5e-3);
+    let case = conv_stack_with_shared_value();
+    let g = &case.graph;
+    let mut ex = GpuExecutor::new(ctx, g, case.loss, &case.init, TrainConfig::default()).unwrap();
+    check_directional(&mut ex, g, &case.batch, 1e-2, 5e-3);
 }
 
 fn train(ctx: &GpuContext, c: &SeedConfig, steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {

@@ -1,0 +1,295 @@
+//! The two backends on the same graphs: the GPU executor (`graph::gpu`)
+//! against the CPU executor (`graph::cpu`, the ndarray references).
+//!
+//! - The small seed model, with and without masking, pre-padded tokens:
+//!   the loss, every parameter gradient, inspected values and gradients,
+//!   and the probabilities of `predict` against `CpuExecutor<f64>`, whose
+//!   gradients tests/graph_cpu.rs checks elementwise against central finite
+//!   differences; here, on the very batch compared, a directional central
+//!   difference of its f64 loss per parameter checks them again.
+//! - Training: a few Adam and SGD-momentum steps on both backends from the
+//!   same initial parameters; the loss curves and the final parameters
+//!   against `CpuExecutor<f32>` (both f32 arithmetic, different summation
+//!   orders: small drift).
+//! - Graphs the seed model does not cover (a sequence-returning LSTM into a
+//!   masked SimpleRNN; convolutions with tanh, average pooling and a value
+//!   used three times): loss and every parameter gradient against
+//!   `CpuExecutor<f64>`.
+//!
+//! Each comparison prints its largest errors (`--nocapture`) so the stated
+//! tolerances can be checked against what is observed.
+
+mod common;
+mod graph_common;
+
+use common::{assert_close, gpu, random};
+use crossmodal::graph::gpu::{ExecOptions, GpuExecutor};
+use crossmodal::graph::init::init_params;
+use crossmodal::graph::{Batch, CpuExecutor, Executor, Graph, Optimizer, TrainConfig};
+use crossmodal::nn::seed_model;
+use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
+use graph_common::{
+    conv_stack_with_shared_value, sequence_lstm_into_masked_rnn, small, Case, SeedData,
+};
+use ndarray::ArrayD;
+
+fn f32s(a: &ArrayD<f64>) -> Vec<f32> {
+    a.iter().map(|&v| v as f32).collect()
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// `assert_close` that also prints the largest absolute error and the
+/// largest relative error (over entries above the absolute floor).
+fn check(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
+    let mut abs = 0.0f32;
+    let mut rel = 0.0f32;
+    for (&g, &w) in got.iter().zip(want) {
+        let e = (g - w).abs();
+        abs = abs.max(e);
+        if w.abs() > atol {
+            rel = rel.max(e / w.abs());
+        }
+    }
+    eprintln!("{what}: max abs error {abs:.2e}, max rel error {rel:.2e} (rtol {rtol:.0e}, atol {atol:.1e})");
+    assert_close(what, got, want, rtol, atol);
+}
+
+/// Gradients, f32 (GPU) against f64 (CPU): rtol 1e-4 with an absolute floor
+/// of 1e-5 of the gradient's largest entry, for entries that cancel (seen on
+/// lavapipe: relative errors up to 9e-5 above the floor; up to 5e-4 on tiny
+/// entries of the recurrent kernel's gradient, all within the floor).
+const GRAD_RTOL: f32 = 1e-4;
+const GRAD_FLOOR: f32 = 1e-5;
+
+/// Every parameter gradient of `got` (GPU, `Graph::params` order) against
+/// the CPU executor's after its last backward.
+fn check_gradients(what: &str, g: &Graph, got: &[Vec<f32>], cpu: &CpuExecutor<f64>) {
+    for (k, &p) in g.params().iter().enumerate() {
+        let name = &g.node(p).name;
+        let want = f32s(cpu.grad(p).unwrap());
+        assert!(
+            want.iter().any(|&v| v != 0.0),
+            "{what} {name}: the gradient is all zero, the check would prove nothing"
+        );
+        let floor = GRAD_FLOOR * max_abs(&want);
+        check(&format!("{what} {name}"), &got[k], &want, GRAD_RTOL, floor);
+    }
+}
+
+/// Each parameter gradient of `cpu` (after its last backward) against a
+/// directional central difference of its f64 loss: for a random unit
+/// direction v, `(L(p + εv) - L(p - εv)) / 2ε` against `g·v`. ε = 1e-5:
+/// truncation (~ε²) and rounding (~1e-16/ε) stay far below rtol 1e-6.
+fn check_cpu_directional(what: &str, g: &Graph, cpu: &mut CpuExecutor<f64>, batch: &Batch) {
+    let eps = 1e-5;
+    for (k, &p) in g.params().iter().enumerate() {
+        let name = &g.node(p).name;
+        let grad = cpu.grad(p).unwrap().clone();
+        let w = cpu.value_array(p).unwrap().clone();
+        let v = random(&[w.len()], 300 + k as u64).mapv(|x| x as f64);
+        let v = &v / v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let at =
+            |sign: f64| -> Vec<f64> { w.iter().zip(&v).map(|(a, b)| a + sign * eps * b).collect() };
+        cpu.set_param_array(p, &at(1.0)).unwrap();
+        let plus = cpu.run_loss(batch).unwrap();
+        cpu.set_param_array(p, &at(-1.0)).unwrap();
+        let minus = cpu.run_loss(batch).unwrap();
+        cpu.set_param_array(p, w.as_slice().unwrap()).unwrap();
+        let fd = (plus - minus) / (2.0 * eps);
+        let analytic: f64 = grad.iter().zip(&v).map(|(a, b)| a * b).sum();
+        assert!(
+            (fd - analytic).abs() <= 1e-6 * analytic.abs() + 1e-10,
+            "{what} {name}: finite difference {fd} vs gradient·v {analytic}"
+        );
+    }
+    // Back to the state of the gradient pass (values for inspection).
+    cpu.run_gradients(batch).unwrap();
+}
+
+#[test]
+fn seed_model_matches_the_cpu_executor() {
+    let Some(ctx) = gpu() else { return };
+    for mask in [true, false] {
+        let c = small(mask);
+        let m = seed_model(&c).unwrap();
+        let g = &m.graph;
+        let init = init_params(g, 3);
+        let batch = SeedData::new(&c, 5).batch(&m);
+        let what = |s: &str| format!("{s} (mask {mask})");
+
+        let mut cpu = CpuExecutor::<f64>::new(g, m.loss, &init, TrainConfig::default()).unwrap();
+        let inspect = ["lstm", "conv", "concat"].map(|n| g.expect_id(n).unwrap());
+        let mut ex = GpuExecutor::with_options(
+            ctx,
+            g,
+            m.loss,
+            &init,
+            TrainConfig::default(),
+            ExecOptions {
+                inspect: inspect.to_vec(),
+            },
+        )
+        .unwrap();
+
+        let want_loss = cpu.run_gradients(&batch).unwrap();
+        let (loss, grads) = ex.gradients(&batch).unwrap();
+        check(&what("loss"), &[loss], &[want_loss as f32], 1e-5, 0.0);
+        check_gradients(&what("gradient"), g, &grads, &cpu);
+        check_cpu_directional(&what("cpu"), g, &mut cpu, &batch);
+        if mask {
+            // Padding steps reach nothing: the padding row gets exactly 0.
+            let dims = c.embed_dim;
+            assert!(
+                grads[0][..dims].iter().all(|&v| v == 0.0),
+                "{}",
+                what("the padding row of the table has a gradient")
+            );
+        }
+
+        // Inspected values and gradients survive the backward pass.
+        for node in inspect {
+            let name = &g.node(node).name;
+            let want = f32s(cpu.value_array(node).unwrap());
+            check(
+                &what(&format!("{name} value")),
+                &ex.value(node).unwrap(),
+                &want,
+                1e-5,
+                1e-6,
+            );
+            let want = f32s(cpu.grad(node).unwrap());
+            let floor = GRAD_FLOOR * max_abs(&want);
+            check(
+                &what(&format!("{name} gradient")),
+                &ex.gradient_of(node).unwrap(),
+                &want,
+                GRAD_RTOL,
+                floor,
+            );
+        }
+        // On the GPU d loss / d h_T is exactly the first block of
+        // d loss / d concat (a copy, no arithmetic).
+        let dcat = ex.gradient_of(g.expect_id("concat").unwrap()).unwrap();
+        let dh = ex.gradient_of(g.expect_id("lstm").unwrap()).unwrap();
+        let cols = dcat.len() / c.batch;
+        let first: Vec<f32> = (0..c.batch)
+            .flat_map(|r| dcat[r * cols..r * cols + c.lstm_units].to_vec())
+            .collect();
+        assert_eq!(
+            dh, first,
+            "the LSTM's gradient is its block of the concat's"
+        );
+
+        // A forward-only loss is the loss of the gradient pass, bit for bit.
+        assert_eq!(ex.loss(&batch).unwrap().to_bits(), loss.to_bits());
+        let probs = ex.predict(&batch, m.probs).unwrap();
+        let want = cpu.predict(&batch, m.probs).unwrap();
+        check(&what("probabilities"), &probs, &want, 1e-5, 1e-6);
+        for row in probs.chunks(c.classes) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+        }
+    }
+}
+
+/// Trains both backends for `steps` steps from the same parameters on the
+/// same batches (f32 on both); compares the loss of every step (relative),
+/// the final parameters and the probabilities after training (absolute).
+fn train_both(optimizer: Optimizer, steps: usize, loss_rtol: f32, param_atol: f32) {
+    let Some(ctx) = gpu() else { return };
+    for mask in [true, false] {
+        let c = small(mask);
+        let m = seed_model(&c).unwrap();
+        let g = &m.graph;
+        let init = init_params(g, 9);
+        let config = TrainConfig {
+            optimizer: optimizer.clone(),
+            clip_global_norm: None,
+        };
+        let mut cpu = CpuExecutor::<f32>::new(g, m.loss, &init, config.clone()).unwrap();
+        let mut ex = GpuExecutor::new(ctx, g, m.loss, &init, config).unwrap();
+        let what = |s: &str| format!("{optimizer:?} {s} (mask {mask})");
+        let batches: Vec<_> = (0..3)
+            .map(|s| SeedData::new(&c, 200 + 10 * s).batch(&m))
+            .collect();
+        let mut cpu_losses = Vec::new();
+        let mut gpu_losses = Vec::new();
+        for s in 0..steps {
+            let batch = &batches[s % batches.len()];
+            cpu_losses.push(cpu.train_step(batch).unwrap());
+            gpu_losses.push(ex.train_step(batch).unwrap());
+        }
+        assert!(
+            cpu_losses[steps - 1] < cpu_losses[0],
+            "{}: {cpu_losses:?}",
+            what("the loss falls")
+        );
+        check(&what("losses"), &gpu_losses, &cpu_losses, loss_rtol, 0.0);
+        for &p in &g.params() {
+            let name = &g.node(p).name;
+            let (got, want) = (ex.param(p).unwrap(), cpu.param(p).unwrap());
+            let start = &init.iter().find(|(id, _)| *id == p).unwrap().1;
+            assert_ne!(&want, start, "{}", what(&format!("{name} moved")));
+            check(&what(name), &got, &want, 0.0, param_atol);
+        }
+        let probs = ex.predict(&batches[0], m.probs).unwrap();
+        let want = cpu.predict(&batches[0], m.probs).unwrap();
+        check(&what("probabilities"), &probs, &want, 0.0, param_atol);
+    }
+}
+
+#[test]
+fn adam_steps_agree() {
+    let adam = AdamConfig {
+        learning_rate: 0.01,
+        ..AdamConfig::default()
+    };
+    // Seen on lavapipe after 10 steps: losses 2.4e-7 relative, parameters
+    // 1.2e-6 (the recurrent kernel; Adam turns small gradient differences
+    // into steps of up to lr), probabilities 9e-8.
+    train_both(Optimizer::Adam(adam), 10, 2e-6, 1e-5);
+}
+
+#[test]
+fn sgd_momentum_steps_agree() {
+    let sgd = SgdConfig {
+        learning_rate: 0.1,
+        momentum: 0.9,
+        nesterov: false,
+    };
+    // Seen on lavapipe after 10 steps: losses 2.4e-7 relative, parameters
+    // and probabilities 1.5e-7.
+    train_both(Optimizer::Sgd(sgd), 10, 2e-6, 2e-6);
+}
+
+/// Loss and every parameter gradient of `case` on both backends.
+fn compare_case(what: &str, case: &Case) {
+    let Some(ctx) = gpu() else { return };
+    let g = &case.graph;
+    let config = TrainConfig::default();
+    let mut cpu = CpuExecutor::<f64>::new(g, case.loss, &case.init, config.clone()).unwrap();
+    let mut ex = GpuExecutor::new(ctx, g, case.loss, &case.init, config).unwrap();
+    let want_loss = cpu.run_gradients(&case.batch).unwrap();
+    let (loss, grads) = ex.gradients(&case.batch).unwrap();
+    check(
+        &format!("{what} loss"),
+        &[loss],
+        &[want_loss as f32],
+        1e-5,
+        0.0,
+    );
+    check_gradients(what, g, &grads, &cpu);
+    check_cpu_directional(what, g, &mut cpu, &case.batch);
+}
+
+#[test]
+fn sequence_lstm_into_masked_rnn_matches_the_cpu_executor() {
+    compare_case("lstm-rnn", &sequence_lstm_into_masked_rnn());
+}
+
+#[test]
+fn conv_stack_with_shared_value_matches_the_cpu_executor() {
+    compare_case("conv-stack", &conv_stack_with_shared_value());
+}
