@@ -17,6 +17,7 @@ use crossmodal::graph::gpu::GpuExecutor;
 use crossmodal::graph::init::init_params;
 use crossmodal::graph::{Batch, Executor, Graph, HostData, Init, Op, Optimizer, TrainConfig};
 use crossmodal::nn::{seed_model, SeedConfig, SeedModel};
+use crossmodal::ops::lstm::{lstm_persistent_support, RecurrentDims};
 use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
 use crossmodal::{Error, GpuContext};
 use graph_common::{conv_stack_with_shared_value, sequence_lstm_into_masked_rnn, small, SeedData};
@@ -273,16 +274,27 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     let s = ex.step_stats();
     assert_eq!(s.submits, 1);
     assert_eq!(s.readback_bytes, 4, "only the loss is read back");
-    // Forward: embedding 1; LSTM input projection + T gate steps + T-1
-    // recurrent matmuls = 2T; conv 1, ReLU 1, pool 1, concat 2 (one per
+    // The LSTM runs its whole recurrence in one dispatch where the adapter
+    // allows (ops::lstm), else one gate kernel and one matmul per step.
+    let dims = RecurrentDims::new(t, c.batch, c.embed_dim, c.lstm_units);
+    let persistent = lstm_persistent_support(ctx, dims).is_ok();
+    // Forward LSTM: input projection + the recurrence (persistent), or
+    // input projection + T gate steps + T-1 recurrent matmuls = 2T.
+    let lstm_forward = if persistent { 2 } else { 2 * t };
+    // Backward LSTM: the recurrence (persistent) or T gate steps + T-1
+    // carries, then dW, dU, db, dx.
+    let lstm_backward = if persistent { 1 + 4 } else { 2 * t - 1 + 4 };
+    // Forward: embedding 1; LSTM; conv 1, ReLU 1, pool 1, concat 2 (one per
     // input), dense 2 (matmul, bias), loss 2 (softmax-CE, mean).
-    assert_eq!(s.forward_dispatches, 1 + 2 * t + 1 + 1 + 1 + 2 + 2 + 2);
+    assert_eq!(
+        s.forward_dispatches,
+        1 + lstm_forward + 1 + 1 + 1 + 2 + 2 + 2
+    );
     // Backward: loss 1; dense 3 (dx, dW, db); concat 2; pool 1; ReLU 1;
-    // conv 2 (weight, bias: the images need no gradient); LSTM T gate
-    // steps + T-1 carries + dW, dU, db, dx = 2T + 3; embedding 1.
+    // conv 2 (weight, bias: the images need no gradient); LSTM; embedding 1.
     assert_eq!(
         s.backward_dispatches,
-        1 + 3 + 2 + 1 + 1 + 2 + (2 * t + 3) + 1
+        1 + 3 + 2 + 1 + 1 + 2 + lstm_backward + 1
     );
     assert_eq!(
         s.update_dispatches,
