@@ -151,21 +151,30 @@ impl GpuContext {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(&tensor.buffer, 0, &staging, 0, size);
         self.queue.submit([encoder.finish()]);
+        self.map_read_words(&staging, size)
+    }
+
+    /// Waits for the device, maps the first `bytes` of a `MAP_READ` buffer
+    /// and copies them out as 32-bit words. The one readback path: tensors,
+    /// timestamps and the training loss all come back through it.
+    pub fn map_read_words(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u32>> {
         let (tx, rx) = mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        buffer
+            .slice(..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
         self.wait()?;
         rx.recv()
             .map_err(|e| Error::Readback(e.to_string()))?
             .map_err(|e| Error::Readback(e.to_string()))?;
         let words = {
-            let view = staging
-                .get_mapped_range(..)
+            let view = buffer
+                .get_mapped_range(..bytes)
                 .map_err(|e| Error::Readback(format!("{e:?}")))?;
             bytemuck::cast_slice::<u8, u32>(&view).to_vec()
         };
-        staging.unmap();
+        buffer.unmap();
         Ok(words)
     }
 

@@ -1,8 +1,6 @@
 //! Per-kernel GPU time from timestamp queries, where the adapter has them:
 //! each dispatch is its own compute pass with a start and end timestamp.
 
-use std::sync::mpsc;
-
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 
@@ -66,21 +64,11 @@ impl GpuContext {
                 message: e.to_string(),
             });
         }
-        let (tx, rx) = mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait()?;
-        rx.recv()
-            .map_err(|e| Error::Readback(e.to_string()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        let ticks: Vec<u64> = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Readback(format!("{e:?}")))?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
-        staging.unmap();
+        let words = self.map_read_words(&staging, bytes)?;
+        let ticks: Vec<u64> = words
+            .chunks_exact(2)
+            .map(|w| w[0] as u64 | (w[1] as u64) << 32)
+            .collect();
         let period = self.queue.get_timestamp_period() as f64;
         Ok(dispatches
             .iter()

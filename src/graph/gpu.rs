@@ -27,7 +27,6 @@
 //! used twice receives the sum of both contributions.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor, KernelTiming};
@@ -1409,7 +1408,7 @@ impl<'a> GpuExecutor<'a> {
         let words = match staging {
             Some((s, bytes)) if bytes > 0 => {
                 stats.readback_bytes = bytes;
-                map_read(ctx, s, bytes)?
+                ctx.map_read_words(s, bytes)?
             }
             _ => {
                 ctx.wait()?;
@@ -1498,7 +1497,7 @@ impl<'a> GpuExecutor<'a> {
                 message: e.to_string(),
             });
         }
-        let words = map_read(ctx, &readback, bytes)?;
+        let words = ctx.map_read_words(&readback, bytes)?;
         self.steps += 1;
         self.last_run = vec![false; self.stages.len()];
         for &s in &stages {
@@ -1578,28 +1577,6 @@ impl<'a> GpuExecutor<'a> {
         })?;
         self.read_kept(id, g.id, "gradient")
     }
-}
-
-/// Maps `bytes` of a MAP_READ buffer after the submit that fills it.
-fn map_read(ctx: &GpuContext, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u32>> {
-    let (tx, rx) = mpsc::channel();
-    buffer
-        .slice(..bytes)
-        .map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-    ctx.wait()?;
-    rx.recv()
-        .map_err(|e| Error::Readback(e.to_string()))?
-        .map_err(|e| Error::Readback(e.to_string()))?;
-    let words = {
-        let view = buffer
-            .get_mapped_range(..bytes)
-            .map_err(|e| Error::Readback(format!("{e:?}")))?;
-        bytemuck::cast_slice::<u8, u32>(&view).to_vec()
-    };
-    buffer.unmap();
-    Ok(words)
 }
 
 impl Executor for GpuExecutor<'_> {
