@@ -1,7 +1,8 @@
 //! The CPU reference backend (`graph::cpu::CpuExecutor`): parameter
 //! gradients of the small seed model against central finite differences in
 //! f64, accumulation into a value used twice, bit-identical repeated runs,
-//! learning a separable problem, the optimizer plumbing, and input errors.
+//! learning a separable problem, the optimizer plumbing, dropout masks per
+//! training step, and input errors.
 
 mod common;
 
@@ -588,4 +589,76 @@ fn bad_executor_setups_are_rejected() {
         matches!(&err, Error::Graph { node, .. } if node == "images"),
         "{err}"
     );
+}
+
+#[test]
+fn dropout_masks_follow_the_training_step() {
+    // x → Dense(6, tanh) h → Dropout(0.5) → Dense(3) → loss.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 5], DType::F32);
+    let labels = input(&mut g, "labels", &[4], DType::U32);
+    let h = dense(&mut g, "h", x, 6, Some(Activation::Tanh)).unwrap();
+    let drop = crossmodal::nn::dropout(&mut g, "drop", h, 0.5, 3).unwrap();
+    let logits = dense(&mut g, "out", drop, 3, None).unwrap();
+    let loss = g
+        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
+        .unwrap();
+    let params = init_params(&g, 2);
+    let batch = Batch::new()
+        .with(
+            x,
+            HostData::F32(random(&[4, 5], 3).into_raw_vec_and_offset().0),
+        )
+        .with(labels, HostData::U32(vec![0, 2, 1, 2]));
+    let config = TrainConfig {
+        optimizer: Optimizer::Sgd(SgdConfig::default()),
+        clip_global_norm: None,
+    };
+    let mut exec = CpuExecutor::<f64>::new(&g, loss, &params, config).unwrap();
+
+    // The gradient is that of the training loss, with step 0's mask, which
+    // every gradient pass before the first step uses.
+    exec.run_gradients(&batch).unwrap();
+    let first = exec.value_array(drop).unwrap().clone();
+    for p in g.params() {
+        let name = g.node(p).name.clone();
+        let analytic = exec.grad(p).unwrap().clone();
+        let w0 = exec.value_array(p).unwrap().clone();
+        let numeric = finite_difference(&w0, EPS, |probe| {
+            exec.set_param_array(p, probe.as_slice().unwrap()).unwrap();
+            exec.run_training_loss(&batch).unwrap()
+        });
+        exec.set_param_array(p, w0.as_slice().unwrap()).unwrap();
+        assert!(analytic.iter().any(|&v| v != 0.0), "{name}");
+        assert_close_f64(&name, &analytic, &numeric, RTOL, ATOL);
+    }
+    exec.run_gradients(&batch).unwrap();
+    assert_eq!(
+        exec.value_array(drop).unwrap(),
+        &first,
+        "same step, same mask"
+    );
+    let dropped = |v: &ArrayD<f64>| v.iter().map(|&x| x == 0.0).collect::<Vec<_>>();
+    assert!(dropped(&first).contains(&true) && dropped(&first).contains(&false));
+
+    // At inference the layer is the identity, and the loss differs.
+    let train_loss = exec.run_training_loss(&batch).unwrap();
+    let eval_loss = exec.run_loss(&batch).unwrap();
+    assert_ne!(train_loss, eval_loss);
+    assert_eq!(
+        exec.predict(&batch, drop).unwrap(),
+        exec.predict(&batch, h).unwrap()
+    );
+
+    // Each training step draws a new mask; the step counter says which.
+    assert_eq!(exec.steps(), 0);
+    exec.run_train_step(&batch).unwrap();
+    assert_eq!(
+        exec.value_array(drop).unwrap(),
+        &first,
+        "step 0 trains with mask 0"
+    );
+    exec.run_train_step(&batch).unwrap();
+    assert_eq!(exec.steps(), 2);
+    assert_ne!(dropped(exec.value_array(drop).unwrap()), dropped(&first));
 }

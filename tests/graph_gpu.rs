@@ -343,12 +343,14 @@ fn bad_configurations_and_batches_are_typed_errors() {
     let m = seed_model(&c).unwrap();
     let g = &m.graph;
     let init = init_params(g, 3);
-    let clip = TrainConfig {
-        clip_global_norm: Some(1.0),
-        ..TrainConfig::default()
-    };
-    let e = GpuExecutor::new(ctx, g, m.loss, &init, clip).err().unwrap();
-    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let clip = TrainConfig {
+            clip_global_norm: Some(bad),
+            ..TrainConfig::default()
+        };
+        let e = GpuExecutor::new(ctx, g, m.loss, &init, clip).err().unwrap();
+        assert!(matches!(e, Error::Unsupported { .. }), "clip {bad}: {e}");
+    }
     let e = GpuExecutor::new(ctx, g, m.probs, &init, TrainConfig::default())
         .err()
         .unwrap();
@@ -388,4 +390,57 @@ fn bad_configurations_and_batches_are_typed_errors() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("stray"), "{e}");
+}
+
+#[test]
+fn clipping_runs_in_the_same_submit_and_an_inactive_clip_changes_nothing() {
+    let Some(ctx) = gpu() else { return };
+    let c = small(true);
+    let m = seed_model(&c).unwrap();
+    let g = &m.graph;
+    let init = init_params(g, 3);
+    let batches: Vec<Batch> = (0..3)
+        .map(|s| SeedData::new(&c, 60 + s).batch(&m))
+        .collect();
+    let config = |clip| TrainConfig {
+        clip_global_norm: clip,
+        ..TrainConfig::default()
+    };
+    let run = |clip: Option<f32>| {
+        let mut ex = GpuExecutor::new(ctx, g, m.loss, &init, config(clip)).unwrap();
+        let built = ex.buffers_created();
+        let mut losses = Vec::new();
+        let mut norms = Vec::new();
+        for b in &batches {
+            losses.push(ex.train_step(b).unwrap().to_bits());
+            norms.push(ex.last_global_norm().unwrap());
+            let s = ex.step_stats();
+            assert_eq!((s.submits, s.readback_bytes), (1, 4), "{s:?}");
+            let p = g.params().len();
+            // Clipping: one partial sum per gradient, the total, one scale
+            // per gradient; then one optimizer update per parameter.
+            let clipping = if clip.is_some() { 2 * p + 1 } else { 0 };
+            assert_eq!(s.update_dispatches, clipping + p, "{s:?}");
+            assert_eq!(ex.buffers_created(), built, "a clipped step allocated");
+        }
+        let params: Vec<Vec<u32>> = g
+            .params()
+            .iter()
+            .map(|&p| ex.param(p).unwrap().iter().map(|v| v.to_bits()).collect())
+            .collect();
+        (losses, params, norms)
+    };
+    let (losses, params, norms) = run(None);
+    assert!(norms.iter().all(Option::is_none));
+    // Within the clip no gradient is written: the same bits as no clip.
+    let (clipped_losses, clipped_params, norms) = run(Some(1e30));
+    assert_eq!(losses, clipped_losses);
+    assert_eq!(params, clipped_params);
+    let norms: Vec<f32> = norms.into_iter().map(Option::unwrap).collect();
+    assert!(norms.iter().all(|&n| n > 0.0 && n < 1e30), "{norms:?}");
+    // An active clip changes the steps after the first (the first loss is
+    // computed before any update).
+    let (active, _, _) = run(Some(norms[0] / 4.0));
+    assert_eq!(active[0], losses[0]);
+    assert_ne!(active[1..], losses[1..]);
 }

@@ -14,8 +14,15 @@
 //!   add `+=`), so a value used twice gets the sum. Values the backward
 //!   needs (LSTM/RNN states and masks, maxpool argmax, softmax
 //!   probabilities) are kept from the forward.
-//! - A training step then clips by global norm (optional) and applies Adam
-//!   or SGD to every parameter that leads to the loss.
+//! - A training step then clips by global norm (optional, the reference of
+//!   [`crate::ops::clip_norm`]) and applies Adam or SGD to every parameter
+//!   that leads to the loss.
+//! - Dropout is active in the forward of a training step or of a gradient
+//!   pass ([`CpuExecutor::run_gradients`], [`CpuExecutor::run_training_loss`]),
+//!   with the mask of the current training step (the count of training
+//!   steps applied: masks change every step and a run is reproducible from
+//!   the seeds); the loss, `predict` and [`CpuExecutor::run_loss`] run it
+//!   as the identity (inference).
 
 use ndarray::{
     s, Array1, Array2, Array3, Array4, ArrayD, ArrayView1, ArrayView2, ArrayView3, ArrayView4,
@@ -26,11 +33,13 @@ use crate::error::{Error, Result};
 use crate::graph::{Batch, Executor, Graph, HostData, NodeId, Op, Optimizer, TrainConfig};
 use crate::ops::activation::{activation_backward_cpu, activation_forward_cpu};
 use crate::ops::bias::{bias_add_cpu, bias_backward_cpu};
+use crate::ops::clip_norm::{clip_norm_scale_cpu, clip_norm_sumsq_cpu};
 use crate::ops::concat::{concat_backward_cpu, concat_forward_cpu};
 use crate::ops::conv2d::{
     conv2d_backward_bias_cpu, conv2d_backward_input_cpu, conv2d_backward_weight_cpu,
     conv2d_forward_cpu, Conv2dGeometry,
 };
+use crate::ops::dropout::{dropout_backward_cpu, dropout_forward_cpu, Dropout};
 use crate::ops::embedding::{embedding_backward_cpu, embedding_forward_cpu};
 use crate::ops::lstm::{lstm_backward_cpu, lstm_forward_cpu, LstmStates, RecurrentCpuGrads};
 use crate::ops::matmul::{matmul_backward_cpu, matmul_cpu, Layout};
@@ -62,6 +71,8 @@ enum Saved<A> {
     },
     MaxPool(Array4<u32>),
     Probs(Array2<A>),
+    /// The training step whose dropout mask the forward applied.
+    Dropout(u32),
 }
 
 /// Optimizer state of one parameter.
@@ -104,6 +115,11 @@ pub struct CpuExecutor<A: NdFloat> {
     slots: Vec<Slot<A>>,
     /// The 1-based Adam step the next update uses.
     step: u32,
+    /// Training steps applied: the dropout mask of the next one.
+    train_steps: u32,
+    /// The forward being run: `Some(step)` in training (dropout masks of
+    /// that step), `None` at inference.
+    training: Option<u32>,
 }
 
 // ---------------------------------------------------------------- helpers
@@ -322,6 +338,8 @@ impl<A: NdFloat> CpuExecutor<A> {
             grads: vec![None; n],
             slots,
             step: 1,
+            train_steps: 0,
+            training: None,
         };
         exec.loss_order = exec.needed(loss);
         Ok(exec)
@@ -462,8 +480,10 @@ impl<A: NdFloat> CpuExecutor<A> {
         Ok(())
     }
 
-    /// Runs the nodes of `order` (graph order) on `batch`.
-    fn forward(&mut self, batch: &Batch, order: &[NodeId]) -> Result<()> {
+    /// Runs the nodes of `order` (graph order) on `batch`, in training
+    /// (`Some(step)`: dropout masks of that step) or at inference (`None`).
+    fn forward(&mut self, batch: &Batch, order: &[NodeId], training: Option<u32>) -> Result<()> {
+        self.training = training;
         self.load_inputs(batch, order)?;
         for &id in order {
             if matches!(self.graph.node(id).op, Op::Input { .. } | Op::Param { .. }) {
@@ -565,6 +585,15 @@ impl<A: NdFloat> CpuExecutor<A> {
             Op::Activation(act) => {
                 let y = activation_forward_cpu(*act, &self.val(ins[0]).view());
                 (y, Saved::None)
+            }
+            Op::Dropout { rate, seed } => {
+                let d = Dropout::new(*rate, *seed)?;
+                let y = dropout_forward_cpu(&d, &self.val(ins[0]).view(), self.training);
+                let saved = match self.training {
+                    Some(step) => Saved::Dropout(step),
+                    None => Saved::None,
+                };
+                (y, saved)
             }
             Op::Concat => {
                 let views: Vec<ArrayViewD<A>> = ins.iter().map(|&i| self.val(i).view()).collect();
@@ -777,6 +806,18 @@ impl<A: NdFloat> CpuExecutor<A> {
                 activation_backward_cpu(*act, &mut dx, &dy.view(), &saved_value.view());
                 pool.put(ins[0], dx);
             }
+            Op::Dropout { rate, seed } => {
+                let Saved::Dropout(step) = saved[id.0] else {
+                    unreachable!("backward follows a training forward")
+                };
+                let d = Dropout {
+                    rate: *rate,
+                    seed: *seed,
+                };
+                let mut dx = pool.take(ins[0]);
+                dropout_backward_cpu(&d, &mut dx, &dy.view(), step);
+                pool.put(ins[0], dx);
+            }
             Op::Concat => {
                 let mut dxs: Vec<ArrayD<A>> = ins.iter().map(|&i| pool.take(i)).collect();
                 let mut refs: Vec<&mut ArrayD<A>> = dxs.iter_mut().collect();
@@ -809,21 +850,19 @@ impl<A: NdFloat> CpuExecutor<A> {
     // ------------------------------------------------------------ update
 
     /// Rescales every parameter gradient so their global L2 norm is at most
-    /// `clip` (as `tf.clip_by_global_norm`; untouched when already within).
+    /// `clip` (as `tf.clip_by_global_norm`; untouched when already within),
+    /// with the reference of [`crate::ops::clip_norm`].
     fn clip_gradients(&mut self, clip: f32) {
-        let sum_sq = self
+        let views: Vec<ArrayViewD<A>> = self
             .params
             .iter()
-            .filter_map(|p| self.grads[p.0].as_ref())
-            .fold(A::zero(), |s, g| g.iter().fold(s, |s, &v| s + v * v));
-        let norm = sum_sq.sqrt();
+            .filter_map(|p| self.grads[p.0].as_ref().map(|g| g.view()))
+            .collect();
+        let sumsq = clip_norm_sumsq_cpu(&views);
         let clip: A = cast(clip);
-        if norm > clip {
-            let scale = clip / norm;
-            for p in &self.params {
-                if let Some(g) = &mut self.grads[p.0] {
-                    g.mapv_inplace(|v| v * scale);
-                }
+        for p in &self.params {
+            if let Some(g) = &mut self.grads[p.0] {
+                clip_norm_scale_cpu(&mut g.view_mut(), sumsq, clip);
             }
         }
     }
@@ -854,17 +893,30 @@ impl<A: NdFloat> CpuExecutor<A> {
 
     // ------------------------------------------------------------ API in A
 
-    /// Forward of the loss; returns it in `A`.
+    /// Forward of the loss at inference (dropout is the identity); returns
+    /// it in `A`.
     pub fn run_loss(&mut self, batch: &Batch) -> Result<A> {
+        self.loss_in(batch, None)
+    }
+
+    /// Forward of the loss in training, with the dropout masks the next
+    /// training step (and [`CpuExecutor::run_gradients`]) uses: the
+    /// function whose gradient `run_gradients` computes.
+    pub fn run_training_loss(&mut self, batch: &Batch) -> Result<A> {
+        self.loss_in(batch, Some(self.train_steps))
+    }
+
+    fn loss_in(&mut self, batch: &Batch, training: Option<u32>) -> Result<A> {
         let order = self.loss_order.clone();
-        self.forward(batch, &order)?;
+        self.forward(batch, &order, training)?;
         Ok(self.val(self.loss)[0])
     }
 
-    /// Forward and backward of the loss without an update; returns the loss
-    /// and leaves every gradient readable with [`CpuExecutor::grad`].
+    /// Forward (in training) and backward of the loss without an update;
+    /// returns the loss and leaves every gradient readable with
+    /// [`CpuExecutor::grad`].
     pub fn run_gradients(&mut self, batch: &Batch) -> Result<A> {
-        let loss = self.run_loss(batch)?;
+        let loss = self.run_training_loss(batch)?;
         self.backward_pass();
         Ok(loss)
     }
@@ -877,6 +929,7 @@ impl<A: NdFloat> CpuExecutor<A> {
             self.clip_gradients(clip);
         }
         self.update();
+        self.train_steps = self.train_steps.wrapping_add(1);
         Ok(loss)
     }
 
@@ -937,6 +990,11 @@ impl<A: NdFloat> CpuExecutor<A> {
     pub fn adam_step(&self) -> u32 {
         self.step
     }
+
+    /// Training steps applied so far (the next one's dropout masks).
+    pub fn steps(&self) -> u32 {
+        self.train_steps
+    }
 }
 
 /// A recurrent layer's output from `h_all` `[T+1,B,H]`: every h_t
@@ -964,7 +1022,7 @@ impl<A: NdFloat> Executor for CpuExecutor<A> {
     fn predict(&mut self, batch: &Batch, output: NodeId) -> Result<Vec<f32>> {
         self.check_node(output)?;
         let order = self.needed(output);
-        self.forward(batch, &order)?;
+        self.forward(batch, &order, None)?;
         self.value(output)
     }
 

@@ -21,6 +21,18 @@
 //! its uniforms first), copies the loss into a staging buffer kept for the
 //! purpose, submits once and maps 4 bytes. Nothing is allocated per step.
 //!
+//! With [`TrainConfig::clip_global_norm`] the update stage first records
+//! [`clip_norm`]: the sum of squares of every parameter gradient into a
+//! one-element buffer, then each gradient scaled by `clip / norm` when the
+//! norm exceeds the clip, computed on the device (no readback), in the
+//! same submit, before the optimizer dispatches.
+//!
+//! Dropout nodes apply the mask of the current training step (the count
+//! of steps applied) in training and gradient runs and copy at inference
+//! (`loss`, `predict`): the mode and step are rewritten in their uniforms
+//! before each run (one `write_buffer` per dropout dispatch); backward
+//! recomputes the forward's mask from the same step.
+//!
 //! Backward seeds from the loss: the loss node must be a
 //! `SoftmaxCrossEntropy` (its backward kernel is the gradient of the batch
 //! mean). Gradients accumulate (`+=` in every backward kernel), so a value
@@ -35,11 +47,13 @@ use crate::graph::plan::{plan_memory, MemoryPlan, PlanRequest};
 use crate::graph::{Graph, NodeId, Op};
 use crate::ops::activation::{activation_backward, activation_forward};
 use crate::ops::bias::{bias_add, bias_backward};
+use crate::ops::clip_norm::{check_clip, clip_norm};
 use crate::ops::concat::{concat_backward, concat_forward_all};
 use crate::ops::conv2d::{
     conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_forward,
     Conv2dGeometry,
 };
+use crate::ops::dropout::{dropout_backward, dropout_forward, Dropout};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::lstm::{
     lstm_backward_sequence, lstm_forward_sequence, HiddenGrad, LstmBuffers, RecurrentDims,
@@ -129,8 +143,18 @@ enum StageKind {
 
 struct Stage {
     kind: StageKind,
-    /// Empty for the update (the optimizer holds those).
+    /// For the update: the gradient clipping, if any (the optimizer holds
+    /// its own dispatches, recorded after these).
     dispatches: Vec<Dispatch>,
+}
+
+/// A dropout dispatch whose uniforms follow the run: the stage holding it
+/// (its only dispatch), the layer and its element count.
+#[derive(Clone, Copy, Debug)]
+struct DropoutUse {
+    stage: usize,
+    dropout: Dropout,
+    n: usize,
 }
 
 enum OptimizerState {
@@ -179,10 +203,12 @@ pub struct ExecOptions {
 pub struct StepStats {
     pub forward_dispatches: usize,
     pub backward_dispatches: usize,
+    /// The optimizer's, plus the gradient clipping's when configured.
     pub update_dispatches: usize,
     /// `clear_buffer` commands (accumulated gradients, shared initial states).
     pub clears: usize,
-    /// `queue.write_buffer` calls for inputs (plus Adam's step uniforms).
+    /// `queue.write_buffer` calls for inputs (plus Adam's step uniforms and
+    /// the dropout dispatches' mode and step).
     pub writes: usize,
     pub submits: usize,
     /// Bytes read back to the host.
@@ -217,6 +243,9 @@ pub struct GpuExecutor<'a> {
     /// Per stage: (tensor, bytes from its start) to clear first.
     clears: Vec<Vec<(TensorId, u64)>>,
     optimizer: Option<OptimizerState>,
+    /// The global sum of squares of the gradients, when clipping.
+    clip_sumsq: Option<GpuTensor>,
+    dropouts: Vec<DropoutUse>,
     plan: MemoryPlan,
     /// Host-visible buffers the loss and predictions are copied into.
     loss_staging: wgpu::Buffer,
@@ -696,6 +725,11 @@ fn forward_dispatches(
             ]
         }
         Op::Activation(a) => vec![activation_forward(ctx, *a, &x(0)?, &out)?],
+        Op::Dropout { rate, seed } => {
+            // Mode and step are rewritten before every run.
+            let d = Dropout::new(*rate, *seed)?;
+            vec![dropout_forward(ctx, &d, &x(0)?, &out, Some(0))?]
+        }
         Op::Concat => {
             let xs = (0..node.inputs.len()).map(x).collect::<Result<Vec<_>>>()?;
             let refs: Vec<&GpuTensor> = xs.iter().collect();
@@ -911,6 +945,16 @@ fn backward_dispatches(
                 &saved,
             )?]
         }
+        Op::Dropout { rate, seed } => {
+            let d = Dropout::new(*rate, *seed)?;
+            vec![dropout_backward(
+                ctx,
+                &d,
+                &need(0, "the dropout input")?,
+                &dy()?,
+                0,
+            )?]
+        }
         Op::Concat => {
             let gy = dy()?;
             let mut d = Vec::new();
@@ -986,11 +1030,7 @@ impl<'a> GpuExecutor<'a> {
             });
         }
         if let Some(c) = config.clip_global_norm {
-            return Err(Error::Unsupported {
-                op: op.into(),
-                what: format!("gradient clipping by global norm ({c})"),
-                why: "the GPU backend has no global-norm kernel yet".into(),
-            });
+            check_clip("clip_global_norm", c)?;
         }
         for &i in &options.inspect {
             if i.0 >= graph.nodes().len() {
@@ -1116,6 +1156,8 @@ impl<'a> GpuExecutor<'a> {
 
         // Dispatches, prepared once.
         let mut stages = Vec::with_capacity(kinds.len());
+        let mut clip_sumsq = None;
+        let mut dropouts = Vec::new();
         for (s, &kind) in kinds.iter().enumerate() {
             let node_name = match kind {
                 StageKind::Forward(n) | StageKind::Backward(n) => graph.node(n).name.as_str(),
@@ -1131,8 +1173,35 @@ impl<'a> GpuExecutor<'a> {
             let dispatches = match kind {
                 StageKind::Forward(n) => forward_dispatches(ctx, graph, &l, n, &binder)?,
                 StageKind::Backward(n) => backward_dispatches(ctx, graph, &l, n, &binder)?,
-                StageKind::Update => Vec::new(),
+                StageKind::Update => match config.clip_global_norm {
+                    Some(clip) => {
+                        // Every parameter gradient, in Graph::params order
+                        // (the CPU executor's order).
+                        let grads = graph
+                            .params()
+                            .iter()
+                            .filter_map(|&p| l.gid(p))
+                            .map(|g| binder.id(g))
+                            .collect::<Result<Vec<_>>>()?;
+                        let refs: Vec<&GpuTensor> = grads.iter().collect();
+                        let sumsq = ctx.zeros(&[1], DType::F32)?;
+                        buffers_created += 1;
+                        let d = clip_norm(ctx, &sumsq, &refs, clip)?;
+                        clip_sumsq = Some(sumsq);
+                        d
+                    }
+                    None => Vec::new(),
+                },
             };
+            if let StageKind::Forward(n) | StageKind::Backward(n) = kind {
+                if let Op::Dropout { rate, seed } = graph.node(n).op {
+                    dropouts.push(DropoutUse {
+                        stage: s,
+                        dropout: Dropout::new(rate, seed)?,
+                        n: graph.node(n).value.numel(),
+                    });
+                }
+            }
             stages.push(Stage { kind, dispatches });
         }
         let optimizer = if trainable {
@@ -1175,6 +1244,8 @@ impl<'a> GpuExecutor<'a> {
             stages,
             clears,
             optimizer,
+            clip_sumsq,
+            dropouts,
             plan,
             loss_staging,
             staging: HashMap::new(),
@@ -1211,9 +1282,19 @@ impl<'a> GpuExecutor<'a> {
         self.last_stats
     }
 
-    /// Training steps applied so far.
+    /// Training steps applied so far (the next one's dropout masks).
     pub fn steps(&self) -> u32 {
         self.steps
+    }
+
+    /// The global L2 norm of the parameter gradients that the last training
+    /// step clipped (before clipping), read from the device; `None` without
+    /// [`TrainConfig::clip_global_norm`].
+    pub fn last_global_norm(&self) -> Result<Option<f32>> {
+        self.clip_sumsq
+            .as_ref()
+            .map(|t| Ok(self.ctx.read_f32(t)?[0].sqrt()))
+            .transpose()
     }
 
     /// The planned tensors sharing a buffer, by name, one line per buffer
@@ -1306,6 +1387,35 @@ impl<'a> GpuExecutor<'a> {
         self.value[n.0].as_ref().expect("every node has a value").id
     }
 
+    /// The dispatches of stage `s` in recording order (the update: the
+    /// clipping, then the optimizer).
+    fn stage_dispatches(&self, s: usize) -> Vec<&Dispatch> {
+        let stage = &self.stages[s];
+        let mut d: Vec<&Dispatch> = stage.dispatches.iter().collect();
+        if stage.kind == StageKind::Update {
+            if let Some(o) = &self.optimizer {
+                d.extend(o.dispatches());
+            }
+        }
+        d
+    }
+
+    /// Writes the mode and step of the dropout dispatches among `stages`
+    /// for `run`: training and gradient runs use the mask of the next
+    /// training step, forward-only runs copy. Returns the writes.
+    fn set_dropout_mode(&self, stages: &[usize], run: Run) -> usize {
+        let training = (!matches!(run, Run::Forward(_))).then_some(self.steps);
+        let mut writes = 0;
+        for u in &self.dropouts {
+            if stages.contains(&u.stage) {
+                let d = &self.stages[u.stage].dispatches[0];
+                d.set_params(self.ctx, &u.dropout.params(u.n, training));
+                writes += 1;
+            }
+        }
+        writes
+    }
+
     /// Records the stages: clears, then dispatches (timestamped when a
     /// query set is given).
     fn record(
@@ -1323,14 +1433,7 @@ impl<'a> GpuExecutor<'a> {
                 stats.clears += 1;
             }
             let stage = &self.stages[s];
-            let dispatches: Vec<&Dispatch> = match stage.kind {
-                StageKind::Update => self
-                    .optimizer
-                    .as_ref()
-                    .map(OptimizerState::dispatches)
-                    .unwrap_or_default(),
-                _ => stage.dispatches.iter().collect(),
-            };
+            let dispatches = self.stage_dispatches(s);
             let count = match stage.kind {
                 StageKind::Forward(_) => &mut stats.forward_dispatches,
                 StageKind::Backward(_) => &mut stats.backward_dispatches,
@@ -1368,6 +1471,7 @@ impl<'a> GpuExecutor<'a> {
                 stats.writes += a.slots().len();
             }
         }
+        stats.writes += self.set_dropout_mode(&stages, run);
         if let Some(t) = read {
             if t != self.vid(self.loss) && !self.staging.contains_key(&t) {
                 let buffer = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -1435,13 +1539,7 @@ impl<'a> GpuExecutor<'a> {
             });
         }
         let stages = self.stages_for(Run::Train);
-        let total: usize = stages
-            .iter()
-            .map(|&s| match self.stages[s].kind {
-                StageKind::Update => self.optimizer.as_ref().map_or(0, |o| o.dispatches().len()),
-                _ => self.stages[s].dispatches.len(),
-            })
-            .sum();
+        let total: usize = stages.iter().map(|&s| self.stage_dispatches(s).len()).sum();
         let count = 2 * total as u32;
         if count == 0 || count > wgpu::QUERY_SET_MAX_QUERIES {
             return Err(Error::Unsupported {
@@ -1460,6 +1558,7 @@ impl<'a> GpuExecutor<'a> {
         if let Some(OptimizerState::Adam(a)) = &mut self.optimizer {
             a.set_step(ctx, self.steps + 1)?;
         }
+        stats.writes += self.set_dropout_mode(&stages, Run::Train);
         let query_set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("step timestamps"),
             ty: wgpu::QueryType::Timestamp,

@@ -71,6 +71,14 @@ pub enum Op {
     /// inputs `[x [B,F], kernel [F,U], bias [U]]` → `[B,U]`.
     Dense,
     Activation(Activation),
+    /// Keras `Dropout(rate, seed)`: in training each element is dropped
+    /// with probability `rate` and the kept ones scaled by `1/(1-rate)`
+    /// (mask from `(seed, training step)`, see [`crate::ops::dropout`]);
+    /// the identity at inference. Output shape = input shape.
+    Dropout {
+        rate: f32,
+        seed: u64,
+    },
     /// Concatenation along the last axis of 2-D inputs.
     Concat,
     /// Row softmax of `[B,C]` (prediction only).
@@ -93,6 +101,7 @@ impl Op {
             Op::Flatten => "Flatten",
             Op::Dense => "Dense",
             Op::Activation(_) => "Activation",
+            Op::Dropout { .. } => "Dropout",
             Op::Concat => "Concat",
             Op::Softmax => "Softmax",
             Op::SoftmaxCrossEntropy => "SoftmaxCrossEntropy",
@@ -154,6 +163,7 @@ fn arity(op: &Op) -> Option<usize> {
         | Op::AvgPool2d { .. }
         | Op::Flatten
         | Op::Activation(_)
+        | Op::Dropout { .. }
         | Op::Softmax => 1,
         Op::Concat => return None,
     })
@@ -275,6 +285,12 @@ pub fn infer(op: &Op, inputs: &[&Value]) -> Result<Value, String> {
             Value::f32(&[x[0], w[1]])
         }
         Op::Activation(_) => Value::f32(&inputs[0].shape),
+        Op::Dropout { rate, .. } => {
+            if !(0.0..1.0).contains(rate) {
+                return Err(format!("the dropout rate {rate} must lie in [0, 1)"));
+            }
+            Value::f32(&inputs[0].shape)
+        }
         Op::Concat => {
             let first = rank(inputs, 0, 2, "input 0 of Concat")?;
             let mut width = 0;

@@ -1,6 +1,7 @@
 //! Layers that add nodes and named parameters (`lstm.kernel`,
 //! `conv.bias`, …) to a [`Graph`], with Keras' defaults so results compare
-//! with the seed's Keras model; and the seed model itself.
+//! with the seed's Keras model (Dropout: seeded mask, off at inference);
+//! and the seed model itself.
 
 use crate::error::Result;
 use crate::graph::{Graph, Init, NodeId, Op};
@@ -156,6 +157,13 @@ pub fn dense(
         Some(a) => g.add(name, Op::Activation(a), &[y]),
         None => Ok(y),
     }
+}
+
+/// Keras `Dropout(rate, seed=seed)`: drops with probability `rate` and
+/// scales the kept values by `1/(1-rate)` in training (a new mask every
+/// training step, reproducible from `seed`); the identity at inference.
+pub fn dropout(g: &mut Graph, name: &str, x: NodeId, rate: f32, seed: u64) -> Result<NodeId> {
+    g.add(name, Op::Dropout { rate, seed }, &[x])
 }
 
 /// Sizes of the seed model (DESIGN.md): tokens[100] → Embedding(10000, 32)

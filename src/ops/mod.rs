@@ -2,8 +2,10 @@
 
 pub mod activation;
 pub mod bias;
+pub mod clip_norm;
 pub mod concat;
 pub mod conv2d;
+pub mod dropout;
 pub mod embedding;
 pub mod lstm;
 pub mod matmul;
