@@ -7,6 +7,7 @@
 //!   forward and backward side by side.
 //! - [`optim`]: SGD and Adam update kernels.
 
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod graph;
