@@ -48,6 +48,14 @@ pub enum Error {
     #[error("graph node {node:?} names an unknown input {input:?}")]
     UnknownInput { node: String, input: String },
 
+    #[error("{file}:{line}:{column}: {message}")]
+    Experiment {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
     #[error("the graph has a cycle through {0}")]
     Cycle(String),
 

@@ -9,6 +9,7 @@
 
 pub mod data;
 pub mod error;
+pub mod experiment;
 pub mod gpu;
 pub mod graph;
 pub mod nn;

@@ -1,0 +1,21 @@
+//! Experiments: the RON schema ([`schema`]), parsing with line:column
+//! errors, and the model builder ([`model`]).
+
+pub mod model;
+pub mod schema;
+
+use crate::error::{Error, Result};
+
+/// Parses one RON value of type `T`, turning errors into
+/// [`Error::Experiment`] with `file:line:column`.
+pub fn parse_ron<T: serde::de::DeserializeOwned>(file: &str, source: &str) -> Result<T> {
+    ron::Options::default()
+        .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+        .from_str(source)
+        .map_err(|e| Error::Experiment {
+            file: file.to_string(),
+            line: e.span.start.line,
+            column: e.span.start.col,
+            message: e.code.to_string(),
+        })
+}
