@@ -1,7 +1,12 @@
 //! Experiments: the RON schema ([`schema`]), parsing with line:column
-//! errors, and the model builder ([`model`]).
+//! errors, the model builder ([`model`]), classification metrics
+//! ([`metrics`]), a run's output files ([`report`]) and atomic writes
+//! ([`atomic`]).
 
+pub mod atomic;
+pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod schema;
 
 use crate::error::{Error, Result};
