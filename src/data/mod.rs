@@ -7,6 +7,8 @@
 //! other), integer labels and the class names. Tokenisation happens later,
 //! with a vocabulary built from the training split only.
 
+pub mod synthetic;
+
 /// Decoded samples of one set.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Dataset {
