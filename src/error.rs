@@ -61,6 +61,11 @@ pub enum Error {
 
     #[error("reading a buffer back from the GPU failed: {0}")]
     Readback(String),
+
+    /// A file that could not be read, written or understood (a checkpoint,
+    /// a report); the message says what is wrong with it.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
 }
 
 impl Error {
@@ -68,6 +73,14 @@ impl Error {
     pub fn graph(node: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Graph {
             node: node.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for a file error naming the path.
+    pub fn file(path: impl AsRef<std::path::Path>, message: impl Into<String>) -> Self {
+        Error::File {
+            path: path.as_ref().display().to_string(),
             message: message.into(),
         }
     }

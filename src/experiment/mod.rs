@@ -1,6 +1,7 @@
 //! Experiments: the RON schema ([`schema`]), parsing with line:column
-//! errors, and the model builder ([`model`]).
+//! errors, the model builder ([`model`]) and checkpoints ([`checkpoint`]).
 
+pub mod checkpoint;
 pub mod model;
 pub mod schema;
 
