@@ -1,9 +1,10 @@
 //! Experiments: the RON schema ([`schema`]), parsing with line:column
-//! errors, the model builder ([`model`]), classification metrics
-//! ([`metrics`]), a run's output files ([`report`]) and atomic writes
-//! ([`atomic`]).
+//! errors, the model builder ([`model`]), checkpoints ([`checkpoint`]),
+//! classification metrics ([`metrics`]), a run's output files
+//! ([`report`]) and atomic writes ([`atomic`]).
 
 pub mod atomic;
+pub mod checkpoint;
 pub mod metrics;
 pub mod model;
 pub mod report;
