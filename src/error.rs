@@ -53,6 +53,12 @@ pub enum Error {
 
     #[error("reading a buffer back from the GPU failed: {0}")]
     Readback(String),
+
+    /// A data file (manifest, text, image, vocabulary) that is missing,
+    /// undecodable or inconsistent; `path` names the file (with `:line`
+    /// where one row is at fault).
+    #[error("{path}: {message}")]
+    Data { path: String, message: String },
 }
 
 impl Error {
@@ -60,6 +66,14 @@ impl Error {
     pub fn graph(node: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Graph {
             node: node.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for a data error naming the file.
+    pub fn data(path: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.to_string(),
             message: message.into(),
         }
     }

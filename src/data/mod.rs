@@ -7,6 +7,12 @@
 //! other), integer labels and the class names. Tokenisation happens later,
 //! with a vocabulary built from the training split only.
 
+pub mod manifest;
+pub mod tokenizer;
+
+pub use manifest::{load_manifest, Manifest, ManifestConfig};
+pub use tokenizer::{Padding, TokenIds, Tokenizer, TokenizerConfig, Truncation};
+
 /// Decoded samples of one set.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Dataset {
