@@ -66,6 +66,12 @@ pub enum Error {
     /// a report); the message says what is wrong with it.
     #[error("{path}: {message}")]
     File { path: String, message: String },
+
+    /// A data file (manifest, text, image, vocabulary) that is missing,
+    /// undecodable or inconsistent; `path` names the file (with `:line`
+    /// where one row is at fault).
+    #[error("{path}: {message}")]
+    Data { path: String, message: String },
 }
 
 impl Error {
@@ -81,6 +87,14 @@ impl Error {
     pub fn file(path: impl AsRef<std::path::Path>, message: impl Into<String>) -> Self {
         Error::File {
             path: path.as_ref().display().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for a data error naming the file.
+    pub fn data(path: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.to_string(),
             message: message.into(),
         }
     }

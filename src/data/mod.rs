@@ -8,6 +8,11 @@
 //! with a vocabulary built from the training split only.
 
 pub mod synthetic;
+pub mod manifest;
+pub mod tokenizer;
+
+pub use manifest::{load_manifest, Manifest, ManifestConfig};
+pub use tokenizer::{Padding, TokenIds, Tokenizer, TokenizerConfig, Truncation};
 
 /// Decoded samples of one set.
 #[derive(Clone, Debug, Default, PartialEq)]
