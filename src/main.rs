@@ -2,6 +2,10 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use crossmodal::experiment::run::{run_experiment, Experiment};
+use crossmodal::experiment::schema::Backend;
 use crossmodal::gpu::{BackendChoice, GpuContext, GpuOptions};
 
 #[derive(Parser)]
@@ -23,6 +27,20 @@ struct Cli {
 enum Command {
     /// List the adapters wgpu can see and the one crossmodal would use.
     Devices,
+    /// Train and evaluate an experiment; writes runs/<name>/<timestamp>/.
+    Run {
+        /// The experiment file (RON), e.g. experiments/seed_fusion.ron.
+        experiment: PathBuf,
+        /// Override the experiment's backend: auto, gpu or cpu.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Override the number of epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Where run folders are written.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+    },
 }
 
 fn options(cli: &Cli) -> Result<GpuOptions> {
@@ -35,7 +53,36 @@ fn options(cli: &Cli) -> Result<GpuOptions> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Run {
+            experiment,
+            backend,
+            epochs,
+            runs,
+        } => {
+            let mut exp = Experiment::load(experiment)?;
+            if let Some(e) = epochs {
+                exp.training.epochs = *e;
+            }
+            let backend = backend.as_deref().map(parse_backend).transpose()?;
+            let out = run_experiment(&exp, runs, backend)?;
+            println!(
+                "{}: test accuracy {:.4}, macro-F1 {:.4} in {:.1} s; outputs in {}",
+                exp.name,
+                out.test.accuracy,
+                out.test.macro_f1,
+                out.seconds,
+                out.dir.display()
+            );
+            if let Some(why) = out.stopped {
+                anyhow::bail!("the run stopped early: {why}");
+            }
+            return Ok(());
+        }
+        Command::Devices => {}
+    }
     match cli.command {
+        Command::Run { .. } => unreachable!("handled above"),
         Command::Devices => {
             for info in GpuContext::list_adapters() {
                 println!(
@@ -54,4 +101,13 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_backend(s: &str) -> Result<Backend> {
+    match s.to_ascii_lowercase().as_str() {
+        "auto" => Ok(Backend::Auto),
+        "gpu" => Ok(Backend::Gpu),
+        "cpu" => Ok(Backend::Cpu),
+        other => anyhow::bail!("unknown backend {other:?}: expected auto, gpu or cpu"),
+    }
 }

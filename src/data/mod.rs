@@ -7,8 +7,8 @@
 //! other), integer labels and the class names. Tokenisation happens later,
 //! with a vocabulary built from the training split only.
 
-pub mod synthetic;
 pub mod manifest;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use manifest::{load_manifest, Manifest, ManifestConfig};

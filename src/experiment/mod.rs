@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod metrics;
 pub mod model;
 pub mod report;
+pub mod run;
 pub mod schema;
 
 use crate::error::{Error, Result};
