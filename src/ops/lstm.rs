@@ -197,9 +197,8 @@ pub const CPU_SPLIT_MIN_BATCH: usize = 16;
 /// Runs `run` on the two halves of a batch of `batch` samples at once (the
 /// second half on a scoped thread), or on the whole batch when it is
 /// smaller than [`CPU_SPLIT_MIN_BATCH`]. `split(part, at)` cuts `part` at
-/// sample `at`. The split depends only on `batch`, and every sample's
-/// arithmetic is the same in either half, so results do not vary from run
-/// to run.
+/// sample `at`. Samples are independent and the split depends only on
+/// `batch`, so results are bit-identical from run to run.
 pub(crate) fn on_batch_halves<P: Send>(
     batch: usize,
     part: P,
@@ -448,7 +447,8 @@ impl<A: NdFloat> RecurrentCpuGrads<A> {
     /// Accumulates the gradients that follow from dz of every step at once
     /// (`T·B` rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
     /// `dx += dZ·Wᵀ`; `h_prev` `[T,B,H]` holds h_{t-1} of every step. dU
-    /// (the largest product) runs on a second thread.
+    /// (the largest product) runs on a second thread; each product is
+    /// computed whole by one thread, so the split changes no bits.
     pub(crate) fn add_from_dz(
         &mut self,
         dz: &ArrayView3<A>,
