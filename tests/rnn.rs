@@ -1029,3 +1029,39 @@ fn rnn_cpu_deterministic() {
         assert_eq!(again.4, first.4, "db");
     }
 }
+
+/// Splitting the batch across threads changes no bits: each half of a
+/// B=17 batch (split at 8) gives, run alone (below `CPU_SPLIT_MIN_BATCH`,
+/// one thread), exactly the h_all and dx of its samples in the whole run
+/// (f32, masked).
+#[test]
+fn rnn_cpu_split_changes_no_bits() {
+    let dims = TWO_GROUPS;
+    let case = Case::new(dims, 130);
+    let mask = case.mask_cpu(Mask::U32).unwrap();
+    let dh = arr3([dims.steps, dims.batch, dims.hidden], 131, 1.0);
+    let (w, u, b) = (case.w.view(), case.u.view(), case.b.view());
+    let run = |x: ndarray::ArrayView3<f32>,
+               dh: ndarray::ArrayView3<f32>,
+               mask: ndarray::ArrayView2<bool>| {
+        let (steps, batch, input) = x.dim();
+        let h_all = rnn_forward_cpu(&x, &w, &u, &b, Some(&mask));
+        let dims = RecurrentDims::new(steps, batch, input, dims.hidden);
+        let mut g = RecurrentCpuGrads::zeros(dims, dims.hidden);
+        rnn_backward_cpu(&mut g, &dh, &h_all.view(), &x, &w, &u, Some(&mask));
+        (h_all, g.dx)
+    };
+    let (whole, whole_dx) = run(case.x.view(), dh.view(), mask.view());
+    let half = dims.batch / 2;
+    for samples in [0..half, half..dims.batch] {
+        let (lo, hi) = (samples.start, samples.end);
+        assert!(hi - lo < CPU_SPLIT_MIN_BATCH);
+        let (part, part_dx) = run(
+            case.x.slice(s![.., lo..hi, ..]),
+            dh.slice(s![.., lo..hi, ..]),
+            mask.slice(s![.., lo..hi]),
+        );
+        assert_eq!(part, whole.slice(s![.., lo..hi, ..]));
+        assert_eq!(part_dx, whole_dx.slice(s![.., lo..hi, ..]));
+    }
+}

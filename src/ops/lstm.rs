@@ -197,8 +197,10 @@ pub const CPU_SPLIT_MIN_BATCH: usize = 16;
 /// Runs `run` on the two halves of a batch of `batch` samples at once (the
 /// second half on a scoped thread), or on the whole batch when it is
 /// smaller than [`CPU_SPLIT_MIN_BATCH`]. `split(part, at)` cuts `part` at
-/// sample `at`. Samples are independent and the split depends only on
-/// `batch`, so results are bit-identical from run to run.
+/// sample `at`. Samples are independent (each one's arithmetic is the same
+/// in a half as in the whole batch; the tests check it bit for bit) and
+/// the split depends only on `batch`, so results are bit-identical from run
+/// to run.
 pub(crate) fn on_batch_halves<P: Send>(
     batch: usize,
     part: P,
