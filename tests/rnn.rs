@@ -8,13 +8,13 @@
 mod common;
 
 use common::*;
-use crossmodal::ops::lstm::PERSISTENT_MAX_HIDDEN;
 use crossmodal::ops::lstm::{
     HiddenGrad, RecurrentCpuGrads, RecurrentDims, RecurrentGrads, RecurrentWeights,
 };
+use crossmodal::ops::lstm::{CPU_SPLIT_MIN_BATCH, PERSISTENT_MAX_HIDDEN};
 use crossmodal::ops::rnn::{self as op, *};
 use crossmodal::{GpuContext, GpuTensor};
-use ndarray::{s, Array1, Array2, Array3, Axis, Ix1, Ix2, Ix3};
+use ndarray::{s, Array1, Array2, Array3, Axis, Ix1, Ix2, Ix3, ShapeBuilder};
 
 // ---------------------------------------------------------------- helpers
 
@@ -878,4 +878,190 @@ fn rnn_fully_masked_sample_is_inert() {
     );
     assert!(grads.dx.slice(s![.., 4, ..]).iter().all(|&v| v == 0.0));
     assert!(grads.dx.slice(s![.., 2, ..]).iter().any(|&v| v != 0.0));
+}
+
+// ---------------------------------------------------------------- fast CPU reference
+
+/// Nonzero gradients for the references to accumulate onto (they add, `+=`).
+fn start_grads(dims: RecurrentDims, seed: u64) -> RecurrentCpuGrads<f64> {
+    let RecurrentDims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = dims;
+    RecurrentCpuGrads {
+        dx: f64v(&arr3([steps, batch, input], seed, 1.0)),
+        dw: f64v(&arr2([input, hidden], seed + 1, 1.0)),
+        du: f64v(&arr2([hidden, hidden], seed + 2, 1.0)),
+        db: f64v(&arr1(hidden, seed + 3, 1.0)),
+    }
+}
+
+/// `rnn_forward_cpu` / `rnn_backward_cpu` (one batched input projection,
+/// steps in place, the halves of a batch of at least `CPU_SPLIT_MIN_BATCH`
+/// on two threads, weight gradients as single products over all steps)
+/// against the step-by-step `*_naive_cpu` spelling, in f64, with an
+/// incoming gradient on every h_t and gradients accumulated onto non-zero
+/// values. The forward does the same arithmetic; the gradients sum over
+/// steps in another order: rtol and atol 1e-12 cover both.
+fn check_fast_matches_naive(dims: RecurrentDims, kind: Mask, seed: u64) {
+    let RecurrentDims {
+        steps,
+        batch,
+        hidden,
+        ..
+    } = dims;
+    let case = Case::new(dims, seed);
+    let mask = case.mask_cpu(kind);
+    let mask = mask.as_ref().map(|m| m.view());
+    let mask = mask.as_ref();
+    let (x, w, u, b) = (f64v(&case.x), f64v(&case.w), f64v(&case.u), f64v(&case.b));
+    let tol = 1e-12;
+    let close = |what: &str, got: ndarray::ArrayD<f64>, want: ndarray::ArrayD<f64>| {
+        let what = format!("rnn {what}, fast vs naive, {dims:?} mask {kind:?}");
+        assert_close_f64(&what, &got, &want, tol, tol);
+    };
+
+    let fast = rnn_forward_cpu(&x.view(), &w.view(), &u.view(), &b.view(), mask);
+    let naive = rnn_forward_naive_cpu(&x.view(), &w.view(), &u.view(), &b.view(), mask);
+    close("h_all", fast.clone().into_dyn(), naive.clone().into_dyn());
+
+    let dh = f64v(&arr3([steps, batch, hidden], seed + 4, 1.0));
+    let mut got = start_grads(dims, seed + 5);
+    let mut want = got.clone();
+    let (xv, wv, uv) = (x.view(), w.view(), u.view());
+    rnn_backward_cpu(&mut got, &dh.view(), &fast.view(), &xv, &wv, &uv, mask);
+    rnn_backward_naive_cpu(&mut want, &dh.view(), &naive.view(), &xv, &wv, &uv, mask);
+    close("dx", got.dx.into_dyn(), want.dx.into_dyn());
+    close("dW", got.dw.into_dyn(), want.dw.into_dyn());
+    close("dU", got.du.into_dyn(), want.du.into_dyn());
+    close("db", got.db.into_dyn(), want.db.into_dyn());
+}
+
+#[test]
+fn rnn_cpu_fast_matches_naive() {
+    check_fast_matches_naive(AWKWARD, Mask::None, 100);
+    check_fast_matches_naive(AWKWARD, Mask::U32, 101);
+    // B=17: halves of 8 and 9 samples on two threads.
+    const { assert!(TWO_GROUPS.batch >= CPU_SPLIT_MIN_BATCH) };
+    check_fast_matches_naive(TWO_GROUPS, Mask::None, 102);
+    check_fast_matches_naive(TWO_GROUPS, Mask::U32, 103);
+    check_fast_matches_naive(SEED, Mask::U32, 104);
+}
+
+/// Inputs and gradients in another layout than standard give the same
+/// values, bit for bit (they are copied to standard layout where a product
+/// needs rows).
+#[test]
+fn rnn_cpu_any_layout() {
+    let dims = TWO_GROUPS;
+    let case = Case::new(dims, 110);
+    let mask = case.mask_cpu(Mask::U32).unwrap();
+    let mask = Some(&mask.view());
+    let (x, w, u, b) = (f64v(&case.x), f64v(&case.w), f64v(&case.u), f64v(&case.b));
+    let (wv, uv) = (w.view(), u.view());
+    // x, dh and h_all stored batch-major, viewed time-major.
+    let batch_major = |a: &Array3<f64>| {
+        a.view()
+            .permuted_axes([1, 0, 2])
+            .as_standard_layout()
+            .into_owned()
+    };
+    let x_bt = batch_major(&x);
+    let x_odd = x_bt.view().permuted_axes([1, 0, 2]);
+    assert!(!x_odd.is_standard_layout());
+    let want = rnn_forward_cpu(&x.view(), &wv, &uv, &b.view(), mask);
+    let got = rnn_forward_cpu(&x_odd, &wv, &uv, &b.view(), mask);
+    assert_eq!(got, want);
+
+    let dh = f64v(&arr3([dims.steps, dims.batch, dims.hidden], 111, 1.0));
+    let (dh_bt, h_bt) = (batch_major(&dh), batch_major(&got));
+    let mut want_g = start_grads(dims, 112);
+    let mut got_g = want_g.clone();
+    // dx in column-major order.
+    let mut dx_f = Array3::zeros(got_g.dx.raw_dim().f());
+    dx_f.assign(&got_g.dx);
+    got_g.dx = dx_f;
+    let (dh_odd, h_odd) = (
+        dh_bt.view().permuted_axes([1, 0, 2]),
+        h_bt.view().permuted_axes([1, 0, 2]),
+    );
+    rnn_backward_cpu(&mut got_g, &dh_odd, &h_odd, &x_odd, &wv, &uv, mask);
+    rnn_backward_cpu(
+        &mut want_g,
+        &dh.view(),
+        &want.view(),
+        &x.view(),
+        &wv,
+        &uv,
+        mask,
+    );
+    assert_eq!(got_g.dx, want_g.dx);
+    assert_eq!(got_g.dw, want_g.dw);
+    assert_eq!(got_g.du, want_g.du);
+    assert_eq!(got_g.db, want_g.db);
+}
+
+/// The fast CPU reference is bit-identical run to run (the two halves of
+/// the batch on two threads included), in f32 on the seed shape.
+#[test]
+fn rnn_cpu_deterministic() {
+    let dims = SEED;
+    let case = Case::new(dims, 120);
+    let mask = case.mask_cpu(Mask::U32).unwrap();
+    let mask = Some(&mask.view());
+    let (x, w, u, b) = (case.x.view(), case.w.view(), case.u.view(), case.b.view());
+    let dh = arr3([dims.steps, dims.batch, dims.hidden], 121, 1.0);
+    let run = || {
+        let h_all = rnn_forward_cpu(&x, &w, &u, &b, mask);
+        let mut g = RecurrentCpuGrads::zeros(dims, dims.hidden);
+        rnn_backward_cpu(&mut g, &dh.view(), &h_all.view(), &x, &w, &u, mask);
+        (h_all, g.dx, g.dw, g.du, g.db)
+    };
+    let first = run();
+    for _ in 0..3 {
+        let again = run();
+        assert_eq!(again.0, first.0, "h_all");
+        assert_eq!(again.1, first.1, "dx");
+        assert_eq!(again.2, first.2, "dW");
+        assert_eq!(again.3, first.3, "dU");
+        assert_eq!(again.4, first.4, "db");
+    }
+}
+
+/// Splitting the batch across threads changes no bits: each half of a
+/// B=17 batch (split at 8) gives, run alone (below `CPU_SPLIT_MIN_BATCH`,
+/// one thread), exactly the h_all and dx of its samples in the whole run
+/// (f32, masked).
+#[test]
+fn rnn_cpu_split_changes_no_bits() {
+    let dims = TWO_GROUPS;
+    let case = Case::new(dims, 130);
+    let mask = case.mask_cpu(Mask::U32).unwrap();
+    let dh = arr3([dims.steps, dims.batch, dims.hidden], 131, 1.0);
+    let (w, u, b) = (case.w.view(), case.u.view(), case.b.view());
+    let run = |x: ndarray::ArrayView3<f32>,
+               dh: ndarray::ArrayView3<f32>,
+               mask: ndarray::ArrayView2<bool>| {
+        let (steps, batch, input) = x.dim();
+        let h_all = rnn_forward_cpu(&x, &w, &u, &b, Some(&mask));
+        let dims = RecurrentDims::new(steps, batch, input, dims.hidden);
+        let mut g = RecurrentCpuGrads::zeros(dims, dims.hidden);
+        rnn_backward_cpu(&mut g, &dh, &h_all.view(), &x, &w, &u, Some(&mask));
+        (h_all, g.dx)
+    };
+    let (whole, whole_dx) = run(case.x.view(), dh.view(), mask.view());
+    let half = dims.batch / 2;
+    for samples in [0..half, half..dims.batch] {
+        let (lo, hi) = (samples.start, samples.end);
+        assert!(hi - lo < CPU_SPLIT_MIN_BATCH);
+        let (part, part_dx) = run(
+            case.x.slice(s![.., lo..hi, ..]),
+            dh.slice(s![.., lo..hi, ..]),
+            mask.slice(s![.., lo..hi]),
+        );
+        assert_eq!(part, whole.slice(s![.., lo..hi, ..]));
+        assert_eq!(part_dx, whole_dx.slice(s![.., lo..hi, ..]));
+    }
 }

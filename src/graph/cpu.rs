@@ -570,9 +570,13 @@ impl<A: NdFloat> CpuExecutor<A> {
                 (y.into_dyn(), Saved::None)
             }
             Op::Flatten => {
-                // A reshape; the copy keeps every node's value its own.
-                let x = self.val(ins[0]);
-                let y = ArrayD::from_shape_vec(out_shape, x.iter().copied().collect())
+                // A reshape; the copy (one contiguous copy, values are kept
+                // in standard layout) keeps every node's value its own.
+                let y = self
+                    .val(ins[0])
+                    .as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order(out_shape)
                     .expect("same element count");
                 (y, Saved::None)
             }

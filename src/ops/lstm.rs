@@ -34,10 +34,23 @@
 //! [`lstm_backward_sequence`] take the persistent path wherever
 //! [`lstm_persistent_support`] allows it.
 //!
-//! The sizes, weight and gradient bundles and the weight-gradient plumbing
-//! are shared with `ops::rnn`.
+//! CPU reference: [`lstm_forward_cpu`] and [`lstm_backward_cpu`] follow
+//! the same plan (one input projection over all `T*B` rows; per step only
+//! `h_{t-1}·U` or `dz_t·Uᵀ` and the gates, in place on contiguous rows;
+//! the weight gradients as single products after the reverse loop), with
+//! the two halves of a batch of at least [`CPU_SPLIT_MIN_BATCH`] samples
+//! on two threads. [`lstm_forward_naive_cpu`] and
+//! [`lstm_backward_naive_cpu`] spell the same computation step by step with
+//! the cell functions; tests/lstm.rs holds the fast ones to them.
+//!
+//! The sizes, weight and gradient bundles, the weight-gradient plumbing and
+//! the CPU helpers are shared with `ops::rnn`.
 
-use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFloat};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{
+    s, Array, Array1, Array2, Array3, ArrayRef2, ArrayRef3, ArrayView1, ArrayView2, ArrayView3,
+    ArrayViewMut2, ArrayViewMut3, Axis, CowArray, Dimension, Ix2, NdFloat,
+};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
@@ -177,8 +190,203 @@ pub struct LstmStates<A> {
     pub h_all: Array3<A>,
 }
 
+/// Batches at least this large run their recurrence as two halves on two
+/// threads (samples are independent); smaller ones are not worth a thread.
+pub const CPU_SPLIT_MIN_BATCH: usize = 16;
+
+/// Runs `run` on the two halves of a batch of `batch` samples at once (the
+/// second half on a scoped thread), or on the whole batch when it is
+/// smaller than [`CPU_SPLIT_MIN_BATCH`]. `split(part, at)` cuts `part` at
+/// sample `at`. Samples are independent (each one's arithmetic is the same
+/// in a half as in the whole batch; the tests check it bit for bit) and
+/// the split depends only on `batch`, so results are bit-identical from run
+/// to run.
+pub(crate) fn on_batch_halves<P: Send>(
+    batch: usize,
+    part: P,
+    split: impl FnOnce(P, usize) -> (P, P),
+    run: impl Fn(P) + Sync,
+) {
+    if batch < CPU_SPLIT_MIN_BATCH {
+        return run(part);
+    }
+    let (first, second) = split(part, batch / 2);
+    std::thread::scope(|s| {
+        s.spawn(|| run(second));
+        run(first);
+    });
+}
+
+/// `[T,B,K]` as its `T·B` rows `[T·B,K]` (copied only when not in
+/// standard layout).
+pub(crate) fn step_rows<A: NdFloat>(a: &ArrayRef3<A>) -> CowArray<'_, A, Ix2> {
+    let (steps, batch, k) = a.dim();
+    a.as_standard_layout()
+        .into_shape_with_order((steps * batch, k))
+        .expect("standard layout")
+}
+
+/// `[T,B,K]` in standard layout as its `T·B` rows, writable.
+pub(crate) fn step_rows_mut<A: NdFloat>(a: ArrayViewMut3<'_, A>) -> ArrayViewMut2<'_, A> {
+    let (steps, batch, k) = a.dim();
+    a.into_shape_with_order((steps * batch, k))
+        .expect("standard layout")
+}
+
+/// `a` itself, or a copy in standard layout when it is not.
+pub(crate) fn standard<A: NdFloat, D: Dimension>(a: &mut Array<A, D>) {
+    if !a.is_standard_layout() {
+        *a = a.as_standard_layout().into_owned();
+    }
+}
+
+/// A contiguous row of a standard-layout array.
+pub(crate) fn row<A>(a: &ArrayRef2<A>, n: usize) -> &[A] {
+    a.row(n)
+        .to_slice()
+        .expect("rows of standard-layout arrays are contiguous")
+}
+
+/// A contiguous row of a standard-layout array, writable.
+pub(crate) fn row_mut<A>(a: &mut ArrayRef2<A>, n: usize) -> &mut [A] {
+    a.row_mut(n)
+        .into_slice()
+        .expect("rows of standard-layout arrays are contiguous")
+}
+
+/// A `[T,B]` mask cut at sample `at`.
+pub(crate) fn split_mask(
+    mask: Option<ArrayView2<'_, bool>>,
+    at: usize,
+) -> (Option<ArrayView2<'_, bool>>, Option<ArrayView2<'_, bool>>) {
+    match mask {
+        Some(m) => {
+            let (m0, m1) = m.split_at(Axis(1), at);
+            (Some(m0), Some(m1))
+        }
+        None => (None, None),
+    }
+}
+
+/// What the forward recurrence of a group of samples (`b` of the batch's
+/// `B`) reads and writes: gates `[T,b,4H]` (X·W on entry), c_all and
+/// h_all `[T+1,b,H]`, mask `[T,b]`.
+struct LstmForwardGroup<'a, A> {
+    gates: ArrayViewMut3<'a, A>,
+    c_all: ArrayViewMut3<'a, A>,
+    h_all: ArrayViewMut3<'a, A>,
+    mask: Option<ArrayView2<'a, bool>>,
+}
+
+impl<A> LstmForwardGroup<'_, A> {
+    fn split(self, at: usize) -> (Self, Self) {
+        let (g0, g1) = self.gates.split_at(Axis(1), at);
+        let (c0, c1) = self.c_all.split_at(Axis(1), at);
+        let (h0, h1) = self.h_all.split_at(Axis(1), at);
+        let (m0, m1) = split_mask(self.mask, at);
+        (
+            Self {
+                gates: g0,
+                c_all: c0,
+                h_all: h0,
+                mask: m0,
+            },
+            Self {
+                gates: g1,
+                c_all: c1,
+                h_all: h1,
+                mask: m1,
+            },
+        )
+    }
+}
+
 /// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step).
+///
+/// The input projection `X·W` of all `T·B` rows is one product, written
+/// straight into the gates array; each step then adds `h_{t-1}·U` into its
+/// slice in place and runs the gate kernel of [`lstm_cell_forward_cpu`] on
+/// contiguous rows, allocating nothing. The two halves of a large batch run
+/// at once ([`on_batch_halves`]). [`lstm_forward_naive_cpu`] is the same
+/// computation step by step, with the same arithmetic.
 pub fn lstm_forward_cpu<A: NdFloat>(
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    mask: Option<&ArrayView2<bool>>,
+) -> LstmStates<A> {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut states = LstmStates {
+        gates: step_rows(x)
+            .dot(w)
+            .into_shape_with_order((steps, batch, 4 * hidden))
+            .expect("T·B rows"),
+        c_all: Array3::zeros((steps + 1, batch, hidden)),
+        h_all: Array3::zeros((steps + 1, batch, hidden)),
+    };
+    let b = b.as_standard_layout();
+    let b = b.as_slice().expect("standard layout");
+    let group = LstmForwardGroup {
+        gates: states.gates.view_mut(),
+        c_all: states.c_all.view_mut(),
+        h_all: states.h_all.view_mut(),
+        mask: mask.map(|m| m.view()),
+    };
+    on_batch_halves(batch, group, LstmForwardGroup::split, |g| {
+        lstm_forward_group(g, u, b)
+    });
+    states
+}
+
+/// The recurrence of [`lstm_forward_cpu`] over one group of samples.
+fn lstm_forward_group<A: NdFloat>(group: LstmForwardGroup<A>, u: &ArrayView2<A>, b: &[A]) {
+    let LstmForwardGroup {
+        mut gates,
+        mut c_all,
+        mut h_all,
+        mask,
+    } = group;
+    let (steps, batch, _) = gates.dim();
+    let hidden = u.nrows();
+    for t in 0..steps {
+        let mut gates_t = gates.index_axis_mut(Axis(0), t);
+        let (h_prev, mut h) = h_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
+        let (c_prev, mut c) = c_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
+        // z_t = x_t·W + h_{t-1}·U, in place.
+        general_mat_mul(A::one(), &h_prev, u, A::one(), &mut gates_t);
+        for n in 0..batch {
+            let z = row_mut(&mut gates_t, n);
+            // Gate order i, f, g, o: g (the third quarter) is tanh.
+            for (k, (z, b)) in z.chunks_mut(hidden).zip(b.chunks(hidden)).enumerate() {
+                for (v, &b) in z.iter_mut().zip(b) {
+                    *v = if k == 2 {
+                        (*v + b).tanh()
+                    } else {
+                        sigmoid(*v + b)
+                    };
+                }
+            }
+            let (c_prev, h_prev) = (row(&c_prev, n), row(&h_prev, n));
+            let (c, h) = (row_mut(&mut c, n), row_mut(&mut h, n));
+            if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
+                c.copy_from_slice(c_prev);
+                h.copy_from_slice(h_prev);
+                continue;
+            }
+            for j in 0..hidden {
+                let (i, f, g, o) = (z[j], z[hidden + j], z[2 * hidden + j], z[3 * hidden + j]);
+                c[j] = f * c_prev[j] + i * g;
+                h[j] = o * c[j].tanh();
+            }
+        }
+    }
+}
+
+/// [`lstm_forward_cpu`] spelled step by step with the cell function: the
+/// plain reference the fast version is tested against.
+pub fn lstm_forward_naive_cpu<A: NdFloat>(
     x: &ArrayView3<A>,
     w: &ArrayView2<A>,
     u: &ArrayView2<A>,
@@ -237,12 +445,170 @@ impl<A: NdFloat> RecurrentCpuGrads<A> {
             db: Array1::zeros(gates),
         }
     }
+
+    /// Accumulates the gradients that follow from dz of every step at once
+    /// (`T·B` rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
+    /// `dx += dZ·Wᵀ`; `h_prev` `[T,B,H]` holds h_{t-1} of every step. dU
+    /// (the largest product) runs on a second thread; each product is
+    /// computed whole by one thread, so the split changes no bits.
+    pub(crate) fn add_from_dz(
+        &mut self,
+        dz: &ArrayView3<A>,
+        x: &ArrayView3<A>,
+        h_prev: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+    ) {
+        let one = A::one();
+        let dz = step_rows(dz);
+        standard(&mut self.dx);
+        let Self { dx, dw, du, db } = self;
+        std::thread::scope(|s| {
+            s.spawn(|| general_mat_mul(one, &step_rows(h_prev).t(), &dz, one, du));
+            general_mat_mul(one, &step_rows(x).t(), &dz, one, dw);
+            *db += &dz.sum_axis(Axis(0));
+            general_mat_mul(one, &dz, &w.t(), one, &mut step_rows_mut(dx.view_mut()));
+        });
+    }
+}
+
+/// What the backward recurrence of a group of samples reads and writes:
+/// dz `[T,b,4H]` (written), dh_seq `[T,b,H]`, gates `[T,b,4H]`, c_all
+/// `[T+1,b,H]`, mask `[T,b]`.
+struct LstmBackwardGroup<'a, A> {
+    dz: ArrayViewMut3<'a, A>,
+    dh_seq: ArrayView3<'a, A>,
+    gates: ArrayView3<'a, A>,
+    c_all: ArrayView3<'a, A>,
+    mask: Option<ArrayView2<'a, bool>>,
+}
+
+impl<A> LstmBackwardGroup<'_, A> {
+    fn split(self, at: usize) -> (Self, Self) {
+        let (dz0, dz1) = self.dz.split_at(Axis(1), at);
+        let (s0, s1) = self.dh_seq.split_at(Axis(1), at);
+        let (g0, g1) = self.gates.split_at(Axis(1), at);
+        let (c0, c1) = self.c_all.split_at(Axis(1), at);
+        let (m0, m1) = split_mask(self.mask, at);
+        (
+            Self {
+                dz: dz0,
+                dh_seq: s0,
+                gates: g0,
+                c_all: c0,
+                mask: m0,
+            },
+            Self {
+                dz: dz1,
+                dh_seq: s1,
+                gates: g1,
+                c_all: c1,
+                mask: m1,
+            },
+        )
+    }
 }
 
 /// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
 /// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
 /// zero except its last slice).
+///
+/// The reverse recurrence (by halves of a large batch at once, as forward)
+/// writes dz of every step, running the gate backward of
+/// [`lstm_cell_backward_cpu`] on contiguous rows and `dh_{t-1} += dz_t·Uᵀ`
+/// in place; the weight and input gradients then follow from all `T·B`
+/// rows of dz in single products. [`lstm_backward_naive_cpu`] is the same
+/// computation step by step (its sums over steps run in another order).
 pub fn lstm_backward_cpu<A: NdFloat>(
+    grads: &mut RecurrentCpuGrads<A>,
+    dh_seq: &ArrayView3<A>,
+    states: &LstmStates<A>,
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    mask: Option<&ArrayView2<bool>>,
+) {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut dz = Array3::zeros((steps, batch, 4 * hidden));
+    let dh_seq = dh_seq.as_standard_layout();
+    let gates = states.gates.as_standard_layout();
+    let c_all = states.c_all.as_standard_layout();
+    let group = LstmBackwardGroup {
+        dz: dz.view_mut(),
+        dh_seq: dh_seq.view(),
+        gates: gates.view(),
+        c_all: c_all.view(),
+        mask: mask.map(|m| m.view()),
+    };
+    on_batch_halves(batch, group, LstmBackwardGroup::split, |g| {
+        lstm_backward_group(g, u)
+    });
+    let h_prev = states.h_all.slice(s![..steps, .., ..]);
+    grads.add_from_dz(&dz.view(), x, &h_prev, w);
+}
+
+/// The reverse recurrence of [`lstm_backward_cpu`] over one group of
+/// samples.
+fn lstm_backward_group<A: NdFloat>(group: LstmBackwardGroup<A>, u: &ArrayView2<A>) {
+    let LstmBackwardGroup {
+        mut dz,
+        dh_seq,
+        gates,
+        c_all,
+        mask,
+    } = group;
+    let (steps, batch, _) = dz.dim();
+    let hidden = u.nrows();
+    let (zero, one) = (A::zero(), A::one());
+    // The total gradient of h_t and c_t, carried from step t+1.
+    let mut dh = Array2::<A>::zeros((batch, hidden));
+    let mut dc = Array2::<A>::zeros((batch, hidden));
+    let (mut dh_v, mut dc_v) = (dh.view_mut(), dc.view_mut());
+    for t in (0..steps).rev() {
+        dh_v += &dh_seq.index_axis(Axis(0), t);
+        let mut dz_t = dz.index_axis_mut(Axis(0), t);
+        let (gates_t, c_prev, c_t) = (
+            gates.index_axis(Axis(0), t),
+            c_all.index_axis(Axis(0), t),
+            c_all.index_axis(Axis(0), t + 1),
+        );
+        for n in 0..batch {
+            // A masked step carries dh and dc through; its dz stays 0.
+            if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
+                continue;
+            }
+            let (gate, c_prev, c) = (row(&gates_t, n), row(&c_prev, n), row(&c_t, n));
+            let (dh, dc, dz) = (
+                row_mut(&mut dh_v, n),
+                row_mut(&mut dc_v, n),
+                row_mut(&mut dz_t, n),
+            );
+            for j in 0..hidden {
+                let (i, f, g, o) = (
+                    gate[j],
+                    gate[hidden + j],
+                    gate[2 * hidden + j],
+                    gate[3 * hidden + j],
+                );
+                let tc = c[j].tanh();
+                let dct = dc[j] + dh[j] * o * (one - tc * tc);
+                dz[j] = dct * g * i * (one - i);
+                dz[hidden + j] = dct * c_prev[j] * f * (one - f);
+                dz[2 * hidden + j] = dct * i * (one - g * g);
+                dz[3 * hidden + j] = dh[j] * tc * o * (one - o);
+                dc[j] = dct * f;
+                // A real step passes dh back only through dz·Uᵀ (added below).
+                dh[j] = zero;
+            }
+        }
+        // dh_{t-1} = (masked carry) + dz_t·Uᵀ, in place.
+        general_mat_mul(one, &dz_t, &u.t(), one, &mut dh_v);
+    }
+}
+
+/// [`lstm_backward_cpu`] spelled step by step with the cell function: the
+/// plain reference the fast version is tested against.
+pub fn lstm_backward_naive_cpu<A: NdFloat>(
     grads: &mut RecurrentCpuGrads<A>,
     dh_seq: &ArrayView3<A>,
     states: &LstmStates<A>,

@@ -18,16 +18,26 @@
 //! (`ops::bias::bias_backward`), `dx += dZ·Wᵀ` over all `T*B` rows.
 //! [`rnn_forward_sequence`] and [`rnn_backward_sequence`] take the
 //! persistent path wherever [`rnn_persistent_support`] allows it.
-//! The sizes, weight and gradient bundles come from `ops::lstm`.
+//! CPU reference: [`rnn_forward_cpu`] and [`rnn_backward_cpu`] follow the
+//! plan of `ops::lstm`'s (one input projection, per step only the
+//! recurrent product and the cell in place, batched weight gradients, the
+//! halves of a large batch on two threads); [`rnn_forward_naive_cpu`] and
+//! [`rnn_backward_naive_cpu`] spell the same computation step by step.
+//! The sizes, weight and gradient bundles and the CPU helpers come from
+//! `ops::lstm`.
 
-use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFloat};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{
+    s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut3, Axis, NdFloat,
+};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
 use crate::ops::lstm::{
-    check_step, check_weights, input_projection, mask_kind, persistent_groups, persistent_support,
-    recurrent_backward, recurrent_projection, weight_gradients, HiddenGrad, RecurrentCpuGrads,
-    RecurrentDims, RecurrentGrads, RecurrentWeights,
+    check_step, check_weights, input_projection, mask_kind, on_batch_halves, persistent_groups,
+    persistent_support, recurrent_backward, recurrent_projection, row, row_mut, split_mask,
+    step_rows, step_rows_mut, weight_gradients, HiddenGrad, RecurrentCpuGrads, RecurrentDims,
+    RecurrentGrads, RecurrentWeights,
 };
 use crate::tensor::{expect_numel, DType};
 
@@ -99,9 +109,87 @@ pub fn rnn_cell_backward_cpu<A: NdFloat>(
     RnnCellGrads { dz, dh_prev }
 }
 
+/// What the forward recurrence of a group of samples (`b` of the batch's
+/// `B`) reads and writes: h_all `[T+1,b,H]` (slot t+1 holding `x_t·W` on
+/// entry), mask `[T,b]`.
+struct RnnForwardGroup<'a, A> {
+    h_all: ArrayViewMut3<'a, A>,
+    mask: Option<ArrayView2<'a, bool>>,
+}
+
+impl<A> RnnForwardGroup<'_, A> {
+    fn split(self, at: usize) -> (Self, Self) {
+        let (h0, h1) = self.h_all.split_at(Axis(1), at);
+        let (m0, m1) = split_mask(self.mask, at);
+        (
+            Self {
+                h_all: h0,
+                mask: m0,
+            },
+            Self {
+                h_all: h1,
+                mask: m1,
+            },
+        )
+    }
+}
+
 /// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step).
 /// Returns h_all `[T+1,B,H]`, slot 0 the zero initial state.
+///
+/// As `ops::lstm::lstm_forward_cpu`: `X·W` of all `T·B` rows is one
+/// product, written into slots 1.. of h_all; each step adds `h_{t-1}·U`
+/// into its slot in place and applies the cell of [`rnn_cell_forward_cpu`]
+/// on contiguous rows; the halves of a large batch run at once.
+/// [`rnn_forward_naive_cpu`] is the same computation step by step.
 pub fn rnn_forward_cpu<A: NdFloat>(
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    mask: Option<&ArrayView2<bool>>,
+) -> Array3<A> {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut h_all = Array3::zeros((steps + 1, batch, hidden));
+    let mut z_rows = step_rows_mut(h_all.slice_mut(s![1.., .., ..]));
+    general_mat_mul(A::one(), &step_rows(x), w, A::zero(), &mut z_rows);
+    let b = b.as_standard_layout();
+    let b = b.as_slice().expect("standard layout");
+    let group = RnnForwardGroup {
+        h_all: h_all.view_mut(),
+        mask: mask.map(|m| m.view()),
+    };
+    on_batch_halves(batch, group, RnnForwardGroup::split, |g| {
+        rnn_forward_group(g, u, b)
+    });
+    h_all
+}
+
+/// The recurrence of [`rnn_forward_cpu`] over one group of samples.
+fn rnn_forward_group<A: NdFloat>(group: RnnForwardGroup<A>, u: &ArrayView2<A>, b: &[A]) {
+    let RnnForwardGroup { mut h_all, mask } = group;
+    let (steps, batch) = (h_all.len_of(Axis(0)) - 1, h_all.len_of(Axis(1)));
+    for t in 0..steps {
+        let (h_prev, mut h) = h_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
+        // z_t = x_t·W + h_{t-1}·U, in place in slot t+1.
+        general_mat_mul(A::one(), &h_prev, u, A::one(), &mut h);
+        for n in 0..batch {
+            let (h_prev, h) = (row(&h_prev, n), row_mut(&mut h, n));
+            if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
+                h.copy_from_slice(h_prev);
+                continue;
+            }
+            for (v, &b) in h.iter_mut().zip(b) {
+                *v = (*v + b).tanh();
+            }
+        }
+    }
+}
+
+/// [`rnn_forward_cpu`] spelled step by step with the cell function: the
+/// plain reference the fast version is tested against.
+pub fn rnn_forward_naive_cpu<A: NdFloat>(
     x: &ArrayView3<A>,
     w: &ArrayView2<A>,
     u: &ArrayView2<A>,
@@ -121,10 +209,110 @@ pub fn rnn_forward_cpu<A: NdFloat>(
     h_all
 }
 
+/// What the backward recurrence of a group of samples reads and writes:
+/// dz `[T,b,H]` (written), dh_seq `[T,b,H]`, h_all `[T+1,b,H]`, mask `[T,b]`.
+struct RnnBackwardGroup<'a, A> {
+    dz: ArrayViewMut3<'a, A>,
+    dh_seq: ArrayView3<'a, A>,
+    h_all: ArrayView3<'a, A>,
+    mask: Option<ArrayView2<'a, bool>>,
+}
+
+impl<A> RnnBackwardGroup<'_, A> {
+    fn split(self, at: usize) -> (Self, Self) {
+        let (dz0, dz1) = self.dz.split_at(Axis(1), at);
+        let (s0, s1) = self.dh_seq.split_at(Axis(1), at);
+        let (h0, h1) = self.h_all.split_at(Axis(1), at);
+        let (m0, m1) = split_mask(self.mask, at);
+        (
+            Self {
+                dz: dz0,
+                dh_seq: s0,
+                h_all: h0,
+                mask: m0,
+            },
+            Self {
+                dz: dz1,
+                dh_seq: s1,
+                h_all: h1,
+                mask: m1,
+            },
+        )
+    }
+}
+
 /// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
 /// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
 /// zero except its last slice).
+///
+/// As `ops::lstm::lstm_backward_cpu`: the reverse recurrence (by halves of
+/// a large batch at once) writes dz of every step with the cell backward
+/// of [`rnn_cell_backward_cpu`] on contiguous rows and `dh_{t-1} += dz_t·Uᵀ`
+/// in place; dW, dU, db and dx then follow from all `T·B` rows of dz in
+/// single products. [`rnn_backward_naive_cpu`] is the same computation
+/// step by step (its sums over steps run in another order).
 pub fn rnn_backward_cpu<A: NdFloat>(
+    grads: &mut RecurrentCpuGrads<A>,
+    dh_seq: &ArrayView3<A>,
+    h_all: &ArrayView3<A>,
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    mask: Option<&ArrayView2<bool>>,
+) {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut dz = Array3::zeros((steps, batch, hidden));
+    let dh_seq = dh_seq.as_standard_layout();
+    let h_all_std = h_all.as_standard_layout();
+    let group = RnnBackwardGroup {
+        dz: dz.view_mut(),
+        dh_seq: dh_seq.view(),
+        h_all: h_all_std.view(),
+        mask: mask.map(|m| m.view()),
+    };
+    on_batch_halves(batch, group, RnnBackwardGroup::split, |g| {
+        rnn_backward_group(g, u)
+    });
+    grads.add_from_dz(&dz.view(), x, &h_all.slice(s![..steps, .., ..]), w);
+}
+
+/// The reverse recurrence of [`rnn_backward_cpu`] over one group of samples.
+fn rnn_backward_group<A: NdFloat>(group: RnnBackwardGroup<A>, u: &ArrayView2<A>) {
+    let RnnBackwardGroup {
+        mut dz,
+        dh_seq,
+        h_all,
+        mask,
+    } = group;
+    let (steps, batch, hidden) = dz.dim();
+    let (zero, one) = (A::zero(), A::one());
+    // The total gradient of h_t, carried from step t+1.
+    let mut dh = Array2::<A>::zeros((batch, hidden));
+    for t in (0..steps).rev() {
+        dh += &dh_seq.index_axis(Axis(0), t);
+        let mut dz_t = dz.index_axis_mut(Axis(0), t);
+        let h_t = h_all.index_axis(Axis(0), t + 1);
+        for n in 0..batch {
+            // A masked step carries dh through; its dz stays 0.
+            if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
+                continue;
+            }
+            let (h, dh, dz) = (row(&h_t, n), row_mut(&mut dh, n), row_mut(&mut dz_t, n));
+            for j in 0..hidden {
+                dz[j] = dh[j] * (one - h[j] * h[j]);
+                // A real step passes dh back only through dz·Uᵀ (added below).
+                dh[j] = zero;
+            }
+        }
+        // dh_{t-1} = (masked carry) + dz_t·Uᵀ, in place.
+        general_mat_mul(one, &dz_t, &u.t(), one, &mut dh);
+    }
+}
+
+/// [`rnn_backward_cpu`] spelled step by step with the cell function: the
+/// plain reference the fast version is tested against.
+pub fn rnn_backward_naive_cpu<A: NdFloat>(
     grads: &mut RecurrentCpuGrads<A>,
     dh_seq: &ArrayView3<A>,
     h_all: &ArrayView3<A>,
