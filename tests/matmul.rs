@@ -196,7 +196,13 @@ fn matmul_vec4_paths() {
 fn matmul_lanes_along_k() {
     // K split over the 8 lanes: K not a multiple of 8, K below 8 (idle
     // lanes), a long K with a ragged last chunk; dense-layer-like shapes.
-    for (m, n, k) in [(20, 3, 1001), (17, 36, 5), (32, 2, 5472), (5, 20, 9)] {
+    for (m, n, k) in [
+        (20, 3, 1001),
+        (17, 36, 5),
+        (32, 2, 5472),
+        (5, 20, 9),
+        (12, 8, 1000),
+    ] {
         check_all(m, n, k, (0, 0, 0), false);
         check_all(m, n, k, (4, 8, 4), true);
         check_all(m, n, k, (1, 3, 2), true);
