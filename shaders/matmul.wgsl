@@ -25,6 +25,17 @@
 //                       multiples of 4): a vec4 load costs about half of
 //                       four scalar ones.
 //   matmul_direct_ab4 : AtB with A also vec4 along M (M, A offset multiples of 4).
+//   matmul_direct_c4  : scalar loads, C stored as vec4 along N (N and C offset
+//                       multiples of 4; ABt, or B offset not aligned).
+//   The 8 invocations of a workgroup lie along one axis, the override
+//   constant LANES, picked per call by ops::matmul so that few lanes compute
+//   clamped (wasted) rows or columns:
+//     LANES_N : 8 blocks side by side along N (a 16×128 tile), all of K;
+//     LANES_M : 8 blocks stacked along M (a 128×16 tile), all of K;
+//     LANES_K : one 16×16 block, lane l summing the l-th eighth of K; the
+//               partial blocks meet in workgroup memory and each lane adds
+//               two rows of all eight in lane order (deterministic, no
+//               atomics). For small M·N with a long K (dense layers).
 //
 // matmul_tiled  (real GPUs). A 64×64 tile of C per 16×16 workgroup, each
 //   invocation 4×4 outputs, K in steps of 16 staged in workgroup memory with
@@ -108,7 +119,35 @@ fn store_c4(i: u32, j: u32, v: vec4<f32>) {
 
 const DR: u32 = 16u; // rows of C per invocation
 const DC: u32 = 16u; // columns of C per invocation (4 vec4)
-const DL: u32 = 8u;  // invocations per workgroup, along N (lavapipe's SIMD width)
+const DL: u32 = 8u;  // invocations per workgroup (lavapipe's SIMD width)
+
+const LANES_N: u32 = 0u;
+const LANES_M: u32 = 1u;
+const LANES_K: u32 = 2u;
+override LANES: u32 = LANES_N;
+
+// The block of C and the range of K one direct invocation covers.
+struct Tile {
+    row0: u32,
+    col0: u32,
+    k0: u32,
+    k1: u32,
+}
+
+fn direct_tile(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
+    if (LANES == LANES_M) {
+        return Tile((wid.y * DL + lid.x) * DR, wid.x * DC, 0u, params.k);
+    }
+    if (LANES == LANES_K) {
+        let chunk = (params.k + DL - 1u) / DL;
+        let k0 = min(lid.x * chunk, params.k);
+        return Tile(wid.y * DR, wid.x * DC, k0, min(k0 + chunk, params.k));
+    }
+    return Tile(wid.y * DR, (wid.x * DL + lid.x) * DC, 0u, params.k);
+}
+
+// LANES_K: every lane's partial 16×16 block, [lane][row][column group].
+var<workgroup> partial: array<vec4<f32>, 512>;
 
 alias Row = array<vec4<f32>, 4>; // DC columns of one row of C
 alias Block = array<Row, 16>;    // DR rows
@@ -178,6 +217,63 @@ fn store_block(row0: u32, col0: u32, acc: ptr<function, Block>) {
     }
 }
 
+// LANES_K: parks this lane's block in `partial` (same shifting as the stores).
+fn stash_block(lane: u32, acc: ptr<function, Block>) {
+    for (var i = 0u; i < DR; i++) {
+        let at = (lane * DR + i) * 4u;
+        partial[at] = (*acc)[0][0];
+        partial[at + 1u] = (*acc)[0][1];
+        partial[at + 2u] = (*acc)[0][2];
+        partial[at + 3u] = (*acc)[0][3];
+        (*acc)[0] = (*acc)[1]; (*acc)[1] = (*acc)[2]; (*acc)[2] = (*acc)[3]; (*acc)[3] = (*acc)[4];
+        (*acc)[4] = (*acc)[5]; (*acc)[5] = (*acc)[6]; (*acc)[6] = (*acc)[7]; (*acc)[7] = (*acc)[8];
+        (*acc)[8] = (*acc)[9]; (*acc)[9] = (*acc)[10]; (*acc)[10] = (*acc)[11]; (*acc)[11] = (*acc)[12];
+        (*acc)[12] = (*acc)[13]; (*acc)[13] = (*acc)[14]; (*acc)[14] = (*acc)[15];
+    }
+}
+
+// LANES_K: row r of the block summed over the lanes' partials, lane 0 first.
+fn reduced_row(r: u32) -> Row {
+    var q: Row;
+    for (var l = 0u; l < DL; l++) {
+        let at = (l * DR + r) * 4u;
+        q[0] += partial[at];
+        q[1] += partial[at + 1u];
+        q[2] += partial[at + 2u];
+        q[3] += partial[at + 3u];
+    }
+    return q;
+}
+
+// Stores the invocation's block; under LANES_K first sums the lanes' blocks
+// (lane l stores rows 2l and 2l+1). Scalar and vec4 versions: an entry point
+// touches only one view of C.
+fn finish_block(t: Tile, lid: vec3<u32>, acc: ptr<function, Block>) {
+    if (LANES == LANES_K) {
+        stash_block(lid.x, acc);
+        workgroupBarrier();
+        for (var h = 0u; h < DR / DL; h++) {
+            let r = lid.x * (DR / DL) + h;
+            store_row(t.row0 + r, t.col0, reduced_row(r));
+        }
+    } else {
+        store_block(t.row0, t.col0, acc);
+    }
+}
+
+fn finish_block4(t: Tile, lid: vec3<u32>, acc: ptr<function, Block>) {
+    if (LANES == LANES_K) {
+        stash_block(lid.x, acc);
+        workgroupBarrier();
+        for (var h = 0u; h < DR / DL; h++) {
+            let r = lid.x * (DR / DL) + h;
+            store_row4(t.row0 + r, t.col0, reduced_row(r));
+        }
+    } else {
+        store_block4(t.row0, t.col0, acc);
+    }
+}
+
 fn store_block4(row0: u32, col0: u32, acc: ptr<function, Block>) {
     for (var i = 0u; i < DR; i++) {
         store_row4(row0 + i, col0, (*acc)[0]);
@@ -188,11 +284,10 @@ fn store_block4(row0: u32, col0: u32, acc: ptr<function, Block>) {
     }
 }
 
-@compute @workgroup_size(DL)
-fn matmul_direct(@builtin(workgroup_id) wid: vec3<u32>,
-                 @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wid.y * DR;
-    let col0 = (wid.x * DL + lid.x) * DC;
+// The block of t with scalar loads (any layout, size and offset).
+fn direct_scalar(t: Tile, acc: ptr<function, Block>) {
+    let row0 = t.row0;
+    let col0 = t.col0;
     let ia = array<u32, 16>(
         a_base(row0), a_base(row0 + 1u), a_base(row0 + 2u), a_base(row0 + 3u),
         a_base(row0 + 4u), a_base(row0 + 5u), a_base(row0 + 6u), a_base(row0 + 7u),
@@ -205,8 +300,7 @@ fn matmul_direct(@builtin(workgroup_id) wid: vec3<u32>,
         b_base(col0 + 12u), b_base(col0 + 13u), b_base(col0 + 14u), b_base(col0 + 15u));
     let sa = a_step();
     let sb = b_step();
-    var acc: Block;
-    for (var kk = 0u; kk < params.k; kk++) {
+    for (var kk = t.k0; kk < t.k1; kk++) {
         let ka = kk * sa;
         let kb = kk * sb;
         let x = array<f32, 16>(
@@ -219,27 +313,44 @@ fn matmul_direct(@builtin(workgroup_id) wid: vec3<u32>,
             vec4<f32>(b[ib[4] + kb], b[ib[5] + kb], b[ib[6] + kb], b[ib[7] + kb]),
             vec4<f32>(b[ib[8] + kb], b[ib[9] + kb], b[ib[10] + kb], b[ib[11] + kb]),
             vec4<f32>(b[ib[12] + kb], b[ib[13] + kb], b[ib[14] + kb], b[ib[15] + kb]));
-        fma_block(&acc, x, y);
+        fma_block(acc, x, y);
     }
-    store_block(row0, col0, &acc);
+}
+
+@compute @workgroup_size(DL)
+fn matmul_direct(@builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = direct_tile(wid, lid);
+    var acc: Block;
+    direct_scalar(t, &acc);
+    finish_block(t, lid, &acc);
+}
+
+@compute @workgroup_size(DL)
+fn matmul_direct_c4(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = direct_tile(wid, lid);
+    var acc: Block;
+    direct_scalar(t, &acc);
+    finish_block4(t, lid, &acc);
 }
 
 @compute @workgroup_size(DL)
 fn matmul_direct_b4(@builtin(workgroup_id) wid: vec3<u32>,
                     @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wid.y * DR;
-    let col0 = (wid.x * DL + lid.x) * DC;
+    let t = direct_tile(wid, lid);
+    let row0 = t.row0;
     let ia = array<u32, 16>(
         a_base(row0), a_base(row0 + 1u), a_base(row0 + 2u), a_base(row0 + 3u),
         a_base(row0 + 4u), a_base(row0 + 5u), a_base(row0 + 6u), a_base(row0 + 7u),
         a_base(row0 + 8u), a_base(row0 + 9u), a_base(row0 + 10u), a_base(row0 + 11u),
         a_base(row0 + 12u), a_base(row0 + 13u), a_base(row0 + 14u), a_base(row0 + 15u));
-    let j4 = col0 / 4u;
+    let j4 = t.col0 / 4u;
     let ib = array<u32, 4>(b4_base(j4), b4_base(j4 + 1u), b4_base(j4 + 2u), b4_base(j4 + 3u));
     let sa = a_step();
     let sb = params.n / 4u;
     var acc: Block;
-    for (var kk = 0u; kk < params.k; kk++) {
+    for (var kk = t.k0; kk < t.k1; kk++) {
         let ka = kk * sa;
         let kb = kk * sb;
         let x = array<f32, 16>(
@@ -250,30 +361,29 @@ fn matmul_direct_b4(@builtin(workgroup_id) wid: vec3<u32>,
         let y = Row(b4[ib[0] + kb], b4[ib[1] + kb], b4[ib[2] + kb], b4[ib[3] + kb]);
         fma_block(&acc, x, y);
     }
-    store_block4(row0, col0, &acc);
+    finish_block4(t, lid, &acc);
 }
 
 @compute @workgroup_size(DL)
 fn matmul_direct_ab4(@builtin(workgroup_id) wid: vec3<u32>,
                      @builtin(local_invocation_id) lid: vec3<u32>) {
     // AtB only: A[K,M] rows are contiguous along M.
-    let row0 = wid.y * DR;
-    let col0 = (wid.x * DL + lid.x) * DC;
-    let i4 = row0 / 4u;
+    let t = direct_tile(wid, lid);
+    let i4 = t.row0 / 4u;
     let ia = array<u32, 4>(a4_base(i4), a4_base(i4 + 1u), a4_base(i4 + 2u), a4_base(i4 + 3u));
-    let j4 = col0 / 4u;
+    let j4 = t.col0 / 4u;
     let ib = array<u32, 4>(b4_base(j4), b4_base(j4 + 1u), b4_base(j4 + 2u), b4_base(j4 + 3u));
     let sa = params.m / 4u;
     let sb = params.n / 4u;
     var acc: Block;
-    for (var kk = 0u; kk < params.k; kk++) {
+    for (var kk = t.k0; kk < t.k1; kk++) {
         let ka = kk * sa;
         let kb = kk * sb;
         let x = flatten(array<vec4<f32>, 4>(a4[ia[0] + ka], a4[ia[1] + ka], a4[ia[2] + ka], a4[ia[3] + ka]));
         let y = Row(b4[ib[0] + kb], b4[ib[1] + kb], b4[ib[2] + kb], b4[ib[3] + kb]);
         fma_block(&acc, x, y);
     }
-    store_block4(row0, col0, &acc);
+    finish_block4(t, lid, &acc);
 }
 
 // ------------------------------------------------------------------ tiled

@@ -6,6 +6,12 @@
 // maxpool_forward  : y = max over the window; argmax = flat NHWC index into x
 //                    of the first maximum in scan order (kh outer, kw inner)
 // maxpool_backward : dx[i] += sum of dy over the windows whose argmax is i
+// maxpool_backward_disjoint : the same when no two windows overlap
+//                    (stride >= pool, e.g. Keras' default stride = pool):
+//                    one invocation per window adds dy into dx[argmax]. A
+//                    dx element lies in at most one window, so it has at
+//                    most one writer: deterministic without atomics, and a
+//                    quarter of the invocations at pool 2x2.
 // avgpool_forward  : y = mean over the window
 // avgpool_backward : dx[i] += sum of dy / (pool_h*pool_w) over the windows containing i
 //
@@ -161,6 +167,16 @@ fn maxpool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         if (b == p.win_w) { b = 0u; a += 1u; }
     }
     dx[i] += acc;
+}
+
+@compute @workgroup_size(WG)
+fn maxpool_backward_disjoint(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    let i = index(wid, nwg, lid);
+    if (i >= p.batch * p.out_h * p.out_w * p.channels) { return; }
+    let at = argmax_saved[i];
+    dx[at] += dy[i];
 }
 
 @compute @workgroup_size(WG)

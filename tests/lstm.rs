@@ -1,5 +1,7 @@
 //! LSTM kernels against the CPU reference (the gate kernels one step at a
-//! time, whole sequences forward and backward, with masks), and the CPU
+//! time, whole sequences forward and backward, with masks; the persistent
+//! kernels in each form: pair (any H), pair4 (backward, H a multiple of 4
+//! above 64) and blocked (H a multiple of 4 up to 64)), and the CPU
 //! backward against finite differences in f64.
 //!
 //! GPU results are compared with the CPU reference computed in f64 from the
@@ -712,6 +714,31 @@ const TWO_GROUPS: RecurrentDims = RecurrentDims {
     hidden: 6,
 };
 
+/// AWKWARD with H=8: the vec4 persistent kernels (two vec4 of units).
+const AWKWARD4: RecurrentDims = RecurrentDims {
+    steps: 7,
+    batch: 5,
+    input: 6,
+    hidden: 8,
+};
+
+/// TWO_GROUPS with H=12 (three vec4 of units, an odd count).
+const TWO_GROUPS4: RecurrentDims = RecurrentDims {
+    steps: 4,
+    batch: 17,
+    input: 3,
+    hidden: 12,
+};
+
+/// H=68: above the blocked kernels' 64, a multiple of 4 (the pair4
+/// backward); B=17 spans two workgroups of sample pairs.
+const PAIR4: RecurrentDims = RecurrentDims {
+    steps: 3,
+    batch: 17,
+    input: 3,
+    hidden: 68,
+};
+
 /// The seed model: tokens[32,100] -> Embedding(10000,32) -> LSTM(64).
 const SEED: RecurrentDims = RecurrentDims {
     steps: 100,
@@ -746,6 +773,72 @@ fn lstm_sequence_forward() {
         Mask::None,
         54,
     );
+}
+
+#[test]
+fn lstm_persistent_forms() {
+    let Some(ctx) = gpu() else { return };
+    let form = |d| op::persistent_form(ctx, d);
+    for d in [AWKWARD, TWO_GROUPS, RecurrentDims::new(3, 1, 2, 7)] {
+        assert_eq!(form(d), PersistentForm::Pair, "{d:?}");
+    }
+    for d in [AWKWARD4, TWO_GROUPS4, SEED, RecurrentDims::new(3, 1, 2, 4)] {
+        assert_eq!(form(d), PersistentForm::Blocked, "{d:?}");
+    }
+    for d in [PAIR4, RecurrentDims::new(2, 3, 2, PERSISTENT_MAX_HIDDEN)] {
+        assert_eq!(form(d), PersistentForm::Pair4, "{d:?}");
+    }
+}
+
+#[test]
+fn lstm_sequence_forward_blocked() {
+    let p = Path::Persistent;
+    check_forward_sequence(p, AWKWARD4, Mask::None, 150);
+    check_forward_sequence(p, AWKWARD4, Mask::U32, 151);
+    check_forward_sequence(p, AWKWARD4, Mask::F32, 152);
+    check_forward_sequence(p, TWO_GROUPS4, Mask::U32, 153);
+    check_forward_sequence(p, RecurrentDims::new(3, 1, 2, 4), Mask::None, 154);
+    // H = 64 with a partial last workgroup of samples.
+    check_forward_sequence(p, RecurrentDims::new(3, 11, 5, 64), Mask::F32, 155);
+}
+
+#[test]
+fn lstm_sequence_backward_blocked() {
+    let p = (Path::Persistent, Path::Persistent);
+    check_backward_sequence(p, AWKWARD4, Mask::None, LAST, true, 160);
+    check_backward_sequence(p, AWKWARD4, Mask::U32, LAST, true, 161);
+    check_backward_sequence(p, AWKWARD4, Mask::F32, SEQ, true, 162);
+    check_backward_sequence(p, AWKWARD4, Mask::U32, BOTH, false, 163);
+    check_backward_sequence(p, TWO_GROUPS4, Mask::F32, BOTH, true, 164);
+    check_backward_sequence(
+        p,
+        RecurrentDims::new(3, 1, 2, 4),
+        Mask::None,
+        SEQ,
+        true,
+        165,
+    );
+    let h64 = RecurrentDims::new(3, 11, 5, 64);
+    check_backward_sequence(p, h64, Mask::U32, BOTH, true, 166);
+    let mixed = (Path::Stepwise, Path::Persistent);
+    check_backward_sequence(mixed, AWKWARD4, Mask::U32, BOTH, true, 167);
+    let mixed = (Path::Persistent, Path::Stepwise);
+    check_backward_sequence(mixed, TWO_GROUPS4, Mask::U32, BOTH, true, 168);
+    check_dz_against_stepwise(AWKWARD4, Mask::U32, BOTH, 169);
+    check_dz_against_stepwise(TWO_GROUPS4, Mask::None, SEQ, 170);
+}
+
+#[test]
+fn lstm_sequence_backward4() {
+    // The pair4 backward (H a multiple of 4 above the blocked kernels' 64);
+    // its forward is the scalar pair kernel.
+    let p = (Path::Persistent, Path::Persistent);
+    check_forward_sequence(Path::Persistent, PAIR4, Mask::U32, 180);
+    check_backward_sequence(p, PAIR4, Mask::U32, BOTH, true, 181);
+    check_backward_sequence(p, PAIR4, Mask::None, LAST, false, 182);
+    check_dz_against_stepwise(PAIR4, Mask::F32, SEQ, 183);
+    let max = RecurrentDims::new(2, 3, 2, PERSISTENT_MAX_HIDDEN);
+    check_backward_sequence(p, max, Mask::U32, BOTH, true, 184);
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! matmul in all three layouts and both kernel variants against the CPU
-//! reference (computed in f64), on awkward shapes (not multiples of any
-//! tile, sizes of 1), the seed model's shapes, non-zero offsets and
-//! accumulation; the backward rule against central finite differences; and
+//! matmul in all three layouts and both kernel variants (the direct one
+//! also with each lane axis forced: N, M, and K with its in-workgroup
+//! reduction) against the CPU reference (computed in f64), on awkward
+//! shapes (not multiples of any tile, sizes of 1, K not a multiple of the 8
+//! lanes or smaller than them), the seed model's shapes, non-zero offsets
+//! and accumulation; which lane axis the launcher picks for the seed's shapes; the backward rule against central finite differences; and
 //! the GPU backward (ABt for dA, AtB for dB, accumulating) against the CPU
 //! backward.
 //!
@@ -17,6 +19,39 @@ use ndarray::{Array2, Ix2};
 
 const LAYOUTS: [Layout; 3] = [Layout::AB, Layout::AtB, Layout::ABt];
 const VARIANTS: [MatmulVariant; 2] = [MatmulVariant::Direct, MatmulVariant::Tiled];
+
+/// A kernel to test: a variant as `matmul_with` runs it (the direct one
+/// with the lane axis `direct_lanes` picks), or the direct one with a
+/// forced lane axis.
+#[derive(Clone, Copy, Debug)]
+enum Kernel {
+    Variant(MatmulVariant),
+    Lanes(DirectLanes),
+}
+
+const KERNELS: [Kernel; 5] = [
+    Kernel::Variant(MatmulVariant::Direct),
+    Kernel::Variant(MatmulVariant::Tiled),
+    Kernel::Lanes(DirectLanes::N),
+    Kernel::Lanes(DirectLanes::M),
+    Kernel::Lanes(DirectLanes::K),
+];
+
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    ctx: &GpuContext,
+    kernel: Kernel,
+    layout: Layout,
+    c: &crossmodal::GpuTensor,
+    a: &crossmodal::GpuTensor,
+    b: &crossmodal::GpuTensor,
+    p: MatmulParams,
+) -> crossmodal::Result<crossmodal::gpu::Dispatch> {
+    match kernel {
+        Kernel::Variant(v) => matmul_with(ctx, v, layout, c, a, b, p),
+        Kernel::Lanes(l) => matmul_direct(ctx, l, layout, c, a, b, p),
+    }
+}
 
 /// Value written around each matrix inside its buffer: a kernel that reads
 /// or writes outside its matrix shows up in the result or the check.
@@ -59,7 +94,7 @@ fn tolerance(k: usize) -> (f32, f32) {
 /// elements of C's buffer around the matrix are untouched.
 #[allow(clippy::too_many_arguments)]
 fn check(
-    variant: MatmulVariant,
+    kernel: Kernel,
     layout: Layout,
     m: usize,
     n: usize,
@@ -85,11 +120,11 @@ fn check(
     if accumulate {
         p = p.accumulate();
     }
-    let d = matmul_with(ctx, variant, layout, &gc, &ga, &gb, p).unwrap();
+    let d = launch(ctx, kernel, layout, &gc, &ga, &gb, p).unwrap();
     ctx.run(&[&d]).unwrap();
     let got = ctx.read_f32(&gc).unwrap();
     let what = format!(
-        "{variant:?} {layout:?} m={m} n={n} k={k} offsets={offsets:?} accumulate={accumulate}"
+        "{kernel:?} {layout:?} m={m} n={n} k={k} offsets={offsets:?} accumulate={accumulate}"
     );
     assert!(
         got[..co]
@@ -104,10 +139,10 @@ fn check(
 }
 
 fn check_all(m: usize, n: usize, k: usize, offsets: (usize, usize, usize), accumulate: bool) {
-    for (i, variant) in VARIANTS.into_iter().enumerate() {
+    for (i, kernel) in KERNELS.into_iter().enumerate() {
         for (j, layout) in LAYOUTS.into_iter().enumerate() {
             check(
-                variant,
+                kernel,
                 layout,
                 m,
                 n,
@@ -158,6 +193,46 @@ fn matmul_vec4_paths() {
 }
 
 #[test]
+fn matmul_lanes_along_k() {
+    // K split over the 8 lanes: K not a multiple of 8, K below 8 (idle
+    // lanes), a long K with a ragged last chunk; dense-layer-like shapes.
+    for (m, n, k) in [
+        (20, 3, 1001),
+        (17, 36, 5),
+        (32, 2, 5472),
+        (5, 20, 9),
+        (12, 8, 1000),
+    ] {
+        check_all(m, n, k, (0, 0, 0), false);
+        check_all(m, n, k, (4, 8, 4), true);
+        check_all(m, n, k, (1, 3, 2), true);
+    }
+}
+
+#[test]
+fn matmul_lanes_along_m() {
+    // Tall and narrow: 128-row tiles with a partial last one.
+    for (m, n, k) in [(300, 32, 40), (129, 7, 13)] {
+        check_all(m, n, k, (0, 0, 0), false);
+        check_all(m, n, k, (4, 4, 8), true);
+    }
+}
+
+#[test]
+fn matmul_lane_axis_choice() {
+    // The seed model's matmuls: the LSTM's input projection and weight
+    // gradients fill 128-column tiles; its dx (N = 32) is tall and narrow;
+    // the dense layer (N = 2) has a long K or a long M.
+    assert_eq!(direct_lanes(3200, 256, 32), DirectLanes::N);
+    assert_eq!(direct_lanes(64, 256, 3200), DirectLanes::N);
+    assert_eq!(direct_lanes(32, 256, 3200), DirectLanes::N);
+    assert_eq!(direct_lanes(3200, 32, 256), DirectLanes::M);
+    assert_eq!(direct_lanes(32, 2, 5472), DirectLanes::K);
+    assert_eq!(direct_lanes(5472, 2, 32), DirectLanes::M);
+    assert_eq!(direct_lanes(32, 5472, 2), DirectLanes::N);
+}
+
+#[test]
 fn matmul_empty_inner_size() {
     // K = 0: C = 0, or C unchanged when accumulating.
     check_all(7, 5, 0, (0, 0, 0), false);
@@ -179,8 +254,8 @@ fn matmul_seed_lstm_projection() {
 #[test]
 fn matmul_seed_lstm_weight_gradient() {
     // [3200×64]ᵀ·[3200×256]: K = 3200 (time steps × batch), accumulating.
-    for variant in VARIANTS {
-        check(variant, Layout::AtB, 64, 256, 3200, (0, 0, 0), true, 7);
+    for kernel in KERNELS {
+        check(kernel, Layout::AtB, 64, 256, 3200, (0, 0, 0), true, 7);
     }
 }
 

@@ -1,7 +1,8 @@
 //! Max and average pooling kernels against the CPU reference (argmax exactly,
 //! values from a reference evaluated in f64) on awkward shapes, overlapping
-//! windows and the seed model's shape; accumulation into non-zero
-//! gradients; tie-breaking; the fast max-pool references against the
+//! windows and the seed model's shape; both max-pool backward kernels
+//! (gather for any stride, per-window for disjoint windows) on every
+//! geometry they take; accumulation into non-zero gradients; tie-breaking; the fast max-pool references against the
 //! naive definitions; the backward references against finite differences;
 //! shape errors.
 
@@ -90,7 +91,19 @@ fn check_maxpool_forward(g: &Pool2dGeometry, x: &Array4<f64>) {
     );
 }
 
+type MaxpoolBackward = fn(
+    &GpuContext,
+    &GpuTensor,
+    &GpuTensor,
+    &GpuTensor,
+    &Pool2dGeometry,
+) -> crossmodal::Result<crossmodal::gpu::Dispatch>;
+
 fn check_maxpool_backward(g: &Pool2dGeometry) {
+    check_maxpool_backward_with(g, "maxpool_backward", op::maxpool_backward);
+}
+
+fn check_maxpool_backward_with(g: &Pool2dGeometry, name: &str, launch: MaxpoolBackward) {
     let Some(ctx) = gpu() else { return };
     let x = rand4(g.input_shape(), 1);
     let (_, argmax) = maxpool_forward_cpu(&x.view(), g);
@@ -103,11 +116,11 @@ fn check_maxpool_backward(g: &Pool2dGeometry) {
         .upload_u32(argmax.as_slice().unwrap(), &g.output_shape())
         .unwrap();
     let (gdx, gdy) = (upload(ctx, &dx0), upload(ctx, &dy));
-    ctx.run(&[&op::maxpool_backward(ctx, &gdx, &gdy, &garg, g).unwrap()])
+    ctx.run(&[&launch(ctx, &gdx, &gdy, &garg, g).unwrap()])
         .unwrap();
     // At most ceil(PH/SH)*ceil(PW/SW) + 1 f32 terms per element.
     assert_close(
-        &format!("maxpool_backward {}", label(g)),
+        &format!("{name} {}", label(g)),
         &ctx.read_f32(&gdx).unwrap(),
         &as_f32(&want),
         1e-6,
@@ -257,6 +270,43 @@ fn maxpool_backward() {
 #[test]
 fn maxpool_backward_seed_shape() {
     check_maxpool_backward(&seed());
+}
+
+#[test]
+fn maxpool_backward_gather() {
+    // Every geometry, the disjoint ones included.
+    for g in awkward().into_iter().chain([seed()]) {
+        check_maxpool_backward_with(&g, "maxpool_backward_gather", op::maxpool_backward_gather);
+    }
+}
+
+#[test]
+fn maxpool_backward_disjoint() {
+    let disjoint: Vec<_> = awkward()
+        .into_iter()
+        .filter(op::windows_disjoint)
+        .chain([seed()])
+        .collect();
+    // Stride = pool, stride > pool (rows in no window), the seed's 2x2.
+    assert_eq!(disjoint.len(), 3);
+    for g in &disjoint {
+        check_maxpool_backward_with(
+            g,
+            "maxpool_backward_disjoint",
+            op::maxpool_backward_disjoint,
+        );
+    }
+    // Overlapping windows need the gather kernel.
+    let Some(ctx) = gpu() else { return };
+    let g = geometry([3, 11, 9, 5], [3, 3], [2, 2]);
+    assert!(!op::windows_disjoint(&g));
+    let dx = ctx.zeros(&g.input_shape(), DType::F32).unwrap();
+    let dy = ctx.zeros(&g.output_shape(), DType::F32).unwrap();
+    let arg = ctx.zeros(&g.output_shape(), DType::U32).unwrap();
+    assert_pool_shape_error(
+        op::maxpool_backward_disjoint(ctx, &dx, &dy, &arg, &g),
+        "maxpool_backward_disjoint",
+    );
 }
 
 #[test]

@@ -17,9 +17,14 @@
 //! GPU forward: one batched input projection `Z = X·W` over all `T*B` rows,
 //! then the recurrence, in one of two ways:
 //! - persistent ([`lstm_forward_persistent`]): [`lstm_sequence_forward`]
-//!   runs every step in one dispatch, each invocation carrying two samples
-//!   (samples are independent) with their h and c in private arrays, for
-//!   H ≤ [`PERSISTENT_MAX_HIDDEN`]: 2 dispatches in all;
+//!   runs every step in one dispatch (samples are independent, so
+//!   workgroups never wait on each other), for H ≤ [`PERSISTENT_MAX_HIDDEN`]:
+//!   2 dispatches in all. Its [`PersistentForm`] depends on H: for H a
+//!   multiple of 4 up to [`BLOCKED_MAX_HIDDEN`] (the seed's 64) a workgroup
+//!   carries 8 samples with the units split across its lanes and h shared in
+//!   workgroup memory ("blocked", register-blocked like the matmul);
+//!   otherwise each invocation carries two samples with their h and c in
+//!   private arrays ("pair");
 //! - per step ([`lstm_forward_stepwise`], any H, the readable reference):
 //!   `z_t += h_{t-1}·U` (a matmul into the step's slice of Z) and the fused
 //!   gate kernel [`lstm_gates_forward`] (adds b): 2T dispatches.
@@ -703,6 +708,18 @@ static SEQUENCE_BACKWARD: KernelSpec = KernelSpec {
         Access::Read,      // mask
     ],
 };
+static SEQUENCE_BACKWARD4: KernelSpec = KernelSpec {
+    entry: "lstm_sequence_backward4",
+    ..SEQUENCE_BACKWARD
+};
+static SEQUENCE_FORWARD_BLOCKED: KernelSpec = KernelSpec {
+    entry: "lstm_sequence_forward_blocked",
+    ..SEQUENCE_FORWARD
+};
+static SEQUENCE_BACKWARD_BLOCKED: KernelSpec = KernelSpec {
+    entry: "lstm_sequence_backward_blocked",
+    ..SEQUENCE_BACKWARD
+};
 
 /// Sizes of a recurrent layer: T, B, D (input features), H (units).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -923,8 +940,9 @@ pub const PERSISTENT_MAX_HIDDEN: usize = 256;
 /// Lanes of a persistent workgroup (`PLANES`); each lane owns two samples.
 const PERSISTENT_LANES: usize = 8;
 
-/// Whether a persistent kernel (each invocation runs the whole recurrence of
-/// two samples) handles `dims` on this device.
+/// Whether a persistent kernel (the whole recurrence in one dispatch) handles
+/// `dims` on this device; checked for the pair form, which every `dims` that
+/// passes can fall back to.
 pub(crate) fn persistent_support(ctx: &GpuContext, op: &str, dims: RecurrentDims) -> Result<()> {
     dims.check(op)?;
     let unsupported = |why: String| Error::Unsupported {
@@ -950,20 +968,75 @@ pub(crate) fn persistent_support(ctx: &GpuContext, op: &str, dims: RecurrentDims
     Ok(())
 }
 
-/// Workgroups of a persistent kernel: `PERSISTENT_LANES` lanes of two samples each.
+/// Workgroups of a pair-form persistent kernel (LSTM and RNN): `PERSISTENT_LANES` lanes of two samples each.
 pub(crate) fn persistent_groups(dims: RecurrentDims) -> u32 {
     dims.batch.div_ceil(2).div_ceil(PERSISTENT_LANES) as u32
 }
 
+/// Samples per workgroup of the blocked persistent kernels (`SB`).
+const BLOCKED_SAMPLES: usize = 8;
+/// Largest H of the blocked persistent kernels (`BH`).
+pub const BLOCKED_MAX_HIDDEN: usize = 64;
+
+/// Which form of the persistent kernels runs `dims` (see the "persistent,
+/// vec4" notes in `shaders/lstm.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PersistentForm {
+    /// Two samples per lane, scalar state: any H.
+    Pair,
+    /// Two samples per lane, vec4 state (backward only; forward runs `Pair`):
+    /// H a multiple of 4.
+    Pair4,
+    /// 8 samples per workgroup, units across lanes, register-blocked: H a
+    /// multiple of 4 up to [`BLOCKED_MAX_HIDDEN`].
+    Blocked,
+}
+
+/// The persistent form for `dims` on this device (given that
+/// [`lstm_persistent_support`] accepts it).
+pub fn persistent_form(ctx: &GpuContext, dims: RecurrentDims) -> PersistentForm {
+    let h = dims.hidden;
+    let groups = dims.batch.div_ceil(BLOCKED_SAMPLES) as u32;
+    if !h.is_multiple_of(4) {
+        PersistentForm::Pair
+    } else if h <= BLOCKED_MAX_HIDDEN && groups <= ctx.limits.max_compute_workgroups_per_dimension {
+        PersistentForm::Blocked
+    } else {
+        PersistentForm::Pair4
+    }
+}
+
+/// The persistent kernel of `form` among `[pair, pair4, blocked]` (forward
+/// has no pair4 kernel: pass the pair one), its override constants and
+/// workgroup count.
+fn persistent_kernel(
+    form: PersistentForm,
+    kernels: [&'static KernelSpec; 3],
+    dims: RecurrentDims,
+) -> (&'static KernelSpec, [(&'static str, f64); 2], u32) {
+    let h = dims.hidden;
+    let constants = [("HIDDEN", h as f64), ("H4", (h / 4) as f64)];
+    let [pair, pair4, blocked] = kernels;
+    match form {
+        PersistentForm::Pair => (pair, constants, persistent_groups(dims)),
+        PersistentForm::Pair4 => (pair4, constants, persistent_groups(dims)),
+        PersistentForm::Blocked => (
+            blocked,
+            constants,
+            dims.batch.div_ceil(BLOCKED_SAMPLES) as u32,
+        ),
+    }
+}
+
 /// Whether [`lstm_sequence_forward`] and [`lstm_sequence_backward`] handle
 /// `dims` on this device: H ≤ [`PERSISTENT_MAX_HIDDEN`], and
-/// ceil(B/16) workgroups within the adapter's limit.
+/// ceil(B/16) workgroups (the pair form's) within the adapter's limit.
 pub fn lstm_persistent_support(ctx: &GpuContext, dims: RecurrentDims) -> Result<()> {
     persistent_support(ctx, "lstm_persistent", dims)
 }
 
-/// The whole forward recurrence in one dispatch (each invocation runs two
-/// samples through every step): from `bufs.z` holding `X·W` (left as it
+/// The whole forward recurrence in one dispatch (in the
+/// [`persistent_form`] for `dims`): from `bufs.z` holding `X·W` (left as it
 /// is), writes gates, c_all, h_all (slots 1..=T; slot 0 is the initial
 /// state, read here) and h_last as the per-step [`lstm_gates_forward`]
 /// sequence does.
@@ -980,9 +1053,18 @@ pub fn lstm_sequence_forward(
     expect_numel(op, "U", &weights.u.shape, h * 4 * h)?;
     expect_numel(op, "bias", &weights.b.shape, 4 * h)?;
     let kind = mask_kind(op, mask, dims)?;
+    let (spec, constants, groups) = persistent_kernel(
+        persistent_form(ctx, dims),
+        [
+            &SEQUENCE_FORWARD,
+            &SEQUENCE_FORWARD,
+            &SEQUENCE_FORWARD_BLOCKED,
+        ],
+        dims,
+    );
     ctx.prepare(
-        &SEQUENCE_FORWARD,
-        &[("HIDDEN", h as f64)],
+        spec,
+        &constants,
         &params(dims, 0, kind),
         &[
             &bufs.z,
@@ -995,12 +1077,12 @@ pub fn lstm_sequence_forward(
             &bufs.h_all,
             &bufs.h_last,
         ],
-        Grid::Workgroups([persistent_groups(dims), 1, 1]),
+        Grid::Workgroups([groups, 1, 1]),
     )
 }
 
-/// The whole backward recurrence in one dispatch (each invocation runs two
-/// samples from the last step to the first): writes dz of every step into
+/// The whole backward recurrence in one dispatch (in the [`persistent_form`]
+/// for `dims`, last step to first): writes dz of every step into
 /// `bufs.dz` from the incoming `dh` and the gates and c_all forward saved.
 /// The weight gradients follow as matmuls over dz.
 pub fn lstm_sequence_backward(
@@ -1027,9 +1109,18 @@ pub fn lstm_sequence_backward(
     p.has_last = dh.last.is_some() as u32;
     // Absent inputs are never read; the read-only gates buffer fills them.
     let stand_in = &bufs.gates;
+    let (spec, constants, groups) = persistent_kernel(
+        persistent_form(ctx, dims),
+        [
+            &SEQUENCE_BACKWARD,
+            &SEQUENCE_BACKWARD4,
+            &SEQUENCE_BACKWARD_BLOCKED,
+        ],
+        dims,
+    );
     ctx.prepare(
-        &SEQUENCE_BACKWARD,
-        &[("HIDDEN", h as f64)],
+        spec,
+        &constants,
         &p,
         &[
             &bufs.dz,
@@ -1040,7 +1131,7 @@ pub fn lstm_sequence_backward(
             u,
             mask.unwrap_or(stand_in),
         ],
-        Grid::Workgroups([persistent_groups(dims), 1, 1]),
+        Grid::Workgroups([groups, 1, 1]),
     )
 }
 

@@ -99,15 +99,79 @@ pub enum MatmulVariant {
 
 /// Rows and columns of C one `matmul_direct*` invocation computes (`DR`, `DC`).
 pub const DIRECT_BLOCK: (u32, u32) = (16, 16);
-/// Invocations per `matmul_direct*` workgroup, along N (`DL`).
+/// Invocations per `matmul_direct*` workgroup (`DL`), along one [`DirectLanes`] axis.
 pub const DIRECT_LANES: u32 = 8;
 /// Rows, columns and K step of the `matmul_tiled` workgroup tile (`TM`, `TN`, `TK`).
 pub const TILED_TILE: (u32, u32, u32) = (64, 64, 16);
 /// `matmul_tiled` invocations per workgroup side (`TT`); each computes 4×4 outputs.
 pub const TILED_THREADS: u32 = 16;
 
-impl MatmulVariant {
+/// The axis the [`DIRECT_LANES`] invocations of a `matmul_direct*`
+/// workgroup lie along (the `LANES` override constant of
+/// `shaders/matmul.wgsl`). lavapipe runs a workgroup as one SIMD loop, so a
+/// lane whose block lies past C's edge costs as much as a useful one: the
+/// axis is chosen per call ([`direct_lanes`]) to waste few lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DirectLanes {
+    /// Blocks side by side along N (a 16×128 tile of C), each over all of K.
+    N,
+    /// Blocks stacked along M (a 128×16 tile of C), each over all of K.
+    M,
+    /// One 16×16 block per workgroup; lane l sums the l-th eighth of K and
+    /// the partial blocks are added in lane order in workgroup memory
+    /// (deterministic). For small M·N with a long K.
+    K,
+}
+
+impl DirectLanes {
     /// Rows and columns of C one workgroup computes.
+    pub fn workgroup_tile(self) -> (u32, u32) {
+        let (r, c) = DIRECT_BLOCK;
+        match self {
+            DirectLanes::N => (r, c * DIRECT_LANES),
+            DirectLanes::M => (r * DIRECT_LANES, c),
+            DirectLanes::K => (r, c),
+        }
+    }
+
+    /// The `LANES` override constant.
+    fn code(self) -> f64 {
+        match self {
+            DirectLanes::N => 0.0,
+            DirectLanes::M => 1.0,
+            DirectLanes::K => 2.0,
+        }
+    }
+
+    /// Estimated cost of `C[m,n]` with inner size `k` on lavapipe, in
+    /// SIMD iterations of the K loop: workgroups (at least a few, so that
+    /// every CPU core has one) times K steps per lane, plus the stores
+    /// (a block's stores cost about 16 K steps; under `K` the lanes also
+    /// sum their partials, about as much again).
+    fn cost(self, m: u32, n: u32, k: u32) -> u64 {
+        let (tm, tn) = self.workgroup_tile();
+        let groups = (m.div_ceil(tm) as u64 * n.div_ceil(tn) as u64).max(4);
+        let (steps, tail) = match self {
+            DirectLanes::N | DirectLanes::M => (k, 16),
+            DirectLanes::K => (k.div_ceil(DIRECT_LANES), 32),
+        };
+        groups * (steps as u64 + tail)
+    }
+}
+
+/// The lane axis [`matmul`] uses for `C[m,n]` with inner size `k` on the
+/// direct variant: the cheapest by [`DirectLanes`]' cost estimate, N on ties.
+pub fn direct_lanes(m: usize, n: usize, k: usize) -> DirectLanes {
+    let (m, n, k) = (m as u32, n as u32, k as u32);
+    [DirectLanes::N, DirectLanes::M, DirectLanes::K]
+        .into_iter()
+        .min_by_key(|l| l.cost(m, n, k))
+        .unwrap_or(DirectLanes::N)
+}
+
+impl MatmulVariant {
+    /// Rows and columns of C one workgroup computes (for `Direct`, with
+    /// lanes along N; see [`DirectLanes::workgroup_tile`]).
     pub fn workgroup_tile(self) -> (u32, u32) {
         match self {
             MatmulVariant::Direct => (DIRECT_BLOCK.0, DIRECT_BLOCK.1 * DIRECT_LANES),
@@ -132,7 +196,10 @@ impl std::fmt::Display for MatmulVariant {
             MatmulVariant::Direct => write!(
                 f,
                 "direct ({im}x{in_} outputs per invocation, {DIRECT_LANES} invocations \
-                 per workgroup = {tm}x{tn} tile, storage read directly, vec4 loads when aligned)"
+                 per workgroup along N, M or K (a {tm}x{tn}, {}x{} or {im}x{in_} tile), \
+                 storage read directly, vec4 loads and stores when aligned)",
+                tn,
+                tm
             ),
             MatmulVariant::Tiled => write!(
                 f,
@@ -163,6 +230,11 @@ static DIRECT: KernelSpec = KernelSpec {
 static DIRECT_B4: KernelSpec = KernelSpec {
     shader: &SHADER,
     entry: "matmul_direct_b4",
+    bindings: BINDINGS,
+};
+static DIRECT_C4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "matmul_direct_c4",
     bindings: BINDINGS,
 };
 static DIRECT_AB4: KernelSpec = KernelSpec {
@@ -213,9 +285,12 @@ fn direct_spec(layout: Layout, p: &MatmulParams) -> &'static KernelSpec {
         && p.c_offset.is_multiple_of(4);
     // A[K,M] read as vec4 along M as well.
     let a4 = b4 && layout == Layout::AtB && p.m.is_multiple_of(4) && p.a_offset.is_multiple_of(4);
-    match (a4, b4) {
-        (true, _) => &DIRECT_AB4,
-        (false, true) => &DIRECT_B4,
+    // Only C as vec4 along N (ABt, or B's offset unaligned).
+    let c4 = nonempty && p.n.is_multiple_of(4) && p.c_offset.is_multiple_of(4);
+    match (a4, b4, c4) {
+        (true, _, _) => &DIRECT_AB4,
+        (false, true, _) => &DIRECT_B4,
+        (false, false, true) => &DIRECT_C4,
         _ => &DIRECT,
     }
 }
@@ -249,15 +324,52 @@ pub fn matmul_with(
     b: &GpuTensor,
     p: MatmulParams,
 ) -> Result<Dispatch> {
-    let spec = match variant {
-        MatmulVariant::Direct => direct_spec(layout, &p),
-        MatmulVariant::Tiled => &TILED,
-    };
-    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
-    check_fits(spec.entry, "A", a, p.a_offset, m * k)?;
-    check_fits(spec.entry, "B", b, p.b_offset, k * n)?;
-    check_fits(spec.entry, "C", c, p.c_offset, m * n)?;
-    let (tm, tn) = variant.workgroup_tile();
+    match variant {
+        MatmulVariant::Direct => {
+            let lanes = direct_lanes(p.m as usize, p.n as usize, p.k as usize);
+            matmul_direct(ctx, lanes, layout, c, a, b, p)
+        }
+        MatmulVariant::Tiled => {
+            check_operands(TILED.entry, c, a, b, &p)?;
+            let (tm, tn) = MatmulVariant::Tiled.workgroup_tile();
+            let grid = Grid::Workgroups([p.n.div_ceil(tn), p.m.div_ceil(tm), 1]);
+            ctx.prepare(&TILED, &[("LAYOUT", layout.code())], &p, &[c, a, b], grid)
+        }
+    }
+}
+
+/// The direct variant with an explicit lane axis (tests cover all three).
+pub fn matmul_direct(
+    ctx: &GpuContext,
+    lanes: DirectLanes,
+    layout: Layout,
+    c: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    p: MatmulParams,
+) -> Result<Dispatch> {
+    let spec = direct_spec(layout, &p);
+    check_operands(spec.entry, c, a, b, &p)?;
+    let (tm, tn) = lanes.workgroup_tile();
     let grid = Grid::Workgroups([p.n.div_ceil(tn), p.m.div_ceil(tm), 1]);
-    ctx.prepare(spec, &[("LAYOUT", layout.code())], &p, &[c, a, b], grid)
+    ctx.prepare(
+        spec,
+        &[("LAYOUT", layout.code()), ("LANES", lanes.code())],
+        &p,
+        &[c, a, b],
+        grid,
+    )
+}
+
+fn check_operands(
+    op: &str,
+    c: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    p: &MatmulParams,
+) -> Result<()> {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    check_fits(op, "A", a, p.a_offset, m * k)?;
+    check_fits(op, "B", b, p.b_offset, k * n)?;
+    check_fits(op, "C", c, p.c_offset, m * n)
 }

@@ -8,7 +8,11 @@
 //! into x of the window's maximum as a u32 (`argmax`); on ties the first
 //! maximum in scan order (kh outer, kw inner) wins. Its backward gathers:
 //! each dx element sums dy over the windows whose argmax it is, so
-//! overlapping windows (stride < pool) are exact and deterministic.
+//! overlapping windows (stride < pool) are exact and deterministic. When
+//! windows do not overlap (stride ≥ pool, Keras' default) each dx element
+//! lies in at most one window, and the backward runs over windows instead,
+//! adding dy into dx at argmax: one writer per element, a quarter of the
+//! invocations at pool 2×2.
 //! Comparisons are IEEE `>`: a NaN is never taken as a new maximum.
 //!
 //! Autograd: max pooling saves argmax (not x) and runs `maxpool_backward`;
@@ -309,6 +313,11 @@ static MAX_BACKWARD: KernelSpec = KernelSpec {
     entry: "maxpool_backward",
     bindings: &[ReadWrite, Read, Read],
 };
+static MAX_BACKWARD_DISJOINT: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "maxpool_backward_disjoint",
+    bindings: &[ReadWrite, Read, Read],
+};
 static AVG_FORWARD: KernelSpec = KernelSpec {
     shader: &SHADER,
     entry: "avgpool_forward",
@@ -355,8 +364,9 @@ pub fn maxpool_forward(
     )
 }
 
-/// `dx[i] += Σ dy[o]` over the windows o whose argmax is i (gather, one
-/// invocation per dx element). `dy` and `argmax` may be flattened views.
+/// `dx[i] += Σ dy[o]` over the windows o whose argmax is i. `dy` and
+/// `argmax` may be flattened views. Runs [`maxpool_backward_disjoint`] when
+/// no two windows overlap (stride ≥ pool), else [`maxpool_backward_gather`].
 pub fn maxpool_backward(
     ctx: &GpuContext,
     dx: &GpuTensor,
@@ -364,18 +374,78 @@ pub fn maxpool_backward(
     argmax: &GpuTensor,
     g: &Pool2dGeometry,
 ) -> Result<Dispatch> {
-    let op = MAX_BACKWARD.entry;
+    if windows_disjoint(g) {
+        maxpool_backward_disjoint(ctx, dx, dy, argmax, g)
+    } else {
+        maxpool_backward_gather(ctx, dx, dy, argmax, g)
+    }
+}
+
+/// Whether no input element lies in two pooling windows.
+pub fn windows_disjoint(g: &Pool2dGeometry) -> bool {
+    g.stride[0] >= g.pool[0] && g.stride[1] >= g.pool[1]
+}
+
+fn check_maxpool_backward(
+    op: &str,
+    dx: &GpuTensor,
+    dy: &GpuTensor,
+    argmax: &GpuTensor,
+    g: &Pool2dGeometry,
+) -> Result<()> {
     let n = numel(&g.output_shape());
     expect_shape(op, "dx", &dx.shape, &g.input_shape())?;
     expect_numel(op, "dy", &dy.shape, n)?;
     expect_numel(op, "argmax", &argmax.shape, n)?;
-    expect_u32(op, "argmax", argmax)?;
+    expect_u32(op, "argmax", argmax)
+}
+
+/// [`maxpool_backward`] for any stride: gathers, one invocation per dx
+/// element (shader entry `maxpool_backward`).
+pub fn maxpool_backward_gather(
+    ctx: &GpuContext,
+    dx: &GpuTensor,
+    dy: &GpuTensor,
+    argmax: &GpuTensor,
+    g: &Pool2dGeometry,
+) -> Result<Dispatch> {
+    check_maxpool_backward(MAX_BACKWARD.entry, dx, dy, argmax, g)?;
     ctx.prepare(
         &MAX_BACKWARD,
         &[],
         &g.params(),
         &[dx, dy, argmax],
         Grid::linear(numel(&g.input_shape()), WORKGROUP),
+    )
+}
+
+/// [`maxpool_backward`] for windows that do not overlap: one invocation
+/// per window adds dy into dx at argmax (at most one writer per dx element,
+/// given argmax from [`maxpool_forward`]). Overlapping windows are an error.
+pub fn maxpool_backward_disjoint(
+    ctx: &GpuContext,
+    dx: &GpuTensor,
+    dy: &GpuTensor,
+    argmax: &GpuTensor,
+    g: &Pool2dGeometry,
+) -> Result<Dispatch> {
+    let op = MAX_BACKWARD_DISJOINT.entry;
+    if !windows_disjoint(g) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "pool {:?} with stride {:?} overlaps windows (needs stride >= pool)",
+                g.pool, g.stride
+            ),
+        ));
+    }
+    check_maxpool_backward(op, dx, dy, argmax, g)?;
+    ctx.prepare(
+        &MAX_BACKWARD_DISJOINT,
+        &[],
+        &g.params(),
+        &[dx, dy, argmax],
+        Grid::linear(numel(&g.output_shape()), WORKGROUP),
     )
 }
 
