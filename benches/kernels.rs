@@ -655,6 +655,23 @@ fn main() {
             size,
         ));
     }
+    // The backward layouts at one size.
+    cases.push(matmul_case(
+        &ctx,
+        "matmul_atb sweep",
+        Layout::AtB,
+        512,
+        512,
+        512,
+    ));
+    cases.push(matmul_case(
+        &ctx,
+        "matmul_abt sweep",
+        Layout::ABt,
+        512,
+        512,
+        512,
+    ));
     activation_cases(&ctx, &mut cases);
     image_cases(&ctx, &mut cases);
     bias_cases(&ctx, &mut cases);
