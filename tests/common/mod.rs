@@ -106,3 +106,5 @@ pub fn finite_difference(
 pub fn weighted_sum(y: &ArrayD<f64>, w: &ArrayD<f64>) -> f64 {
     (y * w).sum()
 }
+
+pub mod recurrent;
