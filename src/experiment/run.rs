@@ -171,7 +171,7 @@ fn train_config(t: &TrainingSpec) -> TrainConfig {
 /// model's input layouts; `zero` blanks a modality (ablation).
 fn make_batch(m: &BuiltModel, e: &Encoded, idx: &[usize], zero: Option<&str>) -> Batch {
     let mut batch = Batch::new();
-    for (name, id, kind) in &m.inputs {
+    for (_, id, kind) in &m.inputs {
         let blank = zero == Some(kind_name(kind));
         let data = match kind {
             InputKind::Tokens { .. } => {
@@ -192,7 +192,6 @@ fn make_batch(m: &BuiltModel, e: &Encoded, idx: &[usize], zero: Option<&str>) ->
                 HostData::F32(v)
             }
         };
-        let _ = name;
         batch = batch.with(*id, data);
     }
     let labels = idx.iter().map(|&i| e.data.labels[i]).collect();
@@ -406,7 +405,7 @@ pub fn run_experiment(
             epoch,
             step: (epoch * steps) as u64,
             classes: all.classes.clone(),
-            vocabulary: serde_json::from_str(&tokenizer.to_json())
+            vocabulary: serde_json::to_value(&tokenizer)
                 .map_err(|e| Error::file(&dir, e.to_string()))?,
             adam: None,
         };
