@@ -12,12 +12,16 @@ use std::path::{Path, PathBuf};
 
 use common::random;
 use crossmodal::experiment::checkpoint::{
-    load_checkpoint, params_of, restore_params, save_checkpoint, write_atomic, AdamState,
-    CheckpointMeta, META_FILE, MODEL_FILE, OPTIMIZER_FILE,
+    load_checkpoint, params_of, restore_params, save_checkpoint, write_atomic, CheckpointMeta,
+    META_FILE, MODEL_FILE, OPTIMIZER_FILE,
 };
+use crossmodal::graph::gpu::GpuExecutor;
 use crossmodal::graph::init::init_params;
-use crossmodal::graph::{CpuExecutor, Executor, Graph, Init, NodeId, Op, TrainConfig};
+use crossmodal::graph::{
+    CpuExecutor, Executor, Graph, Init, NodeId, Op, OptimizerSnapshot, TrainConfig,
+};
 use crossmodal::nn::{seed_model, SeedConfig, SeedModel};
+use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
 use graph_common::{small, SeedData};
 
 /// A fresh, empty directory for one test under Cargo's test temp dir.
@@ -37,9 +41,10 @@ fn meta() -> CheckpointMeta {
         experiment: "tiny".into(),
         epoch: 2,
         step: 17,
+        epoch_step: 0,
         classes: vec!["negative".into(), "neutral".into(), "positive".into()],
         vocabulary: serde_json::json!({"<pad>": 0, "<oov>": 1, "good": 2, "bad": 3}),
-        adam: None,
+        optimizer: None,
     }
 }
 
@@ -194,10 +199,9 @@ fn adam_state_round_trips_and_is_dropped_by_a_save_without_it() {
             .collect()
     };
     let with_adam = CheckpointMeta {
-        adam: Some(AdamState {
-            step: 42,
-            m: moments(100),
-            v: moments(200),
+        optimizer: Some(OptimizerSnapshot {
+            steps: 42,
+            slots: vec![("m".into(), moments(100)), ("v".into(), moments(200))],
         }),
         ..meta()
     };
@@ -205,14 +209,29 @@ fn adam_state_round_trips_and_is_dropped_by_a_save_without_it() {
     assert_eq!(files_in(&dir), [META_FILE, MODEL_FILE, OPTIMIZER_FILE]);
     let (loaded, got) = load_checkpoint(&dir, &m.graph).unwrap();
     assert_same_params(&loaded, &params);
-    let (got_adam, want_adam) = (got.adam.unwrap(), with_adam.adam.unwrap());
-    assert_eq!(got_adam.step, 42);
-    assert_same_params(&got_adam.m, &want_adam.m);
-    assert_same_params(&got_adam.v, &want_adam.v);
+    let (got_adam, want_adam) = (got.optimizer.unwrap(), with_adam.optimizer.unwrap());
+    assert_eq!(got_adam.steps, 42);
+    assert_eq!(got_adam.slots.len(), 2);
+    for ((gn, gv), (wn, wv)) in got_adam.slots.iter().zip(&want_adam.slots) {
+        assert_eq!(gn, wn);
+        assert_same_params(gv, wv);
+    }
+
+    // Plain SGD keeps a step count and no tensors.
+    let sgd = CheckpointMeta {
+        optimizer: Some(OptimizerSnapshot {
+            steps: 7,
+            slots: Vec::new(),
+        }),
+        ..meta()
+    };
+    save_checkpoint(&dir, &m.graph, &params, &sgd).unwrap();
+    assert_eq!(files_in(&dir), [META_FILE, MODEL_FILE]);
+    assert_eq!(load_checkpoint(&dir, &m.graph).unwrap().1, sgd);
 
     save_checkpoint(&dir, &m.graph, &params, &meta()).unwrap();
     assert_eq!(files_in(&dir), [META_FILE, MODEL_FILE]);
-    assert_eq!(load_checkpoint(&dir, &m.graph).unwrap().1.adam, None);
+    assert_eq!(load_checkpoint(&dir, &m.graph).unwrap().1.optimizer, None);
 }
 
 #[test]
@@ -370,7 +389,9 @@ fn corrupt_or_foreign_description_is_reported() {
     let e = error_of(load_checkpoint(&dir, &m.graph));
     assert_mentions(&e, &[&path.display().to_string(), "line"]);
 
-    fs::write(&path, json.replace("\"version\": 1", "\"version\": 9")).unwrap();
+    let foreign = json.replace("\"version\": 2", "\"version\": 9");
+    assert_ne!(foreign, json, "the version field moved");
+    fs::write(&path, foreign).unwrap();
     let e = error_of(load_checkpoint(&dir, &m.graph));
     assert_mentions(&e, &[&path.display().to_string(), "version 9"]);
 
@@ -428,4 +449,90 @@ fn extra_tensor_is_named() {
             "tensor `extra` is not a parameter of the model",
         ],
     );
+}
+
+/// Trains `steps` steps on `exec` with batches from `data`, returning the losses' bits.
+fn train(exec: &mut (dyn Executor + '_), m: &SeedModel, data: &[SeedData]) -> Vec<u32> {
+    data.iter()
+        .map(|d| exec.train_step(&d.batch(m)).unwrap().to_bits())
+        .collect()
+}
+
+/// An optimizer snapshot moved into a fresh executor continues training
+/// exactly as the uninterrupted one (the resume guarantee), on `make`'s backend.
+/// Builds an executor of a model from parameters and a training config.
+type MakeExecutor<'a> =
+    dyn Fn(&SeedModel, &[(NodeId, Vec<f32>)], TrainConfig) -> Box<dyn Executor + 'a>;
+
+fn resume_continues_exactly<'a>(optimizer: crossmodal::graph::Optimizer, make: &MakeExecutor<'a>) {
+    let c = small(true);
+    let m = model(&c);
+    let data: Vec<SeedData> = (0..6).map(|s| SeedData::new(&c, 10 + s)).collect();
+    let config = TrainConfig {
+        optimizer,
+        ..TrainConfig::default()
+    };
+    let mut a = make(&m, &init_params(&m.graph, 3), config.clone());
+    let first = train(a.as_mut(), &m, &data[..3]);
+    let snapshot = a.optimizer_snapshot().unwrap();
+    assert_eq!(snapshot.steps, 3);
+    let mut b = make(&m, &params_of(a.as_ref(), &m.graph).unwrap(), config);
+    b.restore_optimizer(&snapshot).unwrap();
+    assert_eq!(b.optimizer_snapshot().unwrap(), snapshot);
+    let straight = train(a.as_mut(), &m, &data[3..]);
+    let resumed = train(b.as_mut(), &m, &data[3..]);
+    assert_eq!(straight, resumed);
+    assert_ne!(first[..], straight[..], "training changed nothing");
+}
+
+fn adam() -> crossmodal::graph::Optimizer {
+    crossmodal::graph::Optimizer::Adam(AdamConfig {
+        learning_rate: 0.01,
+        ..AdamConfig::default()
+    })
+}
+
+fn sgd_momentum() -> crossmodal::graph::Optimizer {
+    crossmodal::graph::Optimizer::Sgd(SgdConfig {
+        learning_rate: 0.05,
+        momentum: 0.9,
+        nesterov: true,
+    })
+}
+
+fn cpu(m: &SeedModel, p: &[(NodeId, Vec<f32>)], c: TrainConfig) -> Box<dyn Executor> {
+    Box::new(CpuExecutor::<f32>::new(&m.graph, m.loss, p, c).unwrap())
+}
+
+#[test]
+fn cpu_optimizer_snapshot_resumes_exactly() {
+    resume_continues_exactly(adam(), &cpu);
+    resume_continues_exactly(sgd_momentum(), &cpu);
+}
+
+#[test]
+fn gpu_optimizer_snapshot_resumes_exactly() {
+    let Some(ctx) = common::gpu() else { return };
+    let gpu = |m: &SeedModel, p: &[(NodeId, Vec<f32>)], c: TrainConfig| {
+        Box::new(GpuExecutor::new(ctx, &m.graph, m.loss, p, c).unwrap()) as Box<dyn Executor>
+    };
+    resume_continues_exactly(adam(), &gpu);
+    resume_continues_exactly(sgd_momentum(), &gpu);
+}
+
+#[test]
+fn a_snapshot_of_another_optimizer_is_refused() {
+    let m = model(&small(false));
+    let p = init_params(&m.graph, 1);
+    let config = |optimizer| TrainConfig {
+        optimizer,
+        ..TrainConfig::default()
+    };
+    let a = cpu(&m, &p, config(adam()));
+    let mut b = cpu(&m, &p, config(sgd_momentum()));
+    let err = b
+        .restore_optimizer(&a.optimizer_snapshot().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("slots"), "{err}");
 }

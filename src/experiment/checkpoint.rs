@@ -6,11 +6,14 @@
 //!
 //! - `model.safetensors`: one f32 tensor per parameter, named after its
 //!   graph node (`lstm.kernel`), with the node's shape.
-//! - `optimizer.safetensors` (only when Adam state is given): the first and
-//!   second moments of every parameter, named `m/<node>` and `v/<node>`.
+//! - `optimizer.safetensors` (only when optimizer state with slots is
+//!   given): the state tensors of every parameter, named `<slot>/<node>`
+//!   (`m/lstm.kernel`, `v/lstm.kernel` for Adam, `velocity/…` for SGD with
+//!   momentum).
 //! - `checkpoint.json`: format and version, experiment name, epoch, step,
-//!   class list, the Adam step, the byte count and FNV-1a 64 digest of each
-//!   tensor file, and the vocabulary (opaque JSON).
+//!   class list, the optimizer's step count and slot names, the byte count
+//!   and FNV-1a 64 digest of each tensor file, and the vocabulary (opaque
+//!   JSON).
 //!
 //! Every file is written with [`write_atomic`] (temp file, fsync, rename),
 //! tensor files first and `checkpoint.json` last: the JSON is the commit
@@ -30,7 +33,7 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::graph::{Executor, Graph, NodeId};
+use crate::graph::{Executor, Graph, NodeId, OptimizerSnapshot};
 
 /// File names inside a checkpoint directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -38,11 +41,9 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const META_FILE: &str = "checkpoint.json";
 
 const FORMAT: &str = "crossmodal-checkpoint";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
-/// Parameter values by node, as [`crate::graph::init::init_params`] gives
-/// them and executors take them.
-pub type ParamValues = Vec<(NodeId, Vec<f32>)>;
+pub use crate::graph::exec::ParamValues;
 
 /// Everything saved besides the parameters.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -53,21 +54,15 @@ pub struct CheckpointMeta {
     pub epoch: usize,
     /// Training steps (batches) completed.
     pub step: u64,
+    /// Steps completed of the unfinished epoch `epoch + 1` (a run stopped
+    /// by Ctrl-C mid-epoch); 0 at an epoch boundary.
+    pub epoch_step: u64,
     /// Class names, index = label id.
     pub classes: Vec<String>,
     /// The tokenizer's vocabulary, stored as given.
     pub vocabulary: serde_json::Value,
-    /// Adam's moments, when the executor exposes them.
-    pub adam: Option<AdamState>,
-}
-
-/// Adam's state: the 1-based step its next update uses and the moments of
-/// every parameter (same ids and sizes as the parameters).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AdamState {
-    pub step: u32,
-    pub m: ParamValues,
-    pub v: ParamValues,
+    /// The optimizer's state, so that a resumed run continues exactly.
+    pub optimizer: Option<OptimizerSnapshot>,
 }
 
 /// Byte count and digest of one tensor file, as recorded in the JSON.
@@ -81,8 +76,10 @@ struct FileDigest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OptimizerRecord {
-    adam_step: u32,
-    file: FileDigest,
+    steps: u32,
+    slots: Vec<String>,
+    /// The tensor file; absent when there are no slots (plain SGD).
+    file: Option<FileDigest>,
 }
 
 /// `checkpoint.json`, field for field (vocabulary last: it is the long one).
@@ -94,6 +91,7 @@ struct MetaFile {
     experiment: String,
     epoch: usize,
     step: u64,
+    epoch_step: u64,
     classes: Vec<String>,
     model: FileDigest,
     optimizer: Option<OptimizerRecord>,
@@ -250,16 +248,19 @@ pub fn save_checkpoint(
         .map(|(id, v)| (names(id), id, le_bytes(v)))
         .collect();
     let model = serialize(graph, &model)?;
-    let optimizer = match &meta.adam {
-        Some(adam) => {
-            let m = check_values(graph, &adam.m, "Adam first moment")?;
-            let v = check_values(graph, &adam.v, "Adam second moment")?;
+    let optimizer = match &meta.optimizer {
+        Some(snapshot) => {
             let mut tensors = Vec::new();
-            for (id, (m, v)) in graph.params().into_iter().zip(m.iter().zip(&v)) {
-                tensors.push((format!("m/{}", names(id)), id, le_bytes(m)));
-                tensors.push((format!("v/{}", names(id)), id, le_bytes(v)));
+            for (slot, values) in &snapshot.slots {
+                let values = check_values(graph, values, &format!("optimizer slot {slot}"))?;
+                for (id, v) in graph.params().into_iter().zip(&values) {
+                    tensors.push((format!("{slot}/{}", names(id)), id, le_bytes(v)));
+                }
             }
-            Some((adam.step, serialize(graph, &tensors)?))
+            let bytes = (!tensors.is_empty())
+                .then(|| serialize(graph, &tensors))
+                .transpose()?;
+            Some((snapshot, bytes))
         }
         None => None,
     };
@@ -269,11 +270,13 @@ pub fn save_checkpoint(
         experiment: meta.experiment.clone(),
         epoch: meta.epoch,
         step: meta.step,
+        epoch_step: meta.epoch_step,
         classes: meta.classes.clone(),
         model: digest(&model),
-        optimizer: optimizer.as_ref().map(|(step, bytes)| OptimizerRecord {
-            adam_step: *step,
-            file: digest(bytes),
+        optimizer: optimizer.as_ref().map(|(snapshot, bytes)| OptimizerRecord {
+            steps: snapshot.steps,
+            slots: snapshot.slots.iter().map(|(n, _)| n.clone()).collect(),
+            file: bytes.as_deref().map(digest),
         }),
         vocabulary: meta.vocabulary.clone(),
     };
@@ -283,11 +286,12 @@ pub fn save_checkpoint(
     fs::create_dir_all(dir)
         .map_err(|e| Error::file(dir, format!("cannot create the checkpoint directory: {e}")))?;
     write_atomic(&dir.join(MODEL_FILE), &model)?;
-    if let Some((_, bytes)) = &optimizer {
+    let tensor_file = optimizer.as_ref().and_then(|(_, bytes)| bytes.as_ref());
+    if let Some(bytes) = tensor_file {
         write_atomic(&dir.join(OPTIMIZER_FILE), bytes)?;
     }
     write_atomic(&dir.join(META_FILE), &json)?;
-    if optimizer.is_none() {
+    if tensor_file.is_none() {
         // A moments file from an earlier save no longer matches; the JSON
         // already says there is none, so a failure here loses nothing.
         let _ = fs::remove_file(dir.join(OPTIMIZER_FILE));
@@ -382,8 +386,8 @@ fn read_tensors(
 }
 
 /// Loads the checkpoint in `dir` for `graph`: the parameters in
-/// [`Graph::params`] order and the metadata (with Adam's moments when the
-/// checkpoint has them). Every parameter must be present with its shape
+/// [`Graph::params`] order and the metadata (with the optimizer state when
+/// the checkpoint has it). Every parameter must be present with its shape
 /// and no other tensor may be.
 pub fn load_checkpoint(dir: &Path, graph: &Graph) -> Result<(ParamValues, CheckpointMeta)> {
     let meta_path = dir.join(META_FILE);
@@ -406,15 +410,29 @@ pub fn load_checkpoint(dir: &Path, graph: &Graph) -> Result<(ParamValues, Checkp
     let params = read_tensors(&dir.join(MODEL_FILE), &file.model, graph, &[""])?
         .pop()
         .unwrap_or_default();
-    let adam = match &file.optimizer {
+    let optimizer = match &file.optimizer {
         Some(rec) => {
-            let mut mv = read_tensors(&dir.join(OPTIMIZER_FILE), &rec.file, graph, &["m/", "v/"])?;
-            let v = mv.pop().unwrap_or_default();
-            let m = mv.pop().unwrap_or_default();
-            Some(AdamState {
-                step: rec.adam_step,
-                m,
-                v,
+            let slots = match &rec.file {
+                Some(digest) => {
+                    let prefixes: Vec<String> = rec.slots.iter().map(|s| format!("{s}/")).collect();
+                    let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+                    let values = read_tensors(&dir.join(OPTIMIZER_FILE), digest, graph, &prefixes)?;
+                    rec.slots.iter().cloned().zip(values).collect()
+                }
+                None if rec.slots.is_empty() => Vec::new(),
+                None => {
+                    return Err(Error::file(
+                        &meta_path,
+                        format!(
+                            "optimizer slots {:?} are named but no tensor file is recorded",
+                            rec.slots
+                        ),
+                    ))
+                }
+            };
+            Some(OptimizerSnapshot {
+                steps: rec.steps,
+                slots,
             })
         }
         None => None,
@@ -423,9 +441,10 @@ pub fn load_checkpoint(dir: &Path, graph: &Graph) -> Result<(ParamValues, Checkp
         experiment: file.experiment,
         epoch: file.epoch,
         step: file.step,
+        epoch_step: file.epoch_step,
         classes: file.classes,
         vocabulary: file.vocabulary,
-        adam,
+        optimizer,
     };
     Ok((params, meta))
 }

@@ -407,7 +407,8 @@ pub fn run_experiment(
             classes: all.classes.clone(),
             vocabulary: serde_json::to_value(&tokenizer)
                 .map_err(|e| Error::file(&dir, e.to_string()))?,
-            adam: None,
+            epoch_step: 0,
+            optimizer: Some(exec.optimizer_snapshot()?),
         };
         save_checkpoint(
             &dir.join("checkpoint"),

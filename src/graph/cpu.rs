@@ -30,7 +30,9 @@ use ndarray::{
 };
 
 use crate::error::{Error, Result};
-use crate::graph::{Batch, Executor, Graph, HostData, NodeId, Op, Optimizer, TrainConfig};
+use crate::graph::{
+    Batch, Executor, Graph, HostData, NodeId, Op, Optimizer, OptimizerSnapshot, TrainConfig,
+};
 use crate::ops::activation::{activation_backward_cpu, activation_forward_cpu};
 use crate::ops::bias::{bias_add_cpu, bias_backward_cpu};
 use crate::ops::clip_norm::{clip_norm_scale_cpu, clip_norm_sumsq_cpu};
@@ -120,6 +122,24 @@ pub struct CpuExecutor<A: NdFloat> {
     /// The forward being run: `Some(step)` in training (dropout masks of
     /// that step), `None` at inference.
     training: Option<u32>,
+}
+
+impl<A: NdFloat> Slot<A> {
+    /// State tensor `k` in [`OptimizerSnapshot::slot_names`] order.
+    fn tensor(&self, k: usize) -> &ArrayD<A> {
+        match self {
+            Slot::Adam { m, v } => [m, v][k],
+            Slot::Sgd { velocity } => velocity,
+        }
+    }
+
+    fn tensor_mut(&mut self, k: usize) -> &mut ArrayD<A> {
+        match self {
+            Slot::Adam { m, .. } if k == 0 => m,
+            Slot::Adam { v, .. } => v,
+            Slot::Sgd { velocity } => velocity,
+        }
+    }
 }
 
 // ---------------------------------------------------------------- helpers
@@ -1064,5 +1084,55 @@ impl<A: NdFloat> Executor for CpuExecutor<A> {
             return Ok(self.ids[id.0].iter().map(|&v| v as f32).collect());
         }
         Ok(self.value_array(id)?.iter().map(|&v| to_f32(v)).collect())
+    }
+
+    fn set_learning_rate(&mut self, learning_rate: f64) -> Result<()> {
+        let mut optimizer = self.config.optimizer.clone();
+        match &mut optimizer {
+            Optimizer::Adam(c) => c.learning_rate = learning_rate,
+            Optimizer::Sgd(c) => c.learning_rate = learning_rate,
+        }
+        match &optimizer {
+            Optimizer::Adam(c) => c.validate()?,
+            Optimizer::Sgd(c) => c.validate()?,
+        }
+        self.config.optimizer = optimizer;
+        Ok(())
+    }
+
+    fn optimizer_snapshot(&self) -> Result<OptimizerSnapshot> {
+        let names = OptimizerSnapshot::slot_names(&self.config.optimizer);
+        let slots = names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let values = self
+                    .params
+                    .iter()
+                    .zip(&self.slots)
+                    .map(|(&p, slot)| (p, slot.tensor(k).iter().map(|&x| to_f32(x)).collect()))
+                    .collect();
+                (name.to_string(), values)
+            })
+            .collect();
+        Ok(OptimizerSnapshot {
+            steps: self.train_steps,
+            slots,
+        })
+    }
+
+    fn restore_optimizer(&mut self, snapshot: &OptimizerSnapshot) -> Result<()> {
+        snapshot.check(&self.graph, &self.config.optimizer)?;
+        for (k, (_, values)) in snapshot.slots.iter().enumerate() {
+            for (slot, (_, v)) in self.slots.iter_mut().zip(values) {
+                slot.tensor_mut(k)
+                    .iter_mut()
+                    .zip(v)
+                    .for_each(|(t, &x)| *t = cast(x));
+            }
+        }
+        self.train_steps = snapshot.steps;
+        self.step = snapshot.steps.wrapping_add(1);
+        Ok(())
     }
 }

@@ -42,7 +42,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor, KernelTiming};
-use crate::graph::exec::{Batch, Executor, HostData, Optimizer, TrainConfig};
+use crate::graph::exec::{Batch, Executor, HostData, Optimizer, OptimizerSnapshot, TrainConfig};
 use crate::graph::plan::{plan_memory, MemoryPlan, PlanRequest};
 use crate::graph::{Graph, NodeId, Op};
 use crate::ops::activation::{activation_backward, activation_forward};
@@ -178,6 +178,23 @@ impl OptimizerState {
                 .map(|s| s.m.size_bytes() + s.v.size_bytes())
                 .sum(),
             OptimizerState::Sgd(s) => s.slots().iter().map(|s| s.velocity.size_bytes()).sum(),
+        }
+    }
+
+    /// The settings, as a training configuration names them.
+    fn config(&self) -> Optimizer {
+        match self {
+            OptimizerState::Adam(a) => Optimizer::Adam(*a.config()),
+            OptimizerState::Sgd(s) => Optimizer::Sgd(*s.config()),
+        }
+    }
+
+    /// State tensor `k` (in [`OptimizerSnapshot::slot_names`] order) of slot `i`.
+    fn tensor(&self, i: usize, k: usize) -> &GpuTensor {
+        match self {
+            OptimizerState::Adam(a) if k == 0 => &a.slots()[i].m,
+            OptimizerState::Adam(a) => &a.slots()[i].v,
+            OptimizerState::Sgd(s) => &s.slots()[i].velocity,
         }
     }
 
@@ -1262,6 +1279,24 @@ impl<'a> GpuExecutor<'a> {
         &self.plan
     }
 
+    /// Each parameter (in [`Graph::params`] order) with its optimizer slot:
+    /// slots were prepared, in that order, for the parameters that receive
+    /// a gradient.
+    fn optimizer_slot_of_param(&self) -> Vec<(NodeId, Option<usize>)> {
+        let mut next = 0;
+        self.graph
+            .params()
+            .into_iter()
+            .map(|p| {
+                let slot = self.grad[p.0].is_some().then(|| {
+                    next += 1;
+                    next - 1
+                });
+                (p, slot)
+            })
+            .collect()
+    }
+
     /// Bytes of optimizer state (Adam's m and v, SGD's velocity).
     pub fn optimizer_state_bytes(&self) -> u64 {
         self.optimizer
@@ -1753,5 +1788,66 @@ impl Executor for GpuExecutor<'_> {
         }
         let t = self.vid(id);
         self.read_kept(id, t, "value")
+    }
+
+    fn set_learning_rate(&mut self, learning_rate: f64) -> Result<()> {
+        match &mut self.optimizer {
+            Some(OptimizerState::Adam(a)) => a.set_learning_rate(self.ctx, learning_rate),
+            Some(OptimizerState::Sgd(s)) => s.set_learning_rate(self.ctx, learning_rate),
+            None => Err(Error::graph(
+                "optimizer",
+                "this graph has no trainable parameter",
+            )),
+        }
+    }
+
+    fn optimizer_snapshot(&self) -> Result<OptimizerSnapshot> {
+        let Some(opt) = &self.optimizer else {
+            return Ok(OptimizerSnapshot {
+                steps: self.steps,
+                slots: Vec::new(),
+            });
+        };
+        let slot_of = self.optimizer_slot_of_param();
+        let names = OptimizerSnapshot::slot_names(&opt.config());
+        let mut slots = Vec::with_capacity(names.len());
+        for (k, name) in names.iter().enumerate() {
+            let values = slot_of
+                .iter()
+                .map(|&(p, slot)| {
+                    let v = match slot {
+                        Some(i) => self.ctx.read_f32(opt.tensor(i, k))?,
+                        None => vec![0.0; self.graph.node(p).value.numel()],
+                    };
+                    Ok((p, v))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            slots.push((name.to_string(), values));
+        }
+        Ok(OptimizerSnapshot {
+            steps: self.steps,
+            slots,
+        })
+    }
+
+    fn restore_optimizer(&mut self, snapshot: &OptimizerSnapshot) -> Result<()> {
+        if let Some(opt) = &self.optimizer {
+            snapshot.check(&self.graph, &opt.config())?;
+            let slot_of = self.optimizer_slot_of_param();
+            for (k, (_, values)) in snapshot.slots.iter().enumerate() {
+                for (&(_, slot), (_, v)) in slot_of.iter().zip(values) {
+                    if let Some(i) = slot {
+                        self.ctx.write_f32(opt.tensor(i, k), v)?;
+                    }
+                }
+            }
+        } else if !snapshot.slots.is_empty() {
+            return Err(Error::graph(
+                "optimizer",
+                "this graph has no trainable parameter, the saved state has optimizer slots",
+            ));
+        }
+        self.steps = snapshot.steps;
+        Ok(())
     }
 }
