@@ -56,6 +56,11 @@ pub enum Error {
         message: String,
     },
 
+    /// An experiment or run setting that is out of range or inconsistent,
+    /// named by its path (`training.batch_size`, `--set training.epochs`).
+    #[error("{field}: {message}")]
+    Setting { field: String, message: String },
+
     #[error("the graph has a cycle through {0}")]
     Cycle(String),
 
@@ -79,6 +84,14 @@ impl Error {
     pub fn graph(node: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Graph {
             node: node.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for a setting error naming the field.
+    pub fn setting(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Setting {
+            field: field.into(),
             message: message.into(),
         }
     }

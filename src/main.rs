@@ -3,8 +3,13 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossmodal::experiment::run::{run_experiment, Experiment};
+use crossmodal::experiment::overrides::apply_overrides;
+use crossmodal::experiment::run::{
+    resume_run, run_experiment, run_seeds, Experiment, RunOptions, RunOutcome,
+};
+use crossmodal::experiment::saved::{eval_run, predict_run, Sample};
 use crossmodal::experiment::schema::Backend;
 use crossmodal::gpu::{BackendChoice, GpuContext, GpuOptions};
 
@@ -30,16 +35,49 @@ enum Command {
     /// Train and evaluate an experiment; writes runs/<name>/<timestamp>/.
     Run {
         /// The experiment file (RON), e.g. experiments/seed_fusion.ron.
-        experiment: PathBuf,
+        /// Not needed with --resume.
+        #[arg(required_unless_present = "resume")]
+        experiment: Option<PathBuf>,
         /// Override the experiment's backend: auto, gpu or cpu.
         #[arg(long)]
         backend: Option<String>,
-        /// Override the number of epochs.
+        /// Override the number of epochs (with --resume: the new total).
         #[arg(long)]
         epochs: Option<usize>,
+        /// Change one setting, e.g. `--set training.batch_size=64` or
+        /// `--set model.layers.lstm.kind.Lstm.units=128` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Continue the run in this folder from its checkpoint.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["experiment", "sets"])]
+        resume: Option<PathBuf>,
         /// Where run folders are written.
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
+    },
+    /// Score a finished run's checkpoint: on its own test split (the run's
+    /// figures, exactly) or on other data.
+    Eval {
+        /// A run folder written by `crossmodal run`.
+        run_dir: PathBuf,
+        /// Other data: an experiment file (its `data` section) or a
+        /// manifest read with the run's manifest settings.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Backend: auto, gpu or cpu (default: the one that trained the run).
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Class probabilities of one text and/or image under a trained run.
+    Predict {
+        run_dir: PathBuf,
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Backend: auto, gpu or cpu (default: the one that trained the run).
+        #[arg(long)]
+        backend: Option<String>,
     },
 }
 
@@ -51,6 +89,10 @@ fn options(cli: &Cli) -> Result<GpuOptions> {
     Ok(options)
 }
 
+/// Set by Ctrl-C: the run saves a checkpoint after the current step and
+/// exits cleanly. A second Ctrl-C exits at once.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
@@ -58,31 +100,84 @@ fn main() -> Result<()> {
             experiment,
             backend,
             epochs,
+            sets,
+            resume,
             runs,
         } => {
-            let mut exp = Experiment::load(experiment)?;
+            ctrlc::set_handler(|| {
+                if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\nCtrl-C: stopping after this step (again to quit at once)");
+            })?;
+            let options = RunOptions {
+                backend: backend.as_deref().map(parse_backend).transpose()?,
+                progress: true,
+                interrupt: Some(&INTERRUPTED),
+            };
+            if let Some(dir) = resume {
+                return finish_run(resume_run(dir, *epochs, options)?);
+            }
+            let path = experiment
+                .as_ref()
+                .expect("clap requires it without --resume");
+            let mut exp = apply_overrides(&Experiment::load(path)?, sets)?;
             if let Some(e) = epochs {
                 exp.training.epochs = *e;
             }
+            if exp.evaluation.seeds > 1 {
+                let (dir, outs) = run_seeds(&exp, runs, options)?;
+                for out in &outs {
+                    print_outcome(&exp.name, out);
+                }
+                println!("over seeds: see {}", dir.join("report.md").display());
+                if let Some(bad) = outs.iter().find(|o| o.stopped.is_some() || o.interrupted) {
+                    return finish_run(bad.clone());
+                }
+                return Ok(());
+            }
+            return finish_run(run_experiment(&exp, runs, options)?);
+        }
+        Command::Eval {
+            run_dir,
+            data,
+            backend,
+        } => {
             let backend = backend.as_deref().map(parse_backend).transpose()?;
-            let out = run_experiment(&exp, runs, backend)?;
+            let out = eval_run(run_dir, data.as_deref(), backend)?;
+            println!("{} on {}", out.data, out.device);
             println!(
-                "{}: test accuracy {:.4}, macro-F1 {:.4} in {:.1} s; outputs in {}",
-                exp.name,
-                out.test.accuracy,
-                out.test.macro_f1,
-                out.seconds,
-                out.dir.display()
+                "accuracy {:.4}, macro-F1 {:.4}, loss {:.4}",
+                out.metrics.accuracy, out.metrics.macro_f1, out.loss
             );
-            if let Some(why) = out.stopped {
-                anyhow::bail!("the run stopped early: {why}");
+            for a in &out.ablation {
+                println!("  {} zeroed: accuracy {:.4}", a.zeroed, a.accuracy);
+            }
+            return Ok(());
+        }
+        Command::Predict {
+            run_dir,
+            text,
+            image,
+            backend,
+        } => {
+            if text.is_none() && image.is_none() {
+                anyhow::bail!("give --text, --image or both");
+            }
+            let backend = backend.as_deref().map(parse_backend).transpose()?;
+            let sample = Sample {
+                text: text.as_deref(),
+                image: image.as_deref(),
+            };
+            let p = predict_run(run_dir, &sample, backend)?;
+            for (class, prob) in p.classes.iter().zip(&p.probabilities) {
+                println!("{class:>12}  {prob:.4}");
             }
             return Ok(());
         }
         Command::Devices => {}
     }
     match cli.command {
-        Command::Run { .. } => unreachable!("handled above"),
         Command::Devices => {
             for info in GpuContext::list_adapters() {
                 println!(
@@ -99,6 +194,41 @@ fn main() -> Result<()> {
                 if ctx.has_timestamps() { "yes" } else { "no" }
             );
         }
+        _ => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn print_outcome(name: &str, out: &RunOutcome) {
+    match &out.test {
+        Some(t) => println!(
+            "{name}: test accuracy {:.4}, macro-F1 {:.4} in {:.1} s; outputs in {}",
+            t.accuracy,
+            t.macro_f1,
+            out.seconds,
+            out.dir.display()
+        ),
+        None => println!("{name}: no test result; outputs in {}", out.dir.display()),
+    }
+}
+
+/// Prints a run's outcome; a non-finite loss or an interruption is a
+/// non-zero exit.
+fn finish_run(out: RunOutcome) -> Result<()> {
+    let name = out
+        .dir
+        .parent()
+        .and_then(|p| p.file_name())
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    print_outcome(&name, &out);
+    if let Some(why) = &out.stopped {
+        anyhow::bail!("the run stopped early: {why}");
+    }
+    if out.interrupted {
+        anyhow::bail!(
+            "interrupted; continue with `crossmodal run --resume {}`",
+            out.dir.display()
+        );
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use crossmodal::experiment::model::build_model;
-use crossmodal::experiment::run::{run_experiment, DataSpec, Experiment};
+use crossmodal::experiment::run::{run_experiment, DataSpec, Experiment, RunOptions};
 use crossmodal::experiment::schema::Backend;
 
 fn experiments() -> Vec<std::path::PathBuf> {
@@ -47,7 +47,11 @@ fn tiny(backend: Backend) {
         "crossmodal-test-runs-{backend:?}-{}",
         std::process::id()
     ));
-    let out = run_experiment(&exp, &runs, Some(backend)).unwrap();
+    let options = RunOptions {
+        backend: Some(backend),
+        ..RunOptions::default()
+    };
+    let out = run_experiment(&exp, &runs, options).unwrap();
     for file in [
         "experiment.ron",
         "vocabulary.json",
@@ -70,7 +74,7 @@ fn tiny(backend: Backend) {
     }
     assert_eq!(out.epochs.len(), 2);
     assert!(out.epochs.iter().all(|e| e.train_loss.is_finite()));
-    assert_eq!(out.test.samples, 24);
+    assert_eq!(out.test.as_ref().unwrap().samples, 24);
     let report = std::fs::read_to_string(out.dir.join("report.md")).unwrap();
     assert!(
         report.contains("majority-class baseline") && report.contains("image"),

@@ -185,6 +185,7 @@ fn epochs() -> Vec<EpochMetrics> {
             train_accuracy: 0.5,
             val_loss: Some(0.625),
             val_accuracy: Some(0.5625),
+            learning_rate: 0.001,
             samples_per_second: 1000.0,
             seconds: 1.5,
         },
@@ -194,6 +195,7 @@ fn epochs() -> Vec<EpochMetrics> {
             train_accuracy: 0.75,
             val_loss: None,
             val_accuracy: None,
+            learning_rate: 0.0005,
             samples_per_second: 1250.5,
             seconds: 1.25,
         },
@@ -203,6 +205,7 @@ fn epochs() -> Vec<EpochMetrics> {
             train_accuracy: 0.875,
             val_loss: Some(0.375),
             val_accuracy: Some(0.8125),
+            learning_rate: 0.00025,
             samples_per_second: 1300.0,
             seconds: 1.0,
         },
@@ -241,10 +244,10 @@ fn csv_has_the_header_and_one_row_per_epoch() {
     assert_eq!(
         lines,
         vec![
-            "epoch,train_loss,train_accuracy,val_loss,val_accuracy,samples_per_second,seconds",
-            "1,0.75,0.5,0.625,0.5625,1000,1.5",
-            "2,0.5,0.75,,,1250.5,1.25",
-            "3,0.25,0.875,0.375,0.8125,1300,1",
+            "epoch,train_loss,train_accuracy,val_loss,val_accuracy,learning_rate,samples_per_second,seconds",
+            "1,0.75,0.5,0.625,0.5625,0.001,1000,1.5",
+            "2,0.5,0.75,,,0.0005,1250.5,1.25",
+            "3,0.25,0.875,0.375,0.8125,0.00025,1300,1",
         ]
     );
     assert!(csv.ends_with('\n'));

@@ -385,11 +385,8 @@ fn read_tensors(
     Ok(out)
 }
 
-/// Loads the checkpoint in `dir` for `graph`: the parameters in
-/// [`Graph::params`] order and the metadata (with the optimizer state when
-/// the checkpoint has it). Every parameter must be present with its shape
-/// and no other tensor may be.
-pub fn load_checkpoint(dir: &Path, graph: &Graph) -> Result<(ParamValues, CheckpointMeta)> {
+/// Reads and checks `checkpoint.json` of `dir`.
+fn read_meta_file(dir: &Path) -> Result<(MetaFile, std::path::PathBuf)> {
     let meta_path = dir.join(META_FILE);
     let json = read(&meta_path)?;
     let file: MetaFile = serde_json::from_slice(&json).map_err(|e| {
@@ -407,6 +404,30 @@ pub fn load_checkpoint(dir: &Path, graph: &Graph) -> Result<(ParamValues, Checkp
             ),
         ));
     }
+    Ok((file, meta_path))
+}
+
+/// The metadata of the checkpoint in `dir` without its tensors (and so
+/// without the optimizer state): enough to rebuild the model it fits.
+pub fn load_meta(dir: &Path) -> Result<CheckpointMeta> {
+    let (file, _) = read_meta_file(dir)?;
+    Ok(CheckpointMeta {
+        experiment: file.experiment,
+        epoch: file.epoch,
+        step: file.step,
+        epoch_step: file.epoch_step,
+        classes: file.classes,
+        vocabulary: file.vocabulary,
+        optimizer: None,
+    })
+}
+
+/// Loads the checkpoint in `dir` for `graph`: the parameters in
+/// [`Graph::params`] order and the metadata (with the optimizer state when
+/// the checkpoint has it). Every parameter must be present with its shape
+/// and no other tensor may be.
+pub fn load_checkpoint(dir: &Path, graph: &Graph) -> Result<(ParamValues, CheckpointMeta)> {
+    let (file, meta_path) = read_meta_file(dir)?;
     let params = read_tensors(&dir.join(MODEL_FILE), &file.model, graph, &[""])?
         .pop()
         .unwrap_or_default();

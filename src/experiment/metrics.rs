@@ -37,6 +37,9 @@ pub struct EpochMetrics {
     /// (`validation_split: 0.0`).
     pub val_loss: Option<f64>,
     pub val_accuracy: Option<f64>,
+    /// The learning rate the epoch trained with (schedules change it).
+    #[serde(default)]
+    pub learning_rate: f64,
     /// Training samples per second of wall time over the epoch.
     pub samples_per_second: f64,
     /// Wall time of the epoch in seconds (training and validation).

@@ -7,8 +7,11 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod metrics;
 pub mod model;
+pub mod overrides;
+pub mod prepare;
 pub mod report;
 pub mod run;
+pub mod saved;
 pub mod schema;
 
 use crate::error::{Error, Result};

@@ -41,7 +41,7 @@ pub const FIGURE_SIZE: (u32, u32) = (800, 500);
 
 /// Header of [`METRICS_CSV`], in the field order of [`EpochMetrics`].
 pub const CSV_HEADER: &str =
-    "epoch,train_loss,train_accuracy,val_loss,val_accuracy,samples_per_second,seconds";
+    "epoch,train_loss,train_accuracy,val_loss,val_accuracy,learning_rate,samples_per_second,seconds";
 
 // ---------------------------------------------------------------------------
 // Per-epoch metrics
@@ -56,12 +56,13 @@ pub fn epochs_csv(epochs: &[EpochMetrics]) -> String {
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     for e in epochs {
         s.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{}\n",
             e.epoch,
             e.train_loss,
             e.train_accuracy,
             opt(e.val_loss),
             opt(e.val_accuracy),
+            e.learning_rate,
             e.samples_per_second,
             e.seconds
         ));

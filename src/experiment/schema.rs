@@ -194,8 +194,148 @@ pub struct TrainingSpec {
     /// Rescale gradients to at most this global L2 norm.
     #[serde(default)]
     pub clip_global_norm: Option<f32>,
+    /// Stop when a monitored metric stops improving (Keras `EarlyStopping`).
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStopping>,
+    /// The learning rate of each epoch (Keras `LearningRateScheduler`,
+    /// applied at the start of every epoch).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Per-class loss weights for imbalanced sets (Keras `class_weight`):
+    /// each sample's loss is multiplied by its class's weight and the batch
+    /// loss is the mean over the batch.
+    #[serde(default)]
+    pub class_weights: Option<ClassWeights>,
+}
+
+/// A metric an epoch reports, for early stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Monitor {
+    ValLoss,
+    ValAccuracy,
+    TrainLoss,
+    TrainAccuracy,
+}
+
+impl Monitor {
+    /// Whether a larger value is better.
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, Monitor::ValAccuracy | Monitor::TrainAccuracy)
+    }
+
+    /// Whether it needs a validation set.
+    pub fn needs_validation(self) -> bool {
+        matches!(self, Monitor::ValLoss | Monitor::ValAccuracy)
+    }
+}
+
+/// Keras `EarlyStopping(monitor, patience, min_delta, restore_best_weights)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    #[serde(default = "val_loss")]
+    pub monitor: Monitor,
+    /// Epochs without improvement before stopping.
+    pub patience: usize,
+    /// The least change that counts as an improvement.
+    #[serde(default)]
+    pub min_delta: f64,
+    /// Put back the parameters of the best epoch when training ends (they
+    /// are what the test set and the checkpoint then see).
+    #[serde(default)]
+    pub restore_best_weights: bool,
+}
+
+fn val_loss() -> Monitor {
+    Monitor::ValLoss
+}
+
+/// How the learning rate changes over epochs; `lr0` is the optimizer's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum LrSchedule {
+    /// `lr0` throughout.
+    #[default]
+    Constant,
+    /// `lr0 · factor^floor((epoch-1) / every)`.
+    Step { every: usize, factor: f64 },
+    /// `lr0 · rate^(epoch-1)`.
+    Exponential { rate: f64 },
+    /// Cosine from `lr0` at epoch 1 down to `min` at the last epoch.
+    Cosine {
+        #[serde(default)]
+        min: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The learning rate of 1-based `epoch` of `epochs`.
+    pub fn rate(&self, lr0: f64, epoch: usize, epochs: usize) -> f64 {
+        let e = epoch.saturating_sub(1) as f64;
+        match *self {
+            LrSchedule::Constant => lr0,
+            LrSchedule::Step { every, factor } => {
+                lr0 * factor.powi((epoch.saturating_sub(1) / every.max(1)) as i32)
+            }
+            LrSchedule::Exponential { rate } => lr0 * rate.powf(e),
+            LrSchedule::Cosine { min } => {
+                let span = epochs.saturating_sub(1).max(1) as f64;
+                min + (lr0 - min) * 0.5 * (1.0 + (std::f64::consts::PI * e / span).cos())
+            }
+        }
+    }
+}
+
+/// Per-class loss weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClassWeights {
+    /// `n / (classes · count_c)` over the training split (scikit-learn's
+    /// "balanced"): every class contributes equally to the loss.
+    Balanced,
+    /// One weight per class, in class-id order.
+    Explicit(Vec<f32>),
+}
+
+impl ClassWeights {
+    /// The weight of every class given the training labels.
+    pub fn resolve(&self, train_labels: &[u32], classes: usize) -> crate::error::Result<Vec<f32>> {
+        match self {
+            ClassWeights::Explicit(w) if w.len() == classes => Ok(w.clone()),
+            ClassWeights::Explicit(w) => Err(crate::error::Error::setting(
+                "training.class_weights",
+                format!("{} weights given for {classes} classes", w.len()),
+            )),
+            ClassWeights::Balanced => {
+                let mut counts = vec![0usize; classes];
+                for &l in train_labels {
+                    counts[l as usize] += 1;
+                }
+                let n = train_labels.len() as f64;
+                Ok(counts
+                    .iter()
+                    .map(|&c| {
+                        if c == 0 {
+                            0.0
+                        } else {
+                            (n / (classes as f64 * c as f64)) as f32
+                        }
+                    })
+                    .collect())
+            }
+        }
+    }
 }
 
 fn yes() -> bool {
     true
+}
+
+impl OptimizerSpec {
+    /// The initial learning rate.
+    pub fn learning_rate(&self) -> f64 {
+        match *self {
+            OptimizerSpec::Adam { learning_rate, .. }
+            | OptimizerSpec::Sgd { learning_rate, .. } => learning_rate,
+        }
+    }
 }
