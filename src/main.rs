@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crossmodal::experiment::run::{run_experiment, Experiment};
 use crossmodal::experiment::schema::Backend;
 use crossmodal::gpu::{BackendChoice, GpuContext, GpuOptions};
+use crossmodal::study::{inspect, shadow};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,24 @@ enum Command {
         /// Where run folders are written.
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
+        /// Instead of the run: the first N training steps on the GPU and
+        /// CPU backends side by side; exits non-zero on a divergence.
+        #[arg(long, value_name = "N")]
+        shadow: Option<usize>,
+    },
+    /// Model summary, memory plan, graph files and kernel schedule.
+    Inspect {
+        /// The experiment file (RON).
+        experiment: PathBuf,
+        /// Where graph.dot, graph.mmd and schedule.csv go (default runs/<name>/inspect/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Time one training step per kernel on the GPU and per layer on the CPU.
+        #[arg(long)]
+        profile: bool,
+        /// Build the model for this batch size instead of the experiment's.
+        #[arg(long)]
+        batch: Option<usize>,
     },
 }
 
@@ -59,8 +78,16 @@ fn main() -> Result<()> {
             backend,
             epochs,
             runs,
+            shadow,
         } => {
             let mut exp = Experiment::load(experiment)?;
+            if let Some(n) = shadow {
+                let ctx = GpuContext::new(&options(&cli)?)?;
+                let report = shadow::shadow_check(&ctx, &exp, *n, shadow::Tolerance::DEFAULT)?;
+                println!("{report}");
+                anyhow::ensure!(report.agrees(), "the backends diverge");
+                return Ok(());
+            }
             if let Some(e) = epochs {
                 exp.training.epochs = *e;
             }
@@ -79,10 +106,29 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Command::Inspect {
+            experiment,
+            out,
+            profile,
+            batch,
+        } => {
+            let exp = Experiment::load(experiment)?;
+            let ctx = GpuContext::new(&options(&cli)?).map_err(|e| e.to_string());
+            let opts = inspect::InspectOptions {
+                out: out.clone(),
+                profile: *profile,
+                batch: *batch,
+            };
+            println!(
+                "{}",
+                inspect::inspect(&exp, &opts, ctx.as_ref().map_err(Clone::clone))?
+            );
+            return Ok(());
+        }
         Command::Devices => {}
     }
     match cli.command {
-        Command::Run { .. } => unreachable!("handled above"),
+        Command::Run { .. } | Command::Inspect { .. } => unreachable!("handled above"),
         Command::Devices => {
             for info in GpuContext::list_adapters() {
                 println!(

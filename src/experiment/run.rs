@@ -130,9 +130,9 @@ pub struct RunOutcome {
 }
 
 /// Samples ready for the model: token ids (sample-major), images, labels.
-struct Encoded {
-    tokens: TokenIds,
-    data: Dataset,
+pub(crate) struct Encoded {
+    pub(crate) tokens: TokenIds,
+    pub(crate) data: Dataset,
 }
 
 fn optimizer(spec: &OptimizerSpec) -> Optimizer {
@@ -160,7 +160,7 @@ fn optimizer(spec: &OptimizerSpec) -> Optimizer {
     }
 }
 
-fn train_config(t: &TrainingSpec) -> TrainConfig {
+pub(crate) fn train_config(t: &TrainingSpec) -> TrainConfig {
     TrainConfig {
         optimizer: optimizer(&t.optimizer),
         clip_global_norm: t.clip_global_norm,
@@ -169,7 +169,7 @@ fn train_config(t: &TrainingSpec) -> TrainConfig {
 
 /// The batch of samples `idx` (exactly the model's batch size) in the
 /// model's input layouts; `zero` blanks a modality (ablation).
-fn make_batch(m: &BuiltModel, e: &Encoded, idx: &[usize], zero: Option<&str>) -> Batch {
+pub(crate) fn make_batch(m: &BuiltModel, e: &Encoded, idx: &[usize], zero: Option<&str>) -> Batch {
     let mut batch = Batch::new();
     for (_, id, kind) in &m.inputs {
         let blank = zero == Some(kind_name(kind));
@@ -239,7 +239,7 @@ fn classification(probs: &[f32], labels: &[u32], classes: usize) -> Result<Class
     Classification::from_probabilities(view, labels)
 }
 
-fn load_data(spec: &DataSpec, seed: u64) -> Result<Dataset> {
+pub(crate) fn load_data(spec: &DataSpec, seed: u64) -> Result<Dataset> {
     match spec {
         DataSpec::Synthetic(c) => {
             let mut c = c.clone();
