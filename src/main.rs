@@ -12,6 +12,7 @@ use crossmodal::experiment::run::{
 use crossmodal::experiment::saved::{eval_run, predict_run, Sample};
 use crossmodal::experiment::schema::Backend;
 use crossmodal::gpu::{BackendChoice, GpuContext, GpuOptions};
+use crossmodal::study::{inspect, shadow};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,24 @@ enum Command {
         /// Where run folders are written.
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
+        /// Instead of the run: the first N training steps on the GPU and
+        /// CPU backends side by side; exits non-zero on a divergence.
+        #[arg(long, value_name = "N")]
+        shadow: Option<usize>,
+    },
+    /// Model summary, memory plan, graph files and kernel schedule.
+    Inspect {
+        /// The experiment file (RON).
+        experiment: PathBuf,
+        /// Where graph.dot, graph.mmd and schedule.csv go (default runs/<name>/inspect/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Time one training step per kernel on the GPU and per layer on the CPU.
+        #[arg(long)]
+        profile: bool,
+        /// Build the model for this batch size instead of the experiment's.
+        #[arg(long)]
+        batch: Option<usize>,
     },
     /// Score a finished run's checkpoint: on its own test split (the run's
     /// figures, exactly) or on other data.
@@ -81,7 +100,7 @@ enum Command {
     },
 }
 
-fn options(cli: &Cli) -> Result<GpuOptions> {
+fn gpu_options(cli: &Cli) -> Result<GpuOptions> {
     let mut options = GpuOptions::from_env()?;
     if let Some(b) = &cli.gpu_backend {
         options.backend = b.parse::<BackendChoice>()?;
@@ -103,6 +122,7 @@ fn main() -> Result<()> {
             sets,
             resume,
             runs,
+            shadow,
         } => {
             ctrlc::set_handler(|| {
                 if INTERRUPTED.swap(true, Ordering::SeqCst) {
@@ -122,6 +142,13 @@ fn main() -> Result<()> {
                 .as_ref()
                 .expect("clap requires it without --resume");
             let mut exp = apply_overrides(&Experiment::load(path)?, sets)?;
+            if let Some(n) = shadow {
+                let ctx = GpuContext::new(&gpu_options(&cli)?)?;
+                let report = shadow::shadow_check(&ctx, &exp, *n, shadow::Tolerance::DEFAULT)?;
+                println!("{report}");
+                anyhow::ensure!(report.agrees(), "the backends diverge");
+                return Ok(());
+            }
             if let Some(e) = epochs {
                 exp.training.epochs = *e;
             }
@@ -175,6 +202,25 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Command::Inspect {
+            experiment,
+            out,
+            profile,
+            batch,
+        } => {
+            let exp = Experiment::load(experiment)?;
+            let ctx = GpuContext::new(&gpu_options(&cli)?).map_err(|e| e.to_string());
+            let opts = inspect::InspectOptions {
+                out: out.clone(),
+                profile: *profile,
+                batch: *batch,
+            };
+            println!(
+                "{}",
+                inspect::inspect(&exp, &opts, ctx.as_ref().map_err(Clone::clone))?
+            );
+            return Ok(());
+        }
         Command::Devices => {}
     }
     match cli.command {
@@ -185,7 +231,7 @@ fn main() -> Result<()> {
                     info.name, info.device_type, info.backend, info.driver, info.driver_info
                 );
             }
-            let ctx = GpuContext::new(&options(&cli)?)?;
+            let ctx = GpuContext::new(&gpu_options(&cli)?)?;
             println!("chosen: {}", ctx.describe());
             println!(
                 "limits: {} workgroups per dimension, {} MiB per storage binding, timestamps {}",

@@ -31,7 +31,7 @@ use ndarray::{
 
 use crate::error::{Error, Result};
 use crate::graph::{
-    Batch, Executor, Graph, HostData, NodeId, Op, Optimizer, OptimizerSnapshot, TrainConfig,
+    Batch, Executor, Graph, HostData, NodeId, Op, Optimizer, OptimizerSnapshot, Phase, TrainConfig,
 };
 use crate::ops::activation::{activation_backward_cpu, activation_forward_cpu};
 use crate::ops::bias::{bias_add_cpu, bias_backward_cpu};
@@ -90,6 +90,16 @@ enum Slot<A> {
     },
 }
 
+/// The wall time of one node's forward or backward (or of the update) in
+/// the last run, when [`CpuExecutor::record_times`] is on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuTiming {
+    pub phase: Phase,
+    /// `None` for the update (clipping and the optimizer).
+    pub node: Option<NodeId>,
+    pub seconds: f64,
+}
+
 /// Runs a graph on the host with the ndarray references; see the module
 /// documentation.
 #[derive(Debug)]
@@ -122,6 +132,8 @@ pub struct CpuExecutor<A: NdFloat> {
     /// The forward being run: `Some(step)` in training (dropout masks of
     /// that step), `None` at inference.
     training: Option<u32>,
+    /// Per-node wall times of the last run, when recording.
+    times: Option<Vec<CpuTiming>>,
 }
 
 impl<A: NdFloat> Slot<A> {
@@ -360,6 +372,7 @@ impl<A: NdFloat> CpuExecutor<A> {
             step: 1,
             train_steps: 0,
             training: None,
+            times: None,
         };
         exec.loss_order = exec.needed(loss);
         Ok(exec)
@@ -505,11 +518,16 @@ impl<A: NdFloat> CpuExecutor<A> {
     fn forward(&mut self, batch: &Batch, order: &[NodeId], training: Option<u32>) -> Result<()> {
         self.training = training;
         self.load_inputs(batch, order)?;
+        if let Some(t) = &mut self.times {
+            t.clear();
+        }
         for &id in order {
             if matches!(self.graph.node(id).op, Op::Input { .. } | Op::Param { .. }) {
                 continue;
             }
+            let start = std::time::Instant::now();
             let (value, saved) = self.forward_node(id)?;
+            self.record_time(Phase::Forward, Some(id), start);
             self.values[id.0] = Some(value);
             self.saved[id.0] = saved;
             self.computed[id.0] = true;
@@ -666,7 +684,9 @@ impl<A: NdFloat> CpuExecutor<A> {
         }
         for k in 0..self.backward.len() {
             let id = self.backward[k];
+            let start = std::time::Instant::now();
             self.backward_node(id);
+            self.record_time(Phase::Backward, Some(id), start);
         }
     }
 
@@ -949,10 +969,12 @@ impl<A: NdFloat> CpuExecutor<A> {
     /// loss before the update.
     pub fn run_train_step(&mut self, batch: &Batch) -> Result<A> {
         let loss = self.run_gradients(batch)?;
+        let start = std::time::Instant::now();
         if let Some(clip) = self.config.clip_global_norm {
             self.clip_gradients(clip);
         }
         self.update();
+        self.record_time(Phase::Update, None, start);
         self.train_steps = self.train_steps.wrapping_add(1);
         Ok(loss)
     }
@@ -1008,6 +1030,29 @@ impl<A: NdFloat> CpuExecutor<A> {
             .expect("parameters are standard layout")
             .copy_from_slice(value);
         Ok(())
+    }
+
+    /// Turns per-node timing on or off: while on, every run records the
+    /// wall time of each node's forward and backward and of the update,
+    /// read with [`CpuExecutor::times`] (one `Instant` pair per node).
+    pub fn record_times(&mut self, on: bool) {
+        self.times = on.then(Vec::new);
+    }
+
+    /// The timings of the last run, in execution order (empty unless
+    /// [`CpuExecutor::record_times`] is on).
+    pub fn times(&self) -> &[CpuTiming] {
+        self.times.as_deref().unwrap_or(&[])
+    }
+
+    fn record_time(&mut self, phase: Phase, node: Option<NodeId>, start: std::time::Instant) {
+        if let Some(t) = &mut self.times {
+            t.push(CpuTiming {
+                phase,
+                node,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+        }
     }
 
     /// The 1-based Adam step the next training step uses.

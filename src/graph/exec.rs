@@ -30,6 +30,16 @@ impl Batch {
     }
 }
 
+/// Which part of a training step work belongs to (both backends' timings
+/// and the GPU schedule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Forward,
+    Backward,
+    /// Gradient clipping and the optimizer.
+    Update,
+}
+
 /// The update a training step applies to every parameter.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Optimizer {

@@ -42,7 +42,9 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor, KernelTiming};
-use crate::graph::exec::{Batch, Executor, HostData, Optimizer, OptimizerSnapshot, TrainConfig};
+use crate::graph::exec::{
+    Batch, Executor, HostData, Optimizer, OptimizerSnapshot, Phase, TrainConfig,
+};
 use crate::graph::plan::{plan_memory, MemoryPlan, PlanRequest};
 use crate::graph::{Graph, NodeId, Op};
 use crate::ops::activation::{activation_backward, activation_forward};
@@ -236,6 +238,50 @@ impl StepStats {
     pub fn dispatches(&self) -> usize {
         self.forward_dispatches + self.backward_dispatches + self.update_dispatches
     }
+}
+
+/// One dispatch of a training step, in recording order (see
+/// [`GpuExecutor::train_schedule`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduledDispatch {
+    pub phase: Phase,
+    /// The node whose forward or backward records it (`None`: the update).
+    pub node: Option<NodeId>,
+    /// The WGSL entry point.
+    pub entry: &'static str,
+    pub workgroups: [u32; 3],
+}
+
+/// What a planned tensor holds for the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorRole {
+    /// The value of an input or parameter node (pinned).
+    Input,
+    Param,
+    /// A parameter's gradient (pinned: the optimizer reads it).
+    ParamGrad,
+    /// The value of any other node.
+    Value,
+    /// The incoming gradient of any other node.
+    Gradient,
+    /// Per-op state and scratch (recurrent states, pre-activations and
+    /// carries, argmax, probabilities, per-row losses).
+    Internal,
+}
+
+/// One tensor of the memory plan (see [`GpuExecutor::planned_tensors`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub bytes: u64,
+    pub role: TensorRole,
+    pub pinned: bool,
+    /// The stages that bind it, `[first, last]` (see
+    /// [`GpuExecutor::stage_phases`]); `None`: no stage does.
+    pub lifetime: Option<(usize, usize)>,
+    /// Its buffer in [`MemoryPlan::slots`].
+    pub slot: usize,
 }
 
 /// What a run records.
@@ -1293,6 +1339,78 @@ impl<'a> GpuExecutor<'a> {
                     next - 1
                 });
                 (p, slot)
+            })
+            .collect()
+    }
+
+    /// The dispatches of one training step in recording order (what
+    /// [`GpuExecutor::profile_step`] times, one entry per timing).
+    pub fn train_schedule(&self) -> Vec<ScheduledDispatch> {
+        let mut out = Vec::new();
+        for s in self.stages_for(Run::Train) {
+            let (phase, node) = self.stage_phase(s);
+            out.extend(
+                self.stage_dispatches(s)
+                    .into_iter()
+                    .map(|d| ScheduledDispatch {
+                        phase,
+                        node,
+                        entry: d.name,
+                        workgroups: d.workgroups,
+                    }),
+            );
+        }
+        out
+    }
+
+    fn stage_phase(&self, s: usize) -> (Phase, Option<NodeId>) {
+        match self.stages[s].kind {
+            StageKind::Forward(n) => (Phase::Forward, Some(n)),
+            StageKind::Backward(n) => (Phase::Backward, Some(n)),
+            StageKind::Update => (Phase::Update, None),
+        }
+    }
+
+    /// Every stage of the schedule (the indices of
+    /// [`PlannedTensor::lifetime`]): its phase and node.
+    pub fn stage_phases(&self) -> Vec<(Phase, Option<NodeId>)> {
+        (0..self.stages.len())
+            .map(|s| self.stage_phase(s))
+            .collect()
+    }
+
+    /// Every tensor the plan places (the requests of
+    /// [`GpuExecutor::memory_plan`], in order), with its role.
+    pub fn planned_tensors(&self) -> Vec<PlannedTensor> {
+        let mut role = vec![TensorRole::Internal; self.tensors.len()];
+        for id in self.graph.ids() {
+            let param = matches!(self.graph.node(id).op, Op::Param { .. });
+            if let Some(v) = &self.value[id.0] {
+                role[v.id] = match self.graph.node(id).op {
+                    Op::Input { .. } => TensorRole::Input,
+                    Op::Param { .. } => TensorRole::Param,
+                    _ => TensorRole::Value,
+                };
+            }
+            if let Some(g) = &self.grad[id.0] {
+                role[g.id] = if param {
+                    TensorRole::ParamGrad
+                } else {
+                    TensorRole::Gradient
+                };
+            }
+        }
+        self.tensors
+            .iter()
+            .enumerate()
+            .map(|(t, info)| PlannedTensor {
+                name: info.name.clone(),
+                shape: info.shape.clone(),
+                bytes: info.bytes(),
+                role: role[t],
+                pinned: info.pinned,
+                lifetime: self.lifetimes[t],
+                slot: self.plan.slot_of[t],
             })
             .collect()
     }

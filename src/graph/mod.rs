@@ -21,7 +21,7 @@ pub mod plan;
 use std::collections::HashMap;
 
 pub use cpu::CpuExecutor;
-pub use exec::{Batch, Executor, HostData, Optimizer, OptimizerSnapshot, TrainConfig};
+pub use exec::{Batch, Executor, HostData, Optimizer, OptimizerSnapshot, Phase, TrainConfig};
 pub use node::{Init, Op, Value};
 
 use crate::error::{Error, Result};

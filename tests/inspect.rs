@@ -1,0 +1,150 @@
+//! `crossmodal inspect` on a tiny fusion model: the summary lists every
+//! layer with parameter counts computed here from the layer sizes, the
+//! graph files name every layer and both passes, the schedule has one row
+//! per dispatch a training step records, and the profile times each one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use crossmodal::experiment::run::Experiment;
+use crossmodal::graph::gpu::GpuExecutor;
+use crossmodal::graph::{Executor, TrainConfig};
+use crossmodal::study::inspect::{inspect, summarize, InspectOptions};
+use crossmodal::study::shadow::Prepared;
+
+fn tiny() -> Experiment {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_fusion.ron");
+    Experiment::load(&path).unwrap()
+}
+
+fn out_dir(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("crossmodal-inspect-{what}-{}", std::process::id()))
+}
+
+/// Parameters of the fixture's layers, from their sizes.
+fn expected_params() -> [(&'static str, usize); 4] {
+    let (vocab, dim) = (50, 4);
+    let (units, gates) = (5, 4 * 5);
+    let (filters, k, image) = (3, 3, 16);
+    // Valid 3x3 convolution, then 2x2 pooling (floor).
+    let conv_out = image - k + 1;
+    let pooled = conv_out / 2;
+    let features = units + pooled * pooled * filters;
+    [
+        ("embedding", vocab * dim),
+        ("lstm", dim * gates + units * gates + gates),
+        ("conv", k * k * filters + filters),
+        ("dense", features * 2 + 2),
+    ]
+}
+
+#[test]
+fn summary_lists_every_layer_with_its_parameters() {
+    let exp = tiny();
+    let p = Prepared::new(&exp, None).unwrap();
+    let s = summarize(&exp.model, &p.model.graph, p.model.loss, 4).unwrap();
+    for layer in &exp.model.layers {
+        assert!(
+            s.rows.iter().any(|r| r.name == layer.name),
+            "{} missing from\n{s}",
+            layer.name
+        );
+    }
+    let expected = expected_params();
+    for (name, n) in expected {
+        let row = s.rows.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(row.params, n, "{name}");
+    }
+    let total: usize = expected.iter().map(|(_, n)| n).sum();
+    assert_eq!(s.total_params, total);
+    assert_eq!(s.trainable_params, total);
+    assert_eq!(s.rows.iter().map(|r| r.params).sum::<usize>(), total);
+    let text = s.to_string();
+    assert!(text.contains(&format!("total params: {total}")), "{text}");
+    let dense = s.rows.iter().find(|r| r.name == "dense").unwrap();
+    assert_eq!(dense.output_shape, vec![4, 2]);
+}
+
+#[test]
+fn graph_files_name_every_layer_in_both_passes() {
+    let exp = tiny();
+    let out = out_dir("graph");
+    let opts = InspectOptions {
+        out: Some(out.clone()),
+        ..Default::default()
+    };
+    // Files need no device.
+    let r = inspect(&exp, &opts, Err("not asked".into())).unwrap();
+    assert!(r.memory.is_none());
+    assert!(r.to_string().contains("need a GPU adapter"));
+    let dot = std::fs::read_to_string(out.join("graph.dot")).unwrap();
+    let mmd = std::fs::read_to_string(out.join("graph.mmd")).unwrap();
+    assert!(dot.starts_with("digraph") && dot.contains("cluster_backward"));
+    assert!(mmd.starts_with("flowchart") && mmd.contains("subgraph backward"));
+    for layer in &exp.model.layers {
+        for (what, text) in [("dot", &dot), ("mermaid", &mmd)] {
+            assert!(
+                text.contains(&format!("\"{}\\n", layer.name))
+                    || text.contains(&format!("\"{}<br/>", layer.name)),
+                "{what}: forward {}",
+                layer.name
+            );
+            // Every layer lies between a parameter and the loss here.
+            assert!(
+                text.contains(&format!("∇ {}", layer.name)),
+                "{what}: backward {}",
+                layer.name
+            );
+        }
+    }
+    assert!(dot.contains("∂loss/∂lstm.kernel") && mmd.contains("∂loss/∂lstm.kernel"));
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn schedule_has_a_row_per_dispatch_and_the_profile_times_each() {
+    let Some(ctx) = common::gpu() else { return };
+    let exp = tiny();
+    let out = out_dir("schedule");
+    let opts = InspectOptions {
+        out: Some(out.clone()),
+        profile: true,
+        batch: None,
+    };
+    let r = inspect(&exp, &opts, Ok(ctx)).unwrap();
+
+    // An executor of the same model counts the dispatches of a step.
+    let p = Prepared::new(&exp, None).unwrap();
+    let mut ex = GpuExecutor::new(
+        ctx,
+        &p.model.graph,
+        p.model.loss,
+        &p.params,
+        TrainConfig::default(),
+    )
+    .unwrap();
+    ex.train_step(&p.batch(0).unwrap()).unwrap();
+    assert!(!r.schedule.is_empty());
+    assert_eq!(r.schedule.len(), ex.step_stats().dispatches());
+    // Every kernel of this model is costed.
+    for row in &r.schedule {
+        assert!(
+            row.cost.flops.is_some() && row.cost.bytes_read.is_some(),
+            "{row:?}"
+        );
+    }
+    let csv = std::fs::read_to_string(out.join("schedule.csv")).unwrap();
+    assert_eq!(csv.lines().count(), r.schedule.len() + 1);
+
+    let m = r.memory.as_ref().unwrap();
+    assert!(m.planned_total <= m.naive_total && m.planned_total > 0);
+    let prof = r.profile.as_ref().unwrap();
+    match &prof.gpu_ns {
+        Ok(t) => assert_eq!(t.len(), r.schedule.len()),
+        Err(why) => assert!(!ctx.has_timestamps(), "{why}"),
+    }
+    assert!(prof.cpu_seconds.iter().any(|(l, _, _)| l == "lstm"));
+    assert!(r.to_string().contains("per layer"));
+    std::fs::remove_dir_all(&out).ok();
+}
