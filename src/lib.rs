@@ -6,6 +6,7 @@
 //! - [`ops`]: one module per op family: CPU reference and GPU launchers,
 //!   forward and backward side by side.
 //! - [`optim`]: SGD and Adam update kernels.
+//! - [`study`]: gradient checks and benchmarks (`crossmodal gradcheck`, `crossmodal bench`).
 
 pub mod data;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod graph;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod study;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
     },
+    /// Check every backward pass: CPU reference vs finite differences (f64),
+    /// GPU kernels vs CPU reference; exits non-zero on any failure.
+    Gradcheck {
+        /// An op (matmul, bias, conv2d, pool2d, activation, embedding, lstm,
+        /// rnn, concat, softmax_cross_entropy, dropout, or part of a case
+        /// name such as relu), or an experiment file (.ron) whose model is
+        /// checked at a small size. All ops when left out.
+        target: Option<String>,
+    },
 }
 
 fn options(cli: &Cli) -> Result<GpuOptions> {
@@ -79,10 +88,15 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Command::Gradcheck { target } => {
+            let passed = crossmodal::study::gradcheck::run_cli(target.as_deref(), &options(&cli)?)?;
+            anyhow::ensure!(passed, "gradcheck: some checks failed (see the table)");
+            return Ok(());
+        }
         Command::Devices => {}
     }
     match cli.command {
-        Command::Run { .. } => unreachable!("handled above"),
+        Command::Run { .. } | Command::Gradcheck { .. } => unreachable!("handled above"),
         Command::Devices => {
             for info in GpuContext::list_adapters() {
                 println!(
