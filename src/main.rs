@@ -50,6 +50,25 @@ enum Command {
         /// checked at a small size. All ops when left out.
         target: Option<String>,
     },
+    /// Time every GPU kernel against its CPU reference at the seed model's
+    /// shapes, a matmul sweep and a training step, against the adapter's
+    /// measured FMA peak and copy bandwidth.
+    Bench {
+        /// Only the kernels whose name contains this (`train`: the training step).
+        filter: Option<String>,
+        /// Write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the results as CSV.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Write the matmul sweep figure (SVG and PNG) into this folder.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Few repeats, a short sweep, two training steps.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn options(cli: &Cli) -> Result<GpuOptions> {
@@ -93,10 +112,32 @@ fn main() -> Result<()> {
             anyhow::ensure!(passed, "gradcheck: some checks failed (see the table)");
             return Ok(());
         }
+        Command::Bench {
+            filter,
+            json,
+            csv,
+            plot,
+            quick,
+        } => {
+            use crossmodal::study::bench::{run_cli, BenchOptions, BenchOutputs};
+            let o = BenchOptions {
+                filter: filter.clone(),
+                quick: *quick,
+            };
+            let out = BenchOutputs {
+                json: json.as_deref(),
+                csv: csv.as_deref(),
+                plot: plot.as_deref(),
+            };
+            run_cli(&o, &options(&cli)?, &out)?;
+            return Ok(());
+        }
         Command::Devices => {}
     }
     match cli.command {
-        Command::Run { .. } | Command::Gradcheck { .. } => unreachable!("handled above"),
+        Command::Run { .. } | Command::Gradcheck { .. } | Command::Bench { .. } => {
+            unreachable!("handled above")
+        }
         Command::Devices => {
             for info in GpuContext::list_adapters() {
                 println!(

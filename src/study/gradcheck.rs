@@ -418,6 +418,8 @@ impl<'a> Device<'a> {
 
 // ---------------------------------------------------------------- op cases
 
+/// The scalar an op check differentiates, at a point.
+pub type LossFn = Box<dyn Fn(&[ArrayD<f64>]) -> f64>;
 /// The analytic (CPU reference) gradient of every input at a point.
 pub type AnalyticFn = Box<dyn Fn(&[ArrayD<f64>]) -> Vec<ArrayD<f64>>>;
 /// The GPU gradient of every input at a point (`None` where no kernel
@@ -435,7 +437,7 @@ pub struct OpCase {
     pub inputs: Vec<(&'static str, ArrayD<f64>)>,
     /// The scalar: `Σ dy ⊙ forward(inputs)` (a fixed random `dy`) with
     /// the CPU reference forward in f64.
-    pub loss: Box<dyn Fn(&[ArrayD<f64>]) -> f64>,
+    pub loss: LossFn,
     /// The CPU reference backward in f64.
     pub analytic: AnalyticFn,
     /// The GPU backward kernels.
