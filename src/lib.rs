@@ -6,7 +6,8 @@
 //! - [`ops`]: one module per op family: CPU reference and GPU launchers,
 //!   forward and backward side by side.
 //! - [`optim`]: SGD and Adam update kernels.
-//! - [`study`]: inspection and the CPU/GPU shadow check.
+//! - [`study`]: inspection, the CPU/GPU shadow check, gradient checks and
+//!   benchmarks (`crossmodal inspect`, `run --shadow`, `gradcheck`, `bench`).
 
 pub mod data;
 pub mod error;

@@ -98,6 +98,34 @@ enum Command {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// Check every backward pass: CPU reference vs finite differences (f64),
+    /// GPU kernels vs CPU reference; exits non-zero on any failure.
+    Gradcheck {
+        /// An op (matmul, bias, conv2d, pool2d, activation, embedding, lstm,
+        /// rnn, concat, softmax_cross_entropy, dropout, or part of a case
+        /// name such as relu), or an experiment file (.ron) whose model is
+        /// checked at a small size. All ops when left out.
+        target: Option<String>,
+    },
+    /// Time every GPU kernel against its CPU reference at the seed model's
+    /// shapes, a matmul sweep and a training step, against the adapter's
+    /// measured FMA peak and copy bandwidth.
+    Bench {
+        /// Only the kernels whose name contains this (`train`: the training step).
+        filter: Option<String>,
+        /// Write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the results as CSV.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Write the matmul sweep figure (SVG and PNG) into this folder.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Few repeats, a short sweep, two training steps.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn gpu_options(cli: &Cli) -> Result<GpuOptions> {
@@ -219,6 +247,32 @@ fn main() -> Result<()> {
                 "{}",
                 inspect::inspect(&exp, &opts, ctx.as_ref().map_err(Clone::clone))?
             );
+            return Ok(());
+        }
+        Command::Gradcheck { target } => {
+            let passed =
+                crossmodal::study::gradcheck::run_cli(target.as_deref(), &gpu_options(&cli)?)?;
+            anyhow::ensure!(passed, "gradcheck: some checks failed (see the table)");
+            return Ok(());
+        }
+        Command::Bench {
+            filter,
+            json,
+            csv,
+            plot,
+            quick,
+        } => {
+            use crossmodal::study::bench::{run_cli, BenchOptions, BenchOutputs};
+            let o = BenchOptions {
+                filter: filter.clone(),
+                quick: *quick,
+            };
+            let out = BenchOutputs {
+                json: json.as_deref(),
+                csv: csv.as_deref(),
+                plot: plot.as_deref(),
+            };
+            run_cli(&o, &gpu_options(&cli)?, &out)?;
             return Ok(());
         }
         Command::Devices => {}

@@ -137,8 +137,9 @@ impl Curve {
     }
 }
 
-/// Registers the embedded font under the family name plotters asks for.
-fn register_fonts() {
+/// Registers the embedded font under the family name plotters asks for
+/// (also used by the bench's figure, `study::bench`).
+pub(crate) fn register_fonts() {
     static FONTS: Once = Once::new();
     FONTS.call_once(|| {
         // The bytes are a font that ships inside the `dejavu` crate, so a
