@@ -307,7 +307,7 @@ pub fn run_experiment(
             ),
         ));
     }
-    let m = build_model(&exp.model, batch, classes, exp.seed)?;
+    let m = build_model(&exp.model, batch, classes, exp.seed, None)?;
     let params = init_params(&m.graph, exp.seed);
     let config = train_config(&exp.training);
 
