@@ -35,7 +35,9 @@
 //!
 //! Backward seeds from the loss: the loss node must be a
 //! `SoftmaxCrossEntropy` (its backward kernel is the gradient of the batch
-//! mean). Gradients accumulate (`+=` in every backward kernel), so a value
+//! mean). With class weights it runs the weighted kernels (the same number
+//! of dispatches) over a pinned `<loss>/class_weights` tensor written once
+//! at construction. Gradients accumulate (`+=` in every backward kernel), so a value
 //! used twice receives the sum of both contributions.
 
 use std::collections::HashMap;
