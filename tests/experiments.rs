@@ -8,6 +8,7 @@ use std::path::Path;
 use crossmodal::experiment::model::build_model;
 use crossmodal::experiment::run::{run_experiment, DataSpec, Experiment, RunOptions};
 use crossmodal::experiment::schema::Backend;
+use crossmodal::graph::Op;
 
 fn experiments() -> Vec<std::path::PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
@@ -30,9 +31,30 @@ fn every_experiment_file_parses_and_builds() {
             DataSpec::Synthetic(_) => 2,
             DataSpec::Manifest(m) => m.classes.as_ref().map_or(3, |c| c.len()),
         };
-        build_model(&exp.model, exp.training.batch_size, classes, exp.seed)
+        build_model(&exp.model, exp.training.batch_size, classes, exp.seed, None)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
+}
+
+/// Late fusion: the output averages the two heads' logits.
+#[test]
+fn late_fusion_averages_the_heads_logits() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/late_fusion.ron");
+    assert!(experiments().contains(&path), "{}", path.display());
+    let exp = Experiment::load(&path).unwrap();
+    let m = build_model(&exp.model, exp.training.batch_size, 2, exp.seed, None).unwrap();
+    let g = &m.graph;
+    let out = g.node(m.logits);
+    assert_eq!(out.name, "average");
+    assert!(matches!(out.op, Op::Average), "{:?}", out.op);
+    let heads: Vec<&str> = out
+        .inputs
+        .iter()
+        .map(|&i| g.node(i).name.as_str())
+        .collect();
+    assert_eq!(heads, ["text_head", "image_head"]);
+    assert_eq!(out.value.shape, vec![32, 2]);
+    assert_eq!(g.node(m.loss).inputs[0], m.logits);
 }
 
 fn tiny(backend: Backend) {

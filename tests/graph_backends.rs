@@ -40,7 +40,8 @@ use crossmodal::ops::dropout::{dropout_mask_cpu, Dropout};
 use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
 use crossmodal::DType;
 use graph_common::{
-    conv_stack_with_shared_value, input, sequence_lstm_into_masked_rnn, small, Case, SeedData,
+    conv_stack_with_shared_value, input, late_fusion, sequence_lstm_into_masked_rnn, small, Case,
+    SeedData,
 };
 use ndarray::ArrayD;
 
@@ -428,7 +429,13 @@ fn dropout_case() -> DropoutCase {
     let drop = nn::dropout(&mut g, "drop", h, 0.4, 12).unwrap();
     let logits = nn::dense(&mut g, "out", drop, classes, None).unwrap();
     let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
+        .add(
+            "loss",
+            Op::SoftmaxCrossEntropy {
+                class_weights: None,
+            },
+            &[logits, labels],
+        )
         .unwrap();
     let mut init = init_params(&g, 8);
     for (id, v) in init.iter_mut() {
@@ -591,4 +598,142 @@ fn dropout_runs_are_reproducible_from_the_seed() {
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
+}
+
+// ---------------------------------------------------------------- late fusion, class weights
+
+/// Every parameter gradient of the f64 CPU executor against central
+/// differences of its loss, element by element (step 1e-5: truncation ~eps²
+/// and rounding ~1e-16/eps stay far below rtol 1e-5, atol 1e-8).
+fn check_cpu_elementwise(what: &str, case: &Case) {
+    let g = &case.graph;
+    let mut cpu =
+        CpuExecutor::<f64>::new(g, case.loss, &case.init, TrainConfig::default()).unwrap();
+    cpu.run_gradients(&case.batch).unwrap();
+    for p in g.params() {
+        let name = &g.node(p).name;
+        let grad = cpu.grad(p).unwrap().clone();
+        assert!(
+            grad.iter().any(|&v| v != 0.0),
+            "{what} {name}: the gradient is all zero, the check would prove nothing"
+        );
+        let w0 = cpu.value_array(p).unwrap().clone();
+        let fd = common::finite_difference(&w0, 1e-5, |probe| {
+            cpu.set_param_array(p, probe.as_slice().unwrap()).unwrap();
+            cpu.run_loss(&case.batch).unwrap()
+        });
+        cpu.set_param_array(p, w0.as_slice().unwrap()).unwrap();
+        common::assert_close_f64(&format!("{what} {name}"), &grad, &fd, 1e-5, 1e-8);
+    }
+}
+
+/// Late fusion (two heads' logits averaged): CPU gradients against finite
+/// differences for every parameter element; GPU loss and gradients against
+/// the CPU executor; the average's value, and each head's gradient exactly
+/// half the average's.
+#[test]
+fn late_fusion_matches_the_cpu_executor_and_finite_differences() {
+    let case = late_fusion(None);
+    check_cpu_elementwise("late fusion", &case);
+    compare_case("late fusion", &case);
+    let Some(ctx) = gpu() else { return };
+    let g = &case.graph;
+    let average = g.expect_id("average").unwrap();
+    let heads = ["text_head", "image_head"].map(|n| g.expect_id(n).unwrap());
+    let mut cpu =
+        CpuExecutor::<f64>::new(g, case.loss, &case.init, TrainConfig::default()).unwrap();
+    let mut ex = GpuExecutor::with_options(
+        ctx,
+        g,
+        case.loss,
+        &case.init,
+        TrainConfig::default(),
+        ExecOptions {
+            inspect: vec![average, heads[0], heads[1]],
+        },
+    )
+    .unwrap();
+    cpu.run_gradients(&case.batch).unwrap();
+    ex.gradients(&case.batch).unwrap();
+    // The average of the heads' logits, and its gradient split in halves.
+    let want = f32s(cpu.value_array(average).unwrap());
+    check(
+        "average value",
+        &ex.value(average).unwrap(),
+        &want,
+        1e-5,
+        1e-6,
+    );
+    let dy = ex.gradient_of(average).unwrap();
+    for h in heads {
+        let half: Vec<f32> = dy.iter().map(|v| v * 0.5).collect();
+        assert_eq!(ex.gradient_of(h).unwrap(), half, "{}", g.node(h).name);
+    }
+}
+
+/// Class weights (Keras `class_weight`) on the late-fusion model: CPU
+/// gradients against finite differences for every parameter element, GPU
+/// loss and gradients against the CPU executor.
+#[test]
+fn class_weighted_loss_matches_the_cpu_executor_and_finite_differences() {
+    let case = late_fusion(Some(vec![0.5, 2.0, 1.25]));
+    check_cpu_elementwise("weighted", &case);
+    compare_case("weighted", &case);
+}
+
+/// Loss and gradients of `case` on the f32 CPU executor and, when there is
+/// one, the GPU executor (with its dispatches per training step).
+fn both_backends(case: &Case) -> Vec<(f32, Vec<Vec<f32>>, Option<usize>)> {
+    let g = &case.graph;
+    let config = TrainConfig::default();
+    let mut out = Vec::new();
+    let mut cpu = CpuExecutor::<f32>::new(g, case.loss, &case.init, config.clone()).unwrap();
+    let (l, grads) = cpu.gradients(&case.batch).unwrap();
+    out.push((l, grads, None));
+    if let Some(ctx) = gpu() {
+        let mut ex = GpuExecutor::new(ctx, g, case.loss, &case.init, config).unwrap();
+        let (l, grads) = ex.gradients(&case.batch).unwrap();
+        ex.train_step(&case.batch).unwrap();
+        out.push((l, grads, Some(ex.step_stats().dispatches())));
+    }
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Weights all 1.0 give the unweighted loss and gradients bit for bit on
+/// both backends, with the same number of dispatches per training step;
+/// non-unit weights cost no extra dispatch either. Weights all 2.0 double
+/// the loss and gradients (a mean over the batch, not over the weights).
+#[test]
+fn class_weights_keep_the_unweighted_path_and_the_dispatch_count() {
+    let none = both_backends(&late_fusion(None));
+    let ones = both_backends(&late_fusion(Some(vec![1.0; 3])));
+    let twos = both_backends(&late_fusion(Some(vec![2.0; 3])));
+    let mixed = both_backends(&late_fusion(Some(vec![0.5, 2.0, 1.25])));
+    for (k, backend) in ["CPU", "GPU"].iter().enumerate().take(none.len()) {
+        let (l0, g0, d0) = &none[k];
+        let (l1, g1, d1) = &ones[k];
+        assert_eq!(l0.to_bits(), l1.to_bits(), "{backend} loss");
+        for (a, b) in g0.iter().zip(g1) {
+            assert_eq!(bits(a), bits(b), "{backend} gradients");
+        }
+        assert_eq!(d0, d1, "{backend} dispatches per step");
+        assert_eq!(d0, &mixed[k].2, "{backend} dispatches per step");
+        // Scaling every weight by 2 scales the loss and gradients by 2
+        // exactly (a power of two).
+        let (l2, g2, _) = &twos[k];
+        assert_eq!(l2.to_bits(), (2.0 * l0).to_bits(), "{backend} doubled loss");
+        for (a, b) in g0.iter().zip(g2) {
+            let doubled: Vec<f32> = a.iter().map(|v| 2.0 * v).collect();
+            assert_eq!(bits(&doubled), bits(b), "{backend} doubled gradients");
+        }
+        assert_ne!(
+            l0.to_bits(),
+            mixed[k].0.to_bits(),
+            "{backend} weights matter"
+        );
+    }
 }

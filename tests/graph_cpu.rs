@@ -156,7 +156,13 @@ fn branchy() -> Branchy {
     let concat = g.add("concat", Op::Concat, &[h, a, h]).unwrap();
     let logits = dense(&mut g, "d2", concat, 3, None).unwrap();
     let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
+        .add(
+            "loss",
+            Op::SoftmaxCrossEntropy {
+                class_weights: None,
+            },
+            &[logits, labels],
+        )
         .unwrap();
     Branchy {
         graph: g,
@@ -568,7 +574,13 @@ fn bad_executor_setups_are_rejected() {
     let h = dense(&mut g, "d", x, 3, None).unwrap();
     let p = g.add("p", Op::Softmax, &[h]).unwrap();
     let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[p, labels])
+        .add(
+            "loss",
+            Op::SoftmaxCrossEntropy {
+                class_weights: None,
+            },
+            &[p, labels],
+        )
         .unwrap();
     let params = init_params(&g, 1);
     let err = CpuExecutor::<f32>::new(&g, loss, &params, TrainConfig::default()).unwrap_err();
@@ -601,7 +613,13 @@ fn dropout_masks_follow_the_training_step() {
     let drop = crossmodal::nn::dropout(&mut g, "drop", h, 0.5, 3).unwrap();
     let logits = dense(&mut g, "out", drop, 3, None).unwrap();
     let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
+        .add(
+            "loss",
+            Op::SoftmaxCrossEntropy {
+                class_weights: None,
+            },
+            &[logits, labels],
+        )
         .unwrap();
     let params = init_params(&g, 2);
     let batch = Batch::new()

@@ -76,7 +76,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// The run's final parameters, bit for bit.
 fn final_params(exp: &Experiment, out: &RunOutcome) -> Vec<Vec<u32>> {
-    let m = build_model(&exp.model, exp.training.batch_size, 2, exp.seed).unwrap();
+    let m = build_model(&exp.model, exp.training.batch_size, 2, exp.seed, None).unwrap();
     let (params, _) = load_checkpoint(&out.dir.join("checkpoint"), &m.graph).unwrap();
     params.iter().map(|(_, v)| bits(v)).collect()
 }
@@ -283,7 +283,7 @@ fn early_stopping_stops_and_keeps_the_best_epoch() {
     let out = run_experiment(&exp, &runs, options(Backend::Cpu)).unwrap();
     assert_eq!(out.epochs.len(), 2);
     assert!(out.early_stopped.as_deref().unwrap().contains("TrainLoss"));
-    let m = build_model(&exp.model, exp.training.batch_size, 2, exp.seed).unwrap();
+    let m = build_model(&exp.model, exp.training.batch_size, 2, exp.seed, None).unwrap();
     let (best, _) = load_checkpoint(&out.dir.join("checkpoint-best"), &m.graph).unwrap();
     assert_eq!(
         final_params(&exp, &out),

@@ -1,7 +1,8 @@
 //! Softmax and fused softmax cross-entropy against the CPU reference
 //! (computed in f64) on awkward, seed and large class counts, with extreme
 //! logits, out-of-range labels and accumulation; the backward against finite
-//! differences of the mean loss.
+//! differences of the mean loss. The class-weighted variants likewise, plus:
+//! unit weights give the unweighted results bit for bit.
 
 mod common;
 
@@ -9,7 +10,8 @@ use common::*;
 // Test names equal the launcher names, so the launchers are called by path.
 use crossmodal::ops::softmax_cross_entropy::{
     self as op, softmax_cross_entropy_backward_cpu, softmax_cross_entropy_forward_cpu,
-    softmax_forward_cpu,
+    softmax_forward_cpu, weighted_softmax_cross_entropy_backward_cpu,
+    weighted_softmax_cross_entropy_forward_cpu,
 };
 use crossmodal::DType;
 use ndarray::{Array2, ArrayD, Ix2};
@@ -254,4 +256,276 @@ fn softmax_cross_entropy_backward_matches_finite_differences() {
     softmax_cross_entropy_backward_cpu(&mut grad, &probs.view(), &labels);
     let fd = finite_difference(&x, 1e-6, mean_loss);
     assert_close_f64("mean loss gradient", &grad.into_dyn(), &fd, 1e-6, 1e-9);
+}
+
+// ---------------------------------------------------------------- class weights
+
+/// Positive weights, distinct per class (0.25 .. 2.25).
+fn class_weights(c: usize, seed: u64) -> Vec<f32> {
+    random(&[c], seed).iter().map(|&v| 1.25 + v).collect()
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Runs the weighted forward; returns (probs, loss) from the GPU.
+fn gpu_weighted_forward(
+    x: &Array2<f32>,
+    labels: &[u32],
+    w: &[f32],
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    let ctx = gpu()?;
+    let (b, c) = x.dim();
+    let gx = ctx.upload_f32(x.as_slice().unwrap(), &[b, c]).unwrap();
+    let gl = ctx.upload_u32(labels, &[b]).unwrap();
+    let gw = ctx.upload_f32(w, &[c]).unwrap();
+    let gp = ctx.zeros(&[b, c], DType::F32).unwrap();
+    let gloss = ctx.zeros(&[b], DType::F32).unwrap();
+    let d = op::weighted_softmax_cross_entropy_forward(ctx, &gx, &gl, &gw, &gp, &gloss).unwrap();
+    ctx.run(&[&d]).unwrap();
+    Some((ctx.read_f32(&gp).unwrap(), ctx.read_f32(&gloss).unwrap()))
+}
+
+/// Runs the weighted backward from `d0`; returns dlogits.
+fn gpu_weighted_backward(
+    d0: &Array2<f32>,
+    probs: &Array2<f32>,
+    labels: &[u32],
+    w: &[f32],
+) -> Option<Vec<f32>> {
+    let ctx = gpu()?;
+    let (b, c) = d0.dim();
+    let gd = ctx.upload_f32(d0.as_slice().unwrap(), &[b, c]).unwrap();
+    let gp = ctx.upload_f32(probs.as_slice().unwrap(), &[b, c]).unwrap();
+    let gl = ctx.upload_u32(labels, &[b]).unwrap();
+    let gw = ctx.upload_f32(w, &[c]).unwrap();
+    let d = op::weighted_softmax_cross_entropy_backward(ctx, &gd, &gp, &gl, &gw).unwrap();
+    ctx.run(&[&d]).unwrap();
+    Some(ctx.read_f32(&gd).unwrap())
+}
+
+fn check_weighted_forward(b: usize, c: usize, scale: f32) {
+    let x = matrix(b, c, 12, scale);
+    let labels = random_u32(b, 0, c as u32, 13);
+    let w = class_weights(c, 14);
+    let (want_p, want_l) =
+        weighted_softmax_cross_entropy_forward_cpu(&f64_of(&x).view(), &labels, &f64s(&w));
+    let Some((p, l)) = gpu_weighted_forward(&x, &labels, &w) else {
+        return;
+    };
+    let what = format!("weighted_softmax_cross_entropy_forward {b}x{c} (scale {scale})");
+    assert_close(
+        &format!("{what} probs"),
+        &p,
+        &f32_vec(&want_p),
+        PROB_RTOL,
+        PROB_ATOL,
+    );
+    // One more rounding (the weight product) than the unweighted loss.
+    assert_close(
+        &format!("{what} loss"),
+        &l,
+        &f32_vec(&want_l),
+        LOSS_RTOL,
+        LOSS_ATOL,
+    );
+}
+
+fn check_weighted_backward(b: usize, c: usize) {
+    let x = matrix(b, c, 15, 3.0);
+    let labels = random_u32(b, 0, c as u32, 16);
+    let w = class_weights(c, 17);
+    let probs = softmax_forward_cpu(&x.view());
+    // Accumulation: dlogits starts non-zero.
+    let d0 = matrix(b, c, 18, 1.0);
+    let mut want = f64_of(&d0);
+    weighted_softmax_cross_entropy_backward_cpu(
+        &mut want,
+        &f64_of(&probs).view(),
+        &labels,
+        &f64s(&w),
+    );
+    let Some(got) = gpu_weighted_backward(&d0, &probs, &labels, &w) else {
+        return;
+    };
+    // One subtraction, multiplication, division and addition per element.
+    assert_close(
+        &format!("weighted_softmax_cross_entropy_backward {b}x{c}"),
+        &got,
+        &f32_vec(&want),
+        1e-6,
+        1e-7,
+    );
+}
+
+#[test]
+fn weighted_softmax_cross_entropy_forward() {
+    check_weighted_forward(37, 5, 3.0);
+    check_weighted_forward(37, 1, 3.0);
+    check_weighted_forward(37, 1000, 3.0);
+    check_weighted_forward(32, 2, 3.0);
+    check_weighted_forward(37, 5, 1e4);
+}
+
+#[test]
+fn weighted_softmax_cross_entropy_backward() {
+    check_weighted_backward(37, 5);
+    check_weighted_backward(37, 1);
+    check_weighted_backward(37, 1000);
+    check_weighted_backward(32, 2);
+}
+
+/// Weights all 1.0 give exactly the unweighted probabilities, losses and
+/// gradients, on the GPU and in the CPU reference.
+#[test]
+fn weighted_softmax_cross_entropy_with_unit_weights_is_bit_identical() {
+    for (b, c) in [(37, 5), (32, 2), (3, 130)] {
+        let x = matrix(b, c, 19, 3.0);
+        let labels = random_u32(b, 0, c as u32, 20);
+        let ones = vec![1.0f32; c];
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // CPU reference, f32.
+        let (p0, l0) = softmax_cross_entropy_forward_cpu(&x.view(), &labels);
+        let (p1, l1) = weighted_softmax_cross_entropy_forward_cpu(&x.view(), &labels, &ones);
+        assert_eq!(bits(p0.as_slice().unwrap()), bits(p1.as_slice().unwrap()));
+        assert_eq!(bits(l0.as_slice().unwrap()), bits(l1.as_slice().unwrap()));
+        let d0 = matrix(b, c, 21, 1.0);
+        let (mut g0, mut g1) = (d0.clone(), d0.clone());
+        softmax_cross_entropy_backward_cpu(&mut g0, &p0.view(), &labels);
+        weighted_softmax_cross_entropy_backward_cpu(&mut g1, &p0.view(), &labels, &ones);
+        assert_eq!(bits(g0.as_slice().unwrap()), bits(g1.as_slice().unwrap()));
+        // GPU.
+        let Some((gp0, gl0)) = gpu_forward(&x, &labels) else {
+            continue;
+        };
+        let (gp1, gl1) = gpu_weighted_forward(&x, &labels, &ones).unwrap();
+        assert_eq!(bits(&gp0), bits(&gp1), "{b}x{c} probs");
+        assert_eq!(bits(&gl0), bits(&gl1), "{b}x{c} loss");
+        let ctx = gpu().unwrap();
+        let gd = ctx.upload_f32(d0.as_slice().unwrap(), &[b, c]).unwrap();
+        let gp = ctx.upload_f32(p0.as_slice().unwrap(), &[b, c]).unwrap();
+        let gl = ctx.upload_u32(&labels, &[b]).unwrap();
+        ctx.run(&[&op::softmax_cross_entropy_backward(ctx, &gd, &gp, &gl).unwrap()])
+            .unwrap();
+        let unweighted = ctx.read_f32(&gd).unwrap();
+        let weighted = gpu_weighted_backward(&d0, &p0, &labels, &ones).unwrap();
+        assert_eq!(bits(&unweighted), bits(&weighted), "{b}x{c} gradient");
+    }
+}
+
+/// A label >= C reads no weight: NaN loss, backward row probs / B; the
+/// other rows weighted as usual.
+#[test]
+fn weighted_softmax_cross_entropy_bad_label() {
+    let (b, c) = (6, 5);
+    let x = matrix(b, c, 22, 3.0);
+    let labels = [0, 4, 5, u32::MAX, 2, 1];
+    let w = class_weights(c, 23);
+    let (_, want_l) =
+        weighted_softmax_cross_entropy_forward_cpu(&f64_of(&x).view(), &labels, &f64s(&w));
+    let Some((_, l)) = gpu_weighted_forward(&x, &labels, &w) else {
+        return;
+    };
+    for r in 0..b {
+        if labels[r] < c as u32 {
+            assert_close(
+                "loss",
+                &l[r..r + 1],
+                &[want_l[r] as f32],
+                LOSS_RTOL,
+                LOSS_ATOL,
+            );
+        } else {
+            assert!(
+                l[r].is_nan(),
+                "row {r}: label {} gives loss {}",
+                labels[r],
+                l[r]
+            );
+        }
+    }
+    let probs = softmax_forward_cpu(&x.view());
+    let mut want = Array2::<f64>::zeros((b, c));
+    weighted_softmax_cross_entropy_backward_cpu(
+        &mut want,
+        &f64_of(&probs).view(),
+        &labels,
+        &f64s(&w),
+    );
+    let got = gpu_weighted_backward(&Array2::zeros((b, c)), &probs, &labels, &w).unwrap();
+    assert_close("backward", &got, &f32_vec(&want), 1e-6, 1e-7);
+    for r in [2, 3] {
+        let row: Vec<f64> = probs.row(r).iter().map(|&p| p as f64 / b as f64).collect();
+        assert_close(
+            "bad-label row",
+            &got[r * c..(r + 1) * c],
+            &row.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            1e-6,
+            1e-7,
+        );
+    }
+}
+
+#[test]
+fn weighted_softmax_cross_entropy_rejects_bad_shapes() {
+    let Some(ctx) = gpu() else { return };
+    let x = ctx.zeros(&[4, 3], DType::F32).unwrap();
+    let p = ctx.zeros(&[4, 3], DType::F32).unwrap();
+    let labels = ctx.zeros(&[4], DType::U32).unwrap();
+    let loss = ctx.zeros(&[4], DType::F32).unwrap();
+    let w = ctx.zeros(&[3], DType::F32).unwrap();
+    let w_short = ctx.zeros(&[2], DType::F32).unwrap();
+    let w_u32 = ctx.zeros(&[3], DType::U32).unwrap();
+    let fwd = |w| op::weighted_softmax_cross_entropy_forward(ctx, &x, &labels, w, &p, &loss);
+    assert!(fwd(&w).is_ok());
+    let e = fwd(&w_short).unwrap_err().to_string();
+    assert!(
+        e.contains("weighted_softmax_cross_entropy_forward")
+            && e.contains("[2]")
+            && e.contains("[3]"),
+        "{e}"
+    );
+    assert!(fwd(&w_u32).is_err());
+    let bwd = |w| op::weighted_softmax_cross_entropy_backward(ctx, &x, &p, &labels, w);
+    assert!(bwd(&w).is_ok());
+    let e = bwd(&w_short).unwrap_err().to_string();
+    assert!(e.contains("weighted_softmax_cross_entropy_backward"), "{e}");
+    assert!(bwd(&w_u32).is_err());
+}
+
+/// The gradient of the weighted batch mean `(1/B) Σ w[y_r] CE_r` (Keras
+/// sum-over-batch-size: not divided by the sum of the weights).
+#[test]
+fn weighted_softmax_cross_entropy_backward_matches_finite_differences() {
+    let (b, c) = (3, 4);
+    let x = to_f64(&random(&[b, c], 24)) * 2.0;
+    let labels = [2, 0, 2];
+    let w = [0.5, 2.0, 1.5, 0.25];
+    let mean_loss = |x: &ArrayD<f64>| {
+        let x = x.view().into_dimensionality::<Ix2>().unwrap();
+        let rows = weighted_softmax_cross_entropy_forward_cpu(&x, &labels, &w).1;
+        rows.sum() / b as f64
+    };
+    let x2 = x.view().into_dimensionality::<Ix2>().unwrap();
+    let probs = softmax_forward_cpu(&x2);
+    let mut grad = Array2::<f64>::zeros((b, c));
+    weighted_softmax_cross_entropy_backward_cpu(&mut grad, &probs.view(), &labels, &w);
+    let fd = finite_difference(&x, 1e-6, mean_loss);
+    assert_close_f64(
+        "weighted mean loss gradient",
+        &grad.into_dyn(),
+        &fd,
+        1e-6,
+        1e-9,
+    );
+    // Not normalised by the weights: the weighted loss is Σ w CE / B.
+    let (_, ce) = softmax_cross_entropy_forward_cpu(&x2, &labels);
+    let want: f64 = ce
+        .iter()
+        .zip(labels)
+        .map(|(l, y)| w[y as usize] * l)
+        .sum::<f64>()
+        / b as f64;
+    assert!((mean_loss(&x) - want).abs() < 1e-12);
 }

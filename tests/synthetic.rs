@@ -361,7 +361,13 @@ fn text_model(vocab: usize) -> Model {
     let h = nn::lstm(&mut g, "lstm", e, UNITS, false, None).unwrap();
     let logits = nn::dense(&mut g, "dense", h, 2, None).unwrap();
     let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
+        .add(
+            "loss",
+            Op::SoftmaxCrossEntropy {
+                class_weights: None,
+            },
+            &[logits, labels],
+        )
         .unwrap();
     Model {
         graph: g,
@@ -393,7 +399,13 @@ fn image_model() -> Model {
     let f = g.add("flatten", Op::Flatten, &[p]).unwrap();
     let logits = nn::dense(&mut g, "dense", f, 2, None).unwrap();
     let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
+        .add(
+            "loss",
+            Op::SoftmaxCrossEntropy {
+                class_weights: None,
+            },
+            &[logits, labels],
+        )
         .unwrap();
     Model {
         graph: g,

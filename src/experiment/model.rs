@@ -3,6 +3,12 @@
 //! labels), layers are added in dependency order whatever order the file
 //! lists them in, `mask_zero` masks follow the sequence into the LSTM/RNN
 //! that reads it, and the output layer's softmax is fused into the loss.
+//!
+//! The output layer gives the class logits `[batch, classes]`: a Dense
+//! (activation `Softmax` or none), an `Average` of per-modality heads'
+//! logits (late fusion), or any layer of that shape. The loss applies
+//! softmax + cross-entropy to it, optionally with per-class weights
+//! (Keras `class_weight`).
 
 use std::collections::HashMap;
 
@@ -126,7 +132,20 @@ fn add_layer(
                 Some(OutputActivation::Softmax) if name != spec.output => {
                     return Err(Error::graph(
                         name,
-                        "softmax is only supported on the output layer, where it is fused with the loss",
+                        "softmax is only supported on the output layer, where it is fused with the loss \
+                         (for late fusion, leave the heads without activation and average their logits)",
+                    ))
+                }
+                Some(a @ (OutputActivation::Relu | OutputActivation::Sigmoid | OutputActivation::Tanh))
+                    if name == spec.output =>
+                {
+                    return Err(Error::graph(
+                        name,
+                        format!(
+                            "the output layer gives the class logits, to which the loss applies softmax; \
+                             a {a:?} activation there would be followed by that softmax \
+                             (use Softmax or no activation)"
+                        ),
                     ))
                 }
                 Some(a) => elementwise(*a),
@@ -138,6 +157,10 @@ fn add_layer(
             let ids: Vec<NodeId> = inputs.iter().map(|b| b.id).collect();
             carry(g.add(name, Op::Concat, &ids)?, None)
         }
+        LayerKind::Average => {
+            let ids: Vec<NodeId> = inputs.iter().map(|b| b.id).collect();
+            carry(nn::average(g, name, &ids)?, None)
+        }
         LayerKind::Dropout { rate } => {
             let x = one_input(layer, inputs)?;
             // Each dropout layer gets its own stream from the experiment seed.
@@ -148,11 +171,15 @@ fn add_layer(
 }
 
 /// Builds the graph of `spec` for `batch` samples and `classes` classes.
+/// `class_weights` (one finite, non-negative weight per class, as Keras
+/// `class_weight`) scale each sample's loss by its label's weight; the loss
+/// stays a mean over the batch. A wrong count is an error naming "loss".
 pub fn build_model(
     spec: &ModelSpec,
     batch: usize,
     classes: usize,
     seed: u64,
+    class_weights: Option<&[f32]>,
 ) -> Result<BuiltModel> {
     let mut g = Graph::new();
     let mut built: HashMap<String, Built> = HashMap::new();
@@ -216,15 +243,24 @@ pub fn build_model(
             input: spec.output.clone(),
         })?
         .id;
+    // Whatever its kind, the output is the class logits.
     let shape = &g.node(logits).value.shape;
     if shape != &[batch, classes] {
         return Err(Error::graph(
             &spec.output,
-            format!("the output must be [batch, classes] = [{batch}, {classes}], got {shape:?}"),
+            format!(
+                "the output layer gives the class logits and must be [batch, classes] = \
+                 [{batch}, {classes}], got {shape:?}"
+            ),
         ));
     }
     let probs = g.add("probs", Op::Softmax, &[logits])?;
-    let loss = g.add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])?;
+    let class_weights = class_weights.map(<[f32]>::to_vec);
+    let loss = g.add(
+        "loss",
+        Op::SoftmaxCrossEntropy { class_weights },
+        &[logits, labels],
+    )?;
     Ok(BuiltModel {
         graph: g,
         inputs,

@@ -435,6 +435,7 @@ pub fn resume_run(
         exp.training.batch_size,
         prepared.classes.len(),
         exp.seed,
+        None,
     )?;
     let ckpt = run_dir.join(CHECKPOINT_DIR);
     let (params, meta) = load_checkpoint(&ckpt, &m.graph)?;
@@ -533,7 +534,17 @@ fn train_with(
             ),
         ));
     }
-    let m = build_model(&exp.model, batch, classes, exp.seed)?;
+    let class_weights = match &exp.training.class_weights {
+        Some(w) => Some(w.resolve(&p.train.data.labels, classes)?),
+        None => None,
+    };
+    let m = build_model(
+        &exp.model,
+        batch,
+        classes,
+        exp.seed,
+        class_weights.as_deref(),
+    )?;
     let backend = options.backend.unwrap_or(exp.backend);
     let ctx = gpu_for(backend)?;
     let params = match &resume {
@@ -802,6 +813,7 @@ fn train_with(
         format!("wall time: {seconds:.1} s"),
     ]
     .into_iter()
+    .chain(class_weights.map(|w| format!("class weights (loss): {w:?}")))
     .chain(stopped.iter().map(|s| format!("stopped early: {s}")))
     .chain(early_stopped.iter().map(|s| format!("early stopping: {s}")))
     .chain(restored)

@@ -51,6 +51,7 @@ impl SavedRun {
             experiment.training.batch_size,
             classes.len(),
             experiment.seed,
+            None,
         )?;
         let (params, meta) = load_checkpoint(&ckpt, &model.graph)?;
         let trained_on = std::fs::read_to_string(dir.join(RUN_FILE))

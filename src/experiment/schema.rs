@@ -93,6 +93,10 @@ pub enum LayerKind {
         activation: Option<OutputActivation>,
     },
     Concat,
+    /// Keras `Average()`: the elementwise mean of two or more inputs of one
+    /// shape (late fusion: the output averages the per-modality heads'
+    /// logits, and the loss applies softmax to the average).
+    Average,
     Dropout {
         rate: f32,
     },
@@ -122,8 +126,13 @@ fn valid() -> Padding {
 pub struct ModelSpec {
     pub inputs: Vec<(String, InputKind)>,
     pub layers: Vec<LayerSpec>,
-    /// The layer whose output is the class scores (a Dense with as many
-    /// units as classes; its softmax is fused with the loss).
+    /// The layer whose output is the class logits, `[batch, classes]`: a
+    /// Dense with one unit per class (activation `Softmax` or none), an
+    /// `Average` of per-modality heads' logits (late fusion), or any other
+    /// layer of that shape. Softmax is never computed by the layer: the
+    /// loss fuses it with the cross-entropy (and prediction applies it).
+    /// Another shape, or an elementwise activation on a Dense output, is an
+    /// error naming the layer.
     pub output: String,
 }
 

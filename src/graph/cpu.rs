@@ -34,6 +34,7 @@ use crate::graph::{
     Batch, Executor, Graph, HostData, NodeId, Op, Optimizer, OptimizerSnapshot, Phase, TrainConfig,
 };
 use crate::ops::activation::{activation_backward_cpu, activation_forward_cpu};
+use crate::ops::average::{average_backward_cpu, average_forward_cpu};
 use crate::ops::bias::{bias_add_cpu, bias_backward_cpu};
 use crate::ops::clip_norm::{clip_norm_scale_cpu, clip_norm_sumsq_cpu};
 use crate::ops::concat::{concat_backward_cpu, concat_forward_cpu};
@@ -53,6 +54,7 @@ use crate::ops::reduce::reduce_sum_cpu;
 use crate::ops::rnn::{rnn_backward_cpu, rnn_forward_cpu};
 use crate::ops::softmax_cross_entropy::{
     softmax_cross_entropy_backward_cpu, softmax_cross_entropy_forward_cpu, softmax_forward_cpu,
+    weighted_softmax_cross_entropy_backward_cpu, weighted_softmax_cross_entropy_forward_cpu,
 };
 use crate::optim::adam::adam_update_cpu;
 use crate::optim::sgd::sgd_update_cpu;
@@ -641,11 +643,15 @@ impl<A: NdFloat> CpuExecutor<A> {
                 let views: Vec<ArrayViewD<A>> = ins.iter().map(|&i| self.val(i).view()).collect();
                 (concat_forward_cpu(&views), Saved::None)
             }
+            Op::Average => {
+                let views: Vec<ArrayViewD<A>> = ins.iter().map(|&i| self.val(i).view()).collect();
+                (average_forward_cpu(&views), Saved::None)
+            }
             Op::Softmax => (
                 softmax_forward_cpu(&as2(self.val(ins[0]))).into_dyn(),
                 Saved::None,
             ),
-            Op::SoftmaxCrossEntropy => {
+            Op::SoftmaxCrossEntropy { class_weights } => {
                 let logits = as2(self.val(ins[0]));
                 let labels = &self.ids[ins[1].0];
                 let classes = logits.ncols();
@@ -655,7 +661,14 @@ impl<A: NdFloat> CpuExecutor<A> {
                         format!("label {bad} is out of range for {classes} classes"),
                     ));
                 }
-                let (probs, losses) = softmax_cross_entropy_forward_cpu(&logits, labels);
+                let (probs, losses) = match class_weights {
+                    None => softmax_cross_entropy_forward_cpu(&logits, labels),
+                    Some(w) => weighted_softmax_cross_entropy_forward_cpu(
+                        &logits,
+                        labels,
+                        &w.iter().map(|&v| cast(v)).collect::<Vec<A>>(),
+                    ),
+                };
                 let scale = A::one() / A::from(losses.len()).expect("batch size");
                 let mean = reduce_sum_cpu(&losses.view().into_dyn(), scale);
                 (ArrayD::from_elem(out_shape, mean), Saved::Probs(probs))
@@ -870,19 +883,37 @@ impl<A: NdFloat> CpuExecutor<A> {
                     pool.put(i, dx);
                 }
             }
-            Op::SoftmaxCrossEntropy => {
+            Op::Average => {
+                for &i in ins {
+                    if pool.needs(i) {
+                        let mut dx = pool.take(i);
+                        average_backward_cpu(&mut dx, &dy.view(), ins.len());
+                        pool.put(i, dx);
+                    }
+                }
+            }
+            Op::SoftmaxCrossEntropy { class_weights } => {
                 let Saved::Probs(probs) = &saved[id.0] else {
                     unreachable!("the loss forward saves its probabilities")
                 };
                 let labels = &ids[ins[1].0];
+                let weights: Option<Vec<A>> = class_weights
+                    .as_ref()
+                    .map(|w| w.iter().map(|&v| cast(v)).collect());
+                let backward = |d: &mut Array2<A>| match &weights {
+                    None => softmax_cross_entropy_backward_cpu(d, &probs.view(), labels),
+                    Some(w) => {
+                        weighted_softmax_cross_entropy_backward_cpu(d, &probs.view(), labels, w)
+                    }
+                };
                 let scale = dy.iter().next().copied().unwrap_or_else(A::one);
                 let mut dlogits: Array2<A> = own(pool.take(ins[0]));
                 if scale == A::one() {
-                    softmax_cross_entropy_backward_cpu(&mut dlogits, &probs.view(), labels);
+                    backward(&mut dlogits);
                 } else {
                     // The loss feeds another node: scale the reference's gradient.
                     let mut d = Array2::zeros(dlogits.raw_dim());
-                    softmax_cross_entropy_backward_cpu(&mut d, &probs.view(), labels);
+                    backward(&mut d);
                     dlogits.scaled_add(scale, &d);
                 }
                 pool.put(ins[0], dlogits.into_dyn());

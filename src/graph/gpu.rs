@@ -35,7 +35,9 @@
 //!
 //! Backward seeds from the loss: the loss node must be a
 //! `SoftmaxCrossEntropy` (its backward kernel is the gradient of the batch
-//! mean). Gradients accumulate (`+=` in every backward kernel), so a value
+//! mean). With class weights it runs the weighted kernels (the same number
+//! of dispatches) over a pinned `<loss>/class_weights` tensor written once
+//! at construction. Gradients accumulate (`+=` in every backward kernel), so a value
 //! used twice receives the sum of both contributions.
 
 use std::collections::HashMap;
@@ -48,6 +50,7 @@ use crate::graph::exec::{
 use crate::graph::plan::{plan_memory, MemoryPlan, PlanRequest};
 use crate::graph::{Graph, NodeId, Op};
 use crate::ops::activation::{activation_backward, activation_forward};
+use crate::ops::average::{average_backward, average_forward};
 use crate::ops::bias::{bias_add, bias_backward};
 use crate::ops::clip_norm::{check_clip, clip_norm};
 use crate::ops::concat::{concat_backward, concat_forward_all};
@@ -69,6 +72,7 @@ use crate::ops::reduce::{reduce_sum, SumOptions};
 use crate::ops::rnn::{rnn_backward_sequence, rnn_forward_sequence, RnnBuffers};
 use crate::ops::softmax_cross_entropy::{
     softmax_cross_entropy_backward, softmax_cross_entropy_forward, softmax_forward,
+    weighted_softmax_cross_entropy_backward, weighted_softmax_cross_entropy_forward,
 };
 use crate::optim::{adam::Adam, sgd::Sgd};
 use crate::tensor::{numel, DType};
@@ -132,8 +136,16 @@ struct Recurrent {
 enum Extra {
     None,
     Recurrent(Recurrent),
-    MaxPool { argmax: TensorId },
-    Loss { probs: TensorId, rows: TensorId },
+    MaxPool {
+        argmax: TensorId,
+    },
+    /// `weights`: the class weights, when the loss has them (written once
+    /// at construction).
+    Loss {
+        probs: TensorId,
+        rows: TensorId,
+        weights: Option<TensorId>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -568,11 +580,25 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId]) -> Declared {
                 l.extra[id.0] = Extra::MaxPool { argmax };
                 own(&mut l, inspected, Zero::No)
             }
-            Op::SoftmaxCrossEntropy => {
+            Op::SoftmaxCrossEntropy { class_weights } => {
                 let logits = &graph.node(node.inputs[0]).value.shape;
                 let probs = l.add(format!("{name}/probs"), logits, f32, false, Zero::No);
                 let rows = l.add(format!("{name}/rows"), &[logits[0]], f32, false, Zero::No);
-                l.extra[id.0] = Extra::Loss { probs, rows };
+                // Constant data, like a parameter: its own buffer.
+                let weights = class_weights.as_ref().map(|w| {
+                    l.add(
+                        format!("{name}/class_weights"),
+                        &[w.len()],
+                        f32,
+                        true,
+                        Zero::No,
+                    )
+                });
+                l.extra[id.0] = Extra::Loss {
+                    probs,
+                    rows,
+                    weights,
+                };
                 // The loss is read back every step: its own buffer.
                 own(&mut l, true, Zero::No)
             }
@@ -631,7 +657,11 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                     u.extend(r.gates.into_iter().chain(r.c_all));
                 }
                 Extra::MaxPool { argmax } => u.push(argmax),
-                Extra::Loss { probs, rows } => u.extend([probs, rows]),
+                Extra::Loss {
+                    probs,
+                    rows,
+                    weights,
+                } => u.extend([probs, rows].into_iter().chain(weights)),
                 Extra::None => {}
             }
         }
@@ -664,9 +694,9 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                         u.push(argmax);
                     }
                 }
-                Op::SoftmaxCrossEntropy => {
-                    if let Extra::Loss { probs, .. } = l.extra[n.0] {
-                        u.extend([probs, l.vid(input(1))]);
+                Op::SoftmaxCrossEntropy { .. } => {
+                    if let Extra::Loss { probs, weights, .. } = l.extra[n.0] {
+                        u.extend([probs, l.vid(input(1))].into_iter().chain(weights));
                     }
                 }
                 _ => {}
@@ -798,20 +828,34 @@ fn forward_dispatches(
             let refs: Vec<&GpuTensor> = xs.iter().collect();
             concat_forward_all(ctx, &refs, &out)?
         }
+        Op::Average => {
+            let xs = (0..node.inputs.len()).map(x).collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&GpuTensor> = xs.iter().collect();
+            average_forward(ctx, &refs, &out)?
+        }
         Op::Softmax => vec![softmax_forward(ctx, &x(0)?, &out)?],
-        Op::SoftmaxCrossEntropy => {
-            let Extra::Loss { probs, rows } = l.extra[n.0] else {
+        Op::SoftmaxCrossEntropy { .. } => {
+            let Extra::Loss {
+                probs,
+                rows,
+                weights,
+            } = l.extra[n.0]
+            else {
                 unreachable!("the loss keeps probs and rows")
             };
             let (logits, labels) = (x(0)?, x(1)?);
-            let rows = b.id(rows)?;
-            let mut d = vec![softmax_cross_entropy_forward(
-                ctx,
-                &logits,
-                &labels,
-                &b.id(probs)?,
-                &rows,
-            )?];
+            let (rows, probs) = (b.id(rows)?, b.id(probs)?);
+            let mut d = vec![match weights {
+                None => softmax_cross_entropy_forward(ctx, &logits, &labels, &probs, &rows)?,
+                Some(w) => weighted_softmax_cross_entropy_forward(
+                    ctx,
+                    &logits,
+                    &labels,
+                    &b.id(w)?,
+                    &probs,
+                    &rows,
+                )?,
+            }];
             d.extend(reduce_sum(
                 ctx,
                 &out,
@@ -1037,17 +1081,31 @@ fn backward_dispatches(
                 why: "softmax is for prediction; train through SoftmaxCrossEntropy".into(),
             })
         }
-        Op::SoftmaxCrossEntropy => {
-            let Extra::Loss { probs, .. } = l.extra[n.0] else {
+        Op::Average => {
+            let dxs = (0..node.inputs.len())
+                .filter_map(|i| dx(i).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&GpuTensor> = dxs.iter().collect();
+            average_backward(ctx, &refs, &dy()?, node.inputs.len())?
+        }
+        Op::SoftmaxCrossEntropy { .. } => {
+            let Extra::Loss { probs, weights, .. } = l.extra[n.0] else {
                 unreachable!("the loss keeps probs and rows")
             };
             match dx(0)? {
-                Some(gl) => vec![softmax_cross_entropy_backward(
-                    ctx,
-                    &gl,
-                    &b.id(probs)?,
-                    &x(1)?,
-                )?],
+                Some(gl) => {
+                    let (probs, labels) = (b.id(probs)?, x(1)?);
+                    vec![match weights {
+                        None => softmax_cross_entropy_backward(ctx, &gl, &probs, &labels)?,
+                        Some(w) => weighted_softmax_cross_entropy_backward(
+                            ctx,
+                            &gl,
+                            &probs,
+                            &labels,
+                            &b.id(w)?,
+                        )?,
+                    }]
+                }
                 None => Vec::new(),
             }
         }
@@ -1081,7 +1139,7 @@ impl<'a> GpuExecutor<'a> {
             return Err(Error::graph(format!("#{}", loss.0), "no such loss node"));
         }
         let loss_node = graph.node(loss);
-        if !matches!(loss_node.op, Op::SoftmaxCrossEntropy) {
+        if !matches!(loss_node.op, Op::SoftmaxCrossEntropy { .. }) {
             return Err(Error::Unsupported {
                 op: op.into(),
                 what: format!(
@@ -1215,6 +1273,22 @@ impl<'a> GpuExecutor<'a> {
         }
         if let Some(p) = graph.params().into_iter().find(|p| !given[p.0]) {
             return Err(Error::graph(&graph.node(p).name, "no initial value given"));
+        }
+        // Class weights, once.
+        for id in graph.ids() {
+            let node = graph.node(id);
+            if let (
+                Op::SoftmaxCrossEntropy {
+                    class_weights: Some(w),
+                },
+                Extra::Loss {
+                    weights: Some(t), ..
+                },
+            ) = (&node.op, l.extra[id.0])
+            {
+                ctx.write_f32(&handles[t], w)
+                    .map_err(|e| Error::graph(&node.name, format!("class weights: {e}")))?;
+            }
         }
 
         // Dispatches, prepared once.

@@ -81,10 +81,18 @@ pub enum Op {
     },
     /// Concatenation along the last axis of 2-D inputs.
     Concat,
+    /// Elementwise mean of k >= 2 inputs of one shape (late fusion: the
+    /// average of per-modality heads' logits).
+    Average,
     /// Row softmax of `[B,C]` (prediction only).
     Softmax,
     /// inputs `[logits [B,C], labels [B]]` → the batch-mean loss `[1]`.
-    SoftmaxCrossEntropy,
+    /// With `class_weights` (one finite, non-negative weight per class;
+    /// Keras `class_weight`) each sample's loss is scaled by its label's
+    /// weight and the mean is still over B: `(1/B) Σ w[y] CE`.
+    SoftmaxCrossEntropy {
+        class_weights: Option<Vec<f32>>,
+    },
 }
 
 impl Op {
@@ -103,8 +111,9 @@ impl Op {
             Op::Activation(_) => "Activation",
             Op::Dropout { .. } => "Dropout",
             Op::Concat => "Concat",
+            Op::Average => "Average",
             Op::Softmax => "Softmax",
-            Op::SoftmaxCrossEntropy => "SoftmaxCrossEntropy",
+            Op::SoftmaxCrossEntropy { .. } => "SoftmaxCrossEntropy",
         }
     }
 }
@@ -156,7 +165,7 @@ fn expect(what: &str, got: &[usize], want: &[usize]) -> Result<(), String> {
 fn arity(op: &Op) -> Option<usize> {
     Some(match op {
         Op::Input { .. } | Op::Param { .. } => 0,
-        Op::Embedding { .. } | Op::SoftmaxCrossEntropy => 2,
+        Op::Embedding { .. } | Op::SoftmaxCrossEntropy { .. } => 2,
         Op::Lstm { masked, .. } | Op::Rnn { masked, .. } => 4 + *masked as usize,
         Op::Conv2d { .. } | Op::Dense => 3,
         Op::MaxPool2d { .. }
@@ -165,7 +174,7 @@ fn arity(op: &Op) -> Option<usize> {
         | Op::Activation(_)
         | Op::Dropout { .. }
         | Op::Softmax => 1,
-        Op::Concat => return None,
+        Op::Concat | Op::Average => return None,
     })
 }
 
@@ -180,14 +189,14 @@ pub fn infer(op: &Op, inputs: &[&Value]) -> Result<Value, String> {
                 inputs.len()
             ))
         }
-        None if inputs.is_empty() => return Err("Concat needs at least one input".into()),
+        None if inputs.is_empty() => return Err(format!("{} needs at least one input", op.kind())),
         _ => {}
     }
     for (i, v) in inputs.iter().enumerate() {
         let must_be_u32 = matches!(
             (op, i),
             (Op::Embedding { .. }, 1)
-                | (Op::SoftmaxCrossEntropy, 1)
+                | (Op::SoftmaxCrossEntropy { .. }, 1)
                 | (Op::Lstm { .. } | Op::Rnn { .. }, 4)
         );
         if !must_be_u32 && v.dtype != DType::F32 {
@@ -306,14 +315,49 @@ pub fn infer(op: &Op, inputs: &[&Value]) -> Result<Value, String> {
             }
             Value::f32(&[first[0], width])
         }
+        Op::Average => {
+            if inputs.len() < 2 {
+                return Err(format!(
+                    "Average needs at least two inputs, got {}",
+                    inputs.len()
+                ));
+            }
+            let first = &inputs[0].shape;
+            if let Some((i, v)) = inputs.iter().enumerate().find(|(_, v)| &v.shape != first) {
+                return Err(format!(
+                    "input {i} of Average has shape {:?}, input 0 has shape {first:?}: \
+                     averaged inputs must have one shape",
+                    v.shape
+                ));
+            }
+            Value::f32(first)
+        }
         Op::Softmax => {
             rank(inputs, 0, 2, "the logits [B,C]")?;
             Value::f32(&inputs[0].shape)
         }
-        Op::SoftmaxCrossEntropy => {
+        Op::SoftmaxCrossEntropy { class_weights } => {
             let l = rank(inputs, 0, 2, "the logits [B,C]")?;
             dtype(inputs, 1, DType::U32, "the labels")?;
             expect("the labels", &inputs[1].shape, &[l[0]])?;
+            if let Some(w) = class_weights {
+                if w.len() != l[1] {
+                    return Err(format!(
+                        "{} class weights for the logits {l:?}: expected one per class ({})",
+                        w.len(),
+                        l[1]
+                    ));
+                }
+                if let Some((c, v)) = w
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+                {
+                    return Err(format!(
+                        "the weight of class {c} is {v}: class weights must be finite and non-negative"
+                    ));
+                }
+            }
             Value::f32(&[1])
         }
     })

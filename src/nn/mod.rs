@@ -159,6 +159,13 @@ pub fn dense(
     }
 }
 
+/// Keras `Average()`: the elementwise mean of k >= 2 same-shape inputs
+/// (late fusion: average the per-modality heads' logits, then the fused
+/// softmax-cross-entropy applies to the average).
+pub fn average(g: &mut Graph, name: &str, inputs: &[NodeId]) -> Result<NodeId> {
+    g.add(name, Op::Average, inputs)
+}
+
 /// Keras `Dropout(rate, seed=seed)`: drops with probability `rate` and
 /// scales the kept values by `1/(1-rate)` in training (a new mask every
 /// training step, reproducible from `seed`); the identity at inference.
@@ -272,7 +279,13 @@ pub fn seed_model(c: &SeedConfig) -> Result<SeedModel> {
     let fused = g.add("concat", Op::Concat, &[text, flat])?;
     let logits = dense(&mut g, "dense", fused, c.classes, None)?;
     let probs = g.add("probs", Op::Softmax, &[logits])?;
-    let loss = g.add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])?;
+    let loss = g.add(
+        "loss",
+        Op::SoftmaxCrossEntropy {
+            class_weights: None,
+        },
+        &[logits, labels],
+    )?;
     Ok(SeedModel {
         graph: g,
         tokens,

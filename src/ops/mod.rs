@@ -1,6 +1,7 @@
 //! Op families: one module per op, CPU reference and GPU launchers, forward and backward side by side.
 
 pub mod activation;
+pub mod average;
 pub mod bias;
 pub mod clip_norm;
 pub mod concat;

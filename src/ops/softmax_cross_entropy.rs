@@ -8,6 +8,13 @@
 //! Label values live on the device, so the launchers check only their count.
 //! A label >= C is never read through: its loss is NaN (which stops a run
 //! and says the data is wrong) and its backward row is `probs / B`.
+//!
+//! The `weighted_` variants take per-class weights `w` [C] (Keras
+//! `class_weight`): `loss[r] = w[label] · CE[r]` and `dlogits += w[label] ·
+//! (softmax - onehot) / B`, so the batch mean stays a mean over B (Keras'
+//! sum-over-batch-size, not divided by the sum of the weights). They are
+//! separate kernels, so the unweighted path is unchanged bit for bit, and
+//! one dispatch each, as the unweighted ones.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, NdFloat};
 
@@ -87,6 +94,69 @@ pub fn softmax_cross_entropy_backward_cpu<A: NdFloat>(
     }
 }
 
+/// The weight of each row's label: `w[label]`, or 1 for a label >= C
+/// (whose loss is NaN anyway).
+fn row_weights<A: NdFloat>(labels: &[u32], class_weights: &[A]) -> Vec<A> {
+    labels
+        .iter()
+        .map(|&l| {
+            class_weights
+                .get(l as usize)
+                .copied()
+                .unwrap_or_else(A::one)
+        })
+        .collect()
+}
+
+/// As [`softmax_cross_entropy_forward_cpu`] with `loss[r]` multiplied by
+/// `class_weights[labels[r]]`.
+///
+/// # Panics
+/// If `class_weights` does not have one entry per class.
+pub fn weighted_softmax_cross_entropy_forward_cpu<A: NdFloat>(
+    logits: &ArrayView2<A>,
+    labels: &[u32],
+    class_weights: &[A],
+) -> (Array2<A>, Array1<A>) {
+    assert_eq!(class_weights.len(), logits.ncols(), "one weight per class");
+    let (probs, mut loss) = softmax_cross_entropy_forward_cpu(logits, labels);
+    for (l, w) in loss.iter_mut().zip(row_weights(labels, class_weights)) {
+        *l = w * *l;
+    }
+    (probs, loss)
+}
+
+/// `dlogits += w[label] · (probs - onehot(labels)) / B`: the gradient of
+/// the mean weighted loss.
+///
+/// # Panics
+/// If `class_weights` does not have one entry per class.
+pub fn weighted_softmax_cross_entropy_backward_cpu<A: NdFloat>(
+    dlogits: &mut Array2<A>,
+    probs: &ArrayView2<A>,
+    labels: &[u32],
+    class_weights: &[A],
+) {
+    assert_eq!(class_weights.len(), probs.ncols(), "one weight per class");
+    let b = A::from(probs.nrows()).unwrap();
+    let weights = row_weights(labels, class_weights);
+    for (((mut drow, prow), &label), w) in dlogits
+        .axis_iter_mut(Axis(0))
+        .zip(probs.axis_iter(Axis(0)))
+        .zip(labels)
+        .zip(weights)
+    {
+        for (c, (d, &p)) in drow.iter_mut().zip(prow).enumerate() {
+            let y = if c == label as usize {
+                A::one()
+            } else {
+                A::zero()
+            };
+            *d += w * (p - y) / b;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- GPU
 
 static SHADER: Shader = crate::shader!("softmax_cross_entropy");
@@ -109,6 +179,24 @@ static BACKWARD: KernelSpec = KernelSpec {
     shader: &SHADER,
     entry: "softmax_cross_entropy_backward",
     bindings: &[Access::ReadWrite, Access::Read, Access::Read],
+};
+static WEIGHTED_FORWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "weighted_softmax_cross_entropy_forward",
+    // logits, labels, probs, loss, class weights
+    bindings: &[
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+        Access::Read,
+    ],
+};
+static WEIGHTED_BACKWARD: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "weighted_softmax_cross_entropy_backward",
+    // dlogits, probs, labels, class weights
+    bindings: &[Access::ReadWrite, Access::Read, Access::Read, Access::Read],
 };
 /// Lanes per row in the forward kernels (one workgroup per row).
 const ROW_WORKGROUP: u32 = 64;
@@ -162,6 +250,23 @@ fn row_grid(op: &str, b: usize) -> Result<Grid> {
         });
     }
     Ok(Grid::linear(lanes, ROW_WORKGROUP))
+}
+
+/// Checks the class weights: f32, one per class.
+fn check_weights(op: &str, class_weights: &GpuTensor, c: usize) -> Result<()> {
+    if class_weights.dtype != DType::F32 {
+        return Err(Error::shape(op, "class weights must hold f32 values"));
+    }
+    if class_weights.shape != [c] {
+        return Err(Error::shape(
+            op,
+            format!(
+                "class weights have shape {:?}, expected [{c}] (one per class)",
+                class_weights.shape
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn params(b: usize, c: usize) -> SoftmaxParams {
@@ -238,6 +343,60 @@ pub fn softmax_cross_entropy_backward(
         &[],
         &params(b, c),
         &[dlogits, probs, labels],
+        Grid::linear(b * c, WORKGROUP),
+    )
+}
+
+/// As [`softmax_cross_entropy_forward`] with `loss[r]` multiplied by
+/// `class_weights[labels[r]]`; `class_weights` f32 [C].
+pub fn weighted_softmax_cross_entropy_forward(
+    ctx: &GpuContext,
+    logits: &GpuTensor,
+    labels: &GpuTensor,
+    class_weights: &GpuTensor,
+    probs: &GpuTensor,
+    loss: &GpuTensor,
+) -> Result<Dispatch> {
+    let op = WEIGHTED_FORWARD.entry;
+    let (b, c) = matrix(op, "logits", logits)?;
+    matrix(op, "probs", probs)?;
+    expect_shape(op, "probs", &probs.shape, &logits.shape)?;
+    check_labels(op, labels, "logits", b, c)?;
+    check_weights(op, class_weights, c)?;
+    if loss.dtype != DType::F32 {
+        return Err(Error::shape(op, "loss must hold f32 values"));
+    }
+    expect_numel(op, "loss", &loss.shape, b)?;
+    ctx.prepare(
+        &WEIGHTED_FORWARD,
+        &[],
+        &params(b, c),
+        &[logits, labels, probs, loss, class_weights],
+        row_grid(op, b)?,
+    )
+}
+
+/// `dlogits += class_weights[label] · (probs - onehot(labels)) / B`, the
+/// gradient of the mean weighted loss; `probs` saved by
+/// [`weighted_softmax_cross_entropy_forward`].
+pub fn weighted_softmax_cross_entropy_backward(
+    ctx: &GpuContext,
+    dlogits: &GpuTensor,
+    probs: &GpuTensor,
+    labels: &GpuTensor,
+    class_weights: &GpuTensor,
+) -> Result<Dispatch> {
+    let op = WEIGHTED_BACKWARD.entry;
+    let (b, c) = matrix(op, "dlogits", dlogits)?;
+    matrix(op, "probs", probs)?;
+    expect_shape(op, "probs", &probs.shape, &dlogits.shape)?;
+    check_labels(op, labels, "dlogits", b, c)?;
+    check_weights(op, class_weights, c)?;
+    ctx.prepare(
+        &WEIGHTED_BACKWARD,
+        &[],
+        &params(b, c),
+        &[dlogits, probs, labels, class_weights],
         Grid::linear(b * c, WORKGROUP),
     )
 }

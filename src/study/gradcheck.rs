@@ -1403,7 +1403,7 @@ pub fn model_problem(exp: &Experiment, opts: &ModelOptions) -> Result<ModelProbl
     let spec = shrink_spec(&exp.model, &opts.shrink);
     let classes = classes(&spec)?;
     let batch_size = opts.shrink.batch;
-    let model = build_model(&spec, batch_size, classes, opts.seed)?;
+    let model = build_model(&spec, batch_size, classes, opts.seed, None)?;
     let params = init_params(&model.graph, opts.seed);
     let vocab = spec
         .layers

@@ -115,6 +115,7 @@ fn kind_label(kind: &LayerKind) -> String {
             activation.map_or(String::new(), |a| format!(", {a:?}").to_lowercase())
         ),
         LayerKind::Concat => "Concatenate".into(),
+        LayerKind::Average => "Average".into(),
         LayerKind::Dropout { rate } => format!("Dropout({rate})"),
     }
 }

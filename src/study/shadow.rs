@@ -186,7 +186,7 @@ impl Prepared {
             .unwrap_or(1);
         let tokenizer = Tokenizer::fit(exp.text.tokenizer, &data.texts)?;
         let tokens = tokenizer.encode(&data.texts, seq_len, exp.text.padding, exp.text.truncation);
-        let model = build_model(&exp.model, batch, data.classes.len(), exp.seed)?;
+        let model = build_model(&exp.model, batch, data.classes.len(), exp.seed, None)?;
         let params = init_params(&model.graph, exp.seed);
         Ok(Self {
             model,

@@ -99,7 +99,13 @@ pub fn sequence_lstm_into_masked_rnn() -> Case {
     let last = nn::rnn(&mut g, "rnn", seq, 3, false, Some(tokens)).unwrap();
     let logits = nn::dense(&mut g, "dense", last, classes, None).unwrap();
     let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
+        .add(
+            "loss",
+            Op::SoftmaxCrossEntropy {
+                class_weights: None,
+            },
+            &[logits, labels],
+        )
         .unwrap();
     let mut init = init_params(&g, 1);
     // Larger embeddings so every path carries a visible gradient.
@@ -151,7 +157,13 @@ pub fn conv_stack_with_shared_value() -> Case {
     let cat = g.add("concat", Op::Concat, &[p, f, q]).unwrap();
     let logits = nn::dense(&mut g, "out", cat, classes, None).unwrap();
     let loss = g
-        .add("loss", Op::SoftmaxCrossEntropy, &[logits, labels])
+        .add(
+            "loss",
+            Op::SoftmaxCrossEntropy {
+                class_weights: None,
+            },
+            &[logits, labels],
+        )
         .unwrap();
     let mut init = init_params(&g, 4);
     // Non-zero biases so no gradient vanishes by symmetry.
@@ -168,6 +180,75 @@ pub fn conv_stack_with_shared_value() -> Case {
             HostData::F32(random(&[b, 9, 7, 2], 5).into_raw_vec_and_offset().0),
         )
         .with(labels, HostData::U32(random_u32(b, 0, classes as u32, 6)));
+    Case {
+        graph: g,
+        loss,
+        init,
+        batch,
+    }
+}
+
+/// Late fusion, tiny: tokens → Embedding → LSTM → Dense(3) "text_head";
+/// images → Conv(ReLU) → MaxPool → Flatten → Dense(3) "image_head";
+/// Average of the two heads' logits → loss, with `class_weights` if given.
+/// Every class appears among the labels.
+pub fn late_fusion(class_weights: Option<Vec<f32>>) -> Case {
+    let (t, b, vocab, classes) = (6, 4, 20, 3);
+    let mut g = Graph::new();
+    let tokens = input(&mut g, "tokens", &[t, b], DType::U32);
+    let images = input(&mut g, "images", &[b, 6, 5, 1], DType::F32);
+    let labels = input(&mut g, "labels", &[b], DType::U32);
+    let e = nn::embedding(&mut g, "embedding", tokens, vocab, 4, None).unwrap();
+    let h = nn::lstm(&mut g, "lstm", e, 5, false, None).unwrap();
+    let text_head = nn::dense(&mut g, "text_head", h, classes, None).unwrap();
+    let layer = Conv2dLayer {
+        filters: 2,
+        kernel: [3, 2],
+        stride: [1, 1],
+        padding: Padding::Valid,
+        activation: Some(Activation::Relu),
+    };
+    let conv = nn::conv2d(&mut g, "conv", images, layer).unwrap();
+    let pool = g
+        .add(
+            "pool",
+            Op::MaxPool2d {
+                pool: [2, 2],
+                stride: [2, 2],
+            },
+            &[conv],
+        )
+        .unwrap();
+    let flat = g.add("flatten", Op::Flatten, &[pool]).unwrap();
+    let image_head = nn::dense(&mut g, "image_head", flat, classes, None).unwrap();
+    let logits = nn::average(&mut g, "average", &[text_head, image_head]).unwrap();
+    let loss = g
+        .add(
+            "loss",
+            Op::SoftmaxCrossEntropy { class_weights },
+            &[logits, labels],
+        )
+        .unwrap();
+    let mut init = init_params(&g, 7);
+    for (id, v) in init.iter_mut() {
+        let name = &g.node(*id).name;
+        if name == "embedding.embeddings" {
+            // Larger embeddings so every path carries a visible gradient.
+            v.iter_mut().for_each(|x| *x *= 20.0);
+        } else if name.ends_with(".bias") {
+            // Non-zero biases so no gradient vanishes by symmetry.
+            v.iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = 0.1 * (i as f32 - 1.0));
+        }
+    }
+    let batch = Batch::new()
+        .with(tokens, HostData::U32(random_u32(t * b, 1, vocab as u32, 8)))
+        .with(
+            images,
+            HostData::F32(random(&[b, 6, 5, 1], 9).into_raw_vec_and_offset().0),
+        )
+        .with(labels, HostData::U32(vec![0, 2, 1, 2]));
     Case {
         graph: g,
         loss,
