@@ -142,6 +142,13 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(b) = &cli.gpu_backend {
+        b.parse::<BackendChoice>()?;
+        // The library opens its adapter from the environment (`run`,
+        // `eval`, `predict`): the flag wins over an inherited value. Set
+        // before any thread starts.
+        std::env::set_var("CROSSMODAL_GPU_BACKEND", b);
+    }
     match &cli.command {
         Command::Run {
             experiment,

@@ -17,7 +17,7 @@ use crossmodal::experiment::run::{
     resume_run, run_experiment, run_seeds, DataSpec, Experiment, RunOptions, RunOutcome,
 };
 use crossmodal::experiment::saved::{eval_run, predict_run, Sample};
-use crossmodal::experiment::schema::{Backend, EarlyStopping, LrSchedule, Monitor};
+use crossmodal::experiment::schema::{Backend, ClassWeights, EarlyStopping, LrSchedule, Monitor};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -469,4 +469,39 @@ fn every_artifact_of_a_run_is_written() {
     let saved = Experiment::load_saved(&out.dir).unwrap();
     assert_eq!(saved, exp);
     assert!(matches!(saved.data, DataSpec::Synthetic(_)));
+}
+
+#[test]
+fn class_weights_reach_the_loss() {
+    let runs = scratch("weights");
+    let mut exp = tiny();
+    exp.training.epochs = 1;
+    let plain = run_experiment(&exp, &runs, options(Backend::Cpu)).unwrap();
+    exp.training.class_weights = Some(ClassWeights::Explicit(vec![0.25, 3.0]));
+    let weighted = run_experiment(&exp, &runs, options(Backend::Cpu)).unwrap();
+    assert_ne!(
+        plain.epochs[0].train_loss, weighted.epochs[0].train_loss,
+        "the weights changed nothing"
+    );
+    let report = std::fs::read_to_string(weighted.dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("class weights (loss): [0.25, 3.0]"),
+        "{report}"
+    );
+
+    exp.training.class_weights = Some(ClassWeights::Balanced);
+    let balanced = run_experiment(&exp, &runs, options(Backend::Cpu)).unwrap();
+    let report = std::fs::read_to_string(balanced.dir.join("report.md")).unwrap();
+    assert!(report.contains("class weights (loss)"), "{report}");
+
+    exp.training.class_weights = Some(ClassWeights::Explicit(vec![1.0, 2.0, 3.0]));
+    let e = run_experiment(&exp, &runs, options(Backend::Cpu))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 weights given for 2 classes"), "{e}");
+    // Balanced: n / (classes · count), so a class twice as frequent weighs half.
+    let w = ClassWeights::Balanced
+        .resolve(&[0, 0, 1, 0, 0, 1], 2)
+        .unwrap();
+    assert_eq!(w, [0.75, 1.5]);
 }

@@ -53,6 +53,7 @@ use crate::ops::activation::{
     activation_backward, activation_backward_cpu, activation_forward, activation_forward_cpu,
     Activation,
 };
+use crate::ops::average::{average_backward, average_backward_cpu, average_forward_cpu};
 use crate::ops::bias::{bias_add_cpu, bias_backward, bias_backward_cpu};
 use crate::ops::concat::{concat_backward_all, concat_backward_cpu, concat_forward_cpu};
 use crate::ops::conv2d::{
@@ -79,6 +80,8 @@ use crate::ops::rnn::{
 use crate::ops::softmax_cross_entropy::{
     softmax_cross_entropy_backward, softmax_cross_entropy_backward_cpu,
     softmax_cross_entropy_forward, softmax_cross_entropy_forward_cpu,
+    weighted_softmax_cross_entropy_backward, weighted_softmax_cross_entropy_backward_cpu,
+    weighted_softmax_cross_entropy_forward, weighted_softmax_cross_entropy_forward_cpu,
 };
 use crate::tensor::DType;
 
@@ -1169,6 +1172,85 @@ fn softmax_ce_case(b: usize, c: usize, seed: u64) -> OpCase {
     }
 }
 
+fn weighted_softmax_ce_case(b: usize, c: usize, seed: u64) -> OpCase {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let logits = uniform(&[b, c], -2.0, 2.0, &mut rng);
+    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..c as u32)).collect();
+    // Distinct weights per class, so a weight read from the wrong class shows.
+    let weights: Vec<f64> = (0..c).map(|k| 0.5 + 0.75 * k as f64).collect();
+    let (l1, l2, l3) = (labels.clone(), labels.clone(), labels);
+    let (w1, w2) = (weights.clone(), weights.clone());
+    let w3: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+    OpCase {
+        op: "softmax_cross_entropy",
+        name: format!("weighted_softmax_cross_entropy {b}x{c} (batch mean)"),
+        inputs: vec![("logits", logits)],
+        loss: Box::new(move |x| {
+            let (_, loss) = weighted_softmax_cross_entropy_forward_cpu(&v2(&x[0]), &l1, &w1);
+            loss.sum() / b as f64
+        }),
+        analytic: Box::new(move |x| {
+            let (probs, _) = weighted_softmax_cross_entropy_forward_cpu(&v2(&x[0]), &l2, &w2);
+            let mut dl = Array2::zeros((b, c));
+            weighted_softmax_cross_entropy_backward_cpu(&mut dl, &probs.view(), &l2, &w2);
+            vec![dl.into_dyn()]
+        }),
+        gpu: Some(Box::new(move |dev, x| {
+            let ctx = dev.ctx;
+            let gl = dev.upload(&x[0])?;
+            let glab = dev.upload_u32(&l3, &[b])?;
+            let gw = ctx.upload_f32(&w3, &[c])?;
+            let (gp, gloss) = (dev.zeros(&[b, c])?, dev.zeros(&[b])?);
+            let gdl = dev.grad(0, &[b, c])?;
+            dev.run(&[
+                weighted_softmax_cross_entropy_forward(ctx, &gl, &glab, &gw, &gp, &gloss)?,
+                weighted_softmax_cross_entropy_backward(ctx, &gdl, &gp, &glab, &gw)?,
+            ])?;
+            Ok(vec![Some(dev.read_grad(0, &gdl)?)])
+        })),
+    }
+}
+
+fn average_case(k: usize, shape: &[usize], seed: u64) -> OpCase {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let names: [&'static str; 4] = ["x0", "x1", "x2", "x3"];
+    let inputs: Vec<(&'static str, ArrayD<f64>)> = (0..k)
+        .map(|i| (names[i % 4], uniform(shape, -1.0, 1.0, &mut rng)))
+        .collect();
+    let dy = uniform(shape, -1.0, 1.0, &mut rng);
+    let (dy1, dy2, dy3) = (dy.clone(), dy.clone(), dy);
+    OpCase {
+        op: "average",
+        name: format!("average {k}x{}", dims_name(shape)),
+        inputs,
+        loss: Box::new(move |x| {
+            let views: Vec<_> = x.iter().map(|a| a.view()).collect();
+            wsum(&average_forward_cpu(&views), &dy1)
+        }),
+        analytic: Box::new(move |x| {
+            x.iter()
+                .map(|a| {
+                    let mut dx = ArrayD::zeros(a.raw_dim());
+                    average_backward_cpu(&mut dx, &dy2.view(), k);
+                    dx
+                })
+                .collect()
+        }),
+        gpu: Some(Box::new(move |dev, x| {
+            let gdy = dev.upload(&dy3)?;
+            let gdx = (0..k)
+                .map(|i| dev.grad(i, x[i].shape()))
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&GpuTensor> = gdx.iter().collect();
+            dev.run(&average_backward(dev.ctx, &refs, &gdy, k)?)?;
+            gdx.iter()
+                .enumerate()
+                .map(|(i, g)| dev.read_grad(i, g).map(Some))
+                .collect()
+        })),
+    }
+}
+
 fn dropout_case(shape: &[usize], rate: f32, step: u32, seed: u64) -> OpCase {
     let mut rng = StdRng::seed_from_u64(seed);
     let x = uniform(shape, -1.0, 1.0, &mut rng);
@@ -1202,8 +1284,8 @@ fn dropout_case(shape: &[usize], rate: f32, step: u32, seed: u64) -> OpCase {
 /// (disjoint and overlapping windows) and average pooling, ReLU / sigmoid
 /// / tanh, embedding (with and without a padding id), LSTM and SimpleRNN
 /// (masked or not, gradient of every step or of the last, through the
-/// default and the per-step kernels), concat, softmax cross-entropy and
-/// dropout.
+/// default and the per-step kernels), concat, average, softmax
+/// cross-entropy (plain and class-weighted) and dropout.
 pub fn op_cases() -> Result<Vec<OpCase>> {
     let conv = |input, out_c, kernel, stride, padding| {
         Conv2dGeometry::new(input, out_c, kernel, stride, padding)
@@ -1252,6 +1334,9 @@ pub fn op_cases() -> Result<Vec<OpCase>> {
     cases.push(concat_case(&[4, 7, 2], 3, 30));
     cases.push(softmax_ce_case(5, 3, 31));
     cases.push(softmax_ce_case(4, 7, 32));
+    cases.push(weighted_softmax_ce_case(6, 3, 35));
+    cases.push(average_case(2, &[3, 7, 5], 36));
+    cases.push(average_case(3, &[4, 9], 37));
     cases.push(dropout_case(&[5, 7], 0.3, 3, 33));
     cases.push(dropout_case(&[3, 100], 0.5, 0, 34));
     Ok(cases)
@@ -1269,6 +1354,7 @@ pub fn op_names() -> &'static [&'static str] {
         "lstm",
         "rnn",
         "concat",
+        "average",
         "softmax_cross_entropy",
         "dropout",
     ]
