@@ -34,9 +34,10 @@ use crossmodal::graph::init::init_params;
 use crossmodal::graph::{
     Batch, CpuExecutor, Executor, Graph, HostData, NodeId, Op, Optimizer, TrainConfig,
 };
-use crossmodal::nn::{self, seed_model};
+use crossmodal::nn::{self, seed_model, SeedConfig};
 use crossmodal::ops::activation::Activation;
 use crossmodal::ops::dropout::{dropout_mask_cpu, Dropout};
+use crossmodal::ops::lstm::{persistent_form, PersistentForm, RecurrentDims};
 use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
 use crossmodal::DType;
 use graph_common::{
@@ -136,13 +137,25 @@ fn check_cpu_directional_loss(
 #[test]
 fn seed_model_matches_the_cpu_executor() {
     let Some(ctx) = gpu() else { return };
-    for mask in [true, false] {
-        let c = small(mask);
+    // 5 LSTM units: the pair persistent kernels; 8: the blocked ones (the
+    // seed's own 64 units take that form too).
+    for (mask, units, form) in [
+        (true, 5, PersistentForm::Pair),
+        (false, 5, PersistentForm::Pair),
+        (true, 8, PersistentForm::Blocked),
+        (false, 8, PersistentForm::Blocked),
+    ] {
+        let c = SeedConfig {
+            lstm_units: units,
+            ..small(mask)
+        };
+        let dims = RecurrentDims::new(c.seq_len, c.batch, c.embed_dim, units);
+        assert_eq!(persistent_form(ctx, dims), form);
         let m = seed_model(&c).unwrap();
         let g = &m.graph;
         let init = init_params(g, 3);
         let batch = SeedData::new(&c, 5).batch(&m);
-        let what = |s: &str| format!("{s} (mask {mask})");
+        let what = |s: &str| format!("{s} (mask {mask}, {units} units)");
 
         let mut cpu = CpuExecutor::<f64>::new(g, m.loss, &init, TrainConfig::default()).unwrap();
         let inspect = ["lstm", "conv", "concat"].map(|n| g.expect_id(n).unwrap());
