@@ -77,6 +77,7 @@ fn tiny(backend: Backend) {
     for file in [
         "experiment.ron",
         "vocabulary.json",
+        "run.json",
         "metrics.csv",
         "metrics.json",
         "loss.svg",
@@ -102,6 +103,8 @@ fn tiny(backend: Backend) {
         report.contains("majority-class baseline") && report.contains("image"),
         "{report}"
     );
+    // The saved experiment is the resolved one and loads back as it was.
+    assert_eq!(Experiment::load_saved(&out.dir).unwrap(), exp);
     std::fs::remove_dir_all(&runs).unwrap();
 }
 

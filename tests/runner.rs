@@ -10,11 +10,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use crossmodal::experiment::checkpoint::{load_checkpoint, META_FILE, MODEL_FILE};
+use crossmodal::experiment::checkpoint::{load_checkpoint, MODEL_FILE};
 use crossmodal::experiment::model::build_model;
 use crossmodal::experiment::overrides::apply_overrides;
 use crossmodal::experiment::run::{
-    resume_run, run_experiment, run_seeds, DataSpec, Experiment, RunOptions, RunOutcome,
+    resume_run, run_experiment, run_seeds, Experiment, RunOptions, RunOutcome,
 };
 use crossmodal::experiment::saved::{eval_run, predict_run, Sample};
 use crossmodal::experiment::schema::{Backend, ClassWeights, EarlyStopping, LrSchedule, Monitor};
@@ -442,33 +442,6 @@ fn bad_inputs_give_clear_errors_and_never_panic() {
             assert!(e.contains(w), "{name}: {e:?} lacks {w:?}");
         }
     }
-}
-
-#[test]
-fn every_artifact_of_a_run_is_written() {
-    let runs = scratch("artifacts");
-    let exp = tiny();
-    let out = run_experiment(&exp, &runs, options(Backend::Cpu)).unwrap();
-    for file in [
-        "experiment.ron",
-        "vocabulary.json",
-        "run.json",
-        "metrics.csv",
-        "metrics.json",
-        "loss.svg",
-        "loss.png",
-        "accuracy.svg",
-        "accuracy.png",
-        "report.md",
-        "report.json",
-    ] {
-        assert!(out.dir.join(file).is_file(), "{file} missing");
-    }
-    assert!(out.dir.join("checkpoint").join(META_FILE).is_file());
-    // The saved experiment is the resolved one and loads back as it was.
-    let saved = Experiment::load_saved(&out.dir).unwrap();
-    assert_eq!(saved, exp);
-    assert!(matches!(saved.data, DataSpec::Synthetic(_)));
 }
 
 #[test]

@@ -410,16 +410,22 @@ fn read_meta_file(dir: &Path) -> Result<(MetaFile, std::path::PathBuf)> {
 /// The metadata of the checkpoint in `dir` without its tensors (and so
 /// without the optimizer state): enough to rebuild the model it fits.
 pub fn load_meta(dir: &Path) -> Result<CheckpointMeta> {
-    let (file, _) = read_meta_file(dir)?;
-    Ok(CheckpointMeta {
-        experiment: file.experiment,
-        epoch: file.epoch,
-        step: file.step,
-        epoch_step: file.epoch_step,
-        classes: file.classes,
-        vocabulary: file.vocabulary,
-        optimizer: None,
-    })
+    read_meta_file(dir).map(|(file, _)| file.into())
+}
+
+impl From<MetaFile> for CheckpointMeta {
+    /// Everything but the optimizer state (which lives in a tensor file).
+    fn from(file: MetaFile) -> Self {
+        CheckpointMeta {
+            experiment: file.experiment,
+            epoch: file.epoch,
+            step: file.step,
+            epoch_step: file.epoch_step,
+            classes: file.classes,
+            vocabulary: file.vocabulary,
+            optimizer: None,
+        }
+    }
 }
 
 /// Loads the checkpoint in `dir` for `graph`: the parameters in
@@ -459,13 +465,8 @@ pub fn load_checkpoint(dir: &Path, graph: &Graph) -> Result<(ParamValues, Checkp
         None => None,
     };
     let meta = CheckpointMeta {
-        experiment: file.experiment,
-        epoch: file.epoch,
-        step: file.step,
-        epoch_step: file.epoch_step,
-        classes: file.classes,
-        vocabulary: file.vocabulary,
         optimizer,
+        ..file.into()
     };
     Ok((params, meta))
 }
