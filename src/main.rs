@@ -190,7 +190,7 @@ fn main() -> Result<()> {
             if exp.evaluation.seeds > 1 {
                 let (dir, outs) = run_seeds(&exp, runs, options)?;
                 for out in &outs {
-                    print_outcome(&exp.name, out);
+                    print_outcome(out);
                 }
                 println!("over seeds: see {}", dir.join("report.md").display());
                 if let Some(bad) = outs.iter().find(|o| o.stopped.is_some() || o.interrupted) {
@@ -306,7 +306,8 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn print_outcome(name: &str, out: &RunOutcome) {
+fn print_outcome(out: &RunOutcome) {
+    let name = &out.name;
     match &out.test {
         Some(t) => println!(
             "{name}: test accuracy {:.4}, macro-F1 {:.4} in {:.1} s; outputs in {}",
@@ -322,12 +323,7 @@ fn print_outcome(name: &str, out: &RunOutcome) {
 /// Prints a run's outcome; a non-finite loss or an interruption is a
 /// non-zero exit.
 fn finish_run(out: RunOutcome) -> Result<()> {
-    let name = out
-        .dir
-        .parent()
-        .and_then(|p| p.file_name())
-        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
-    print_outcome(&name, &out);
+    print_outcome(&out);
     if let Some(why) = &out.stopped {
         anyhow::bail!("the run stopped early: {why}");
     }

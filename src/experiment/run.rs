@@ -226,6 +226,8 @@ pub struct RunOptions<'a> {
 /// What a finished run reports back.
 #[derive(Clone, Debug)]
 pub struct RunOutcome {
+    /// The experiment's name.
+    pub name: String,
     pub dir: PathBuf,
     pub epochs: Vec<EpochMetrics>,
     /// Test metrics; `None` when the run was interrupted.
@@ -754,6 +756,7 @@ fn train_with(
         write_atomic_str(&path, &to_json(&record(None, epochs.len()), &path)?)?;
         write_curves(dir, &epochs)?;
         return Ok(RunOutcome {
+            name: exp.name.clone(),
             dir: dir.to_path_buf(),
             epochs,
             test: None,
@@ -832,6 +835,7 @@ fn train_with(
     let path = dir.join(RUN_FILE);
     write_atomic_str(&path, &to_json(&record(Some(&test), epochs.len()), &path)?)?;
     Ok(RunOutcome {
+        name: exp.name.clone(),
         dir: dir.to_path_buf(),
         epochs,
         test: Some(test),
