@@ -12,7 +12,7 @@ use crossmodal::experiment::run::{
 use crossmodal::experiment::saved::{eval_run, predict_run, Sample};
 use crossmodal::experiment::schema::Backend;
 use crossmodal::gpu::{BackendChoice, GpuContext, GpuOptions};
-use crossmodal::study::{inspect, shadow};
+use crossmodal::study::{inspect, saliency, shadow};
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +97,14 @@ enum Command {
         /// Backend: auto, gpu or cpu (default: the one that trained the run).
         #[arg(long)]
         backend: Option<String>,
+        /// Also explain the prediction: a heat map of |d log p / d pixel|
+        /// and the tokens ranked by |gradient x embedding|.
+        #[arg(long)]
+        explain: bool,
+        /// Where --explain writes the heat map (PNG; an upscaled copy goes
+        /// beside it).
+        #[arg(long, default_value = "saliency.png", requires = "explain")]
+        out: PathBuf,
     },
     /// Check every backward pass: CPU reference vs finite differences (f64),
     /// GPU kernels vs CPU reference; exits non-zero on any failure.
@@ -222,6 +230,8 @@ fn main() -> Result<()> {
             text,
             image,
             backend,
+            explain,
+            out,
         } => {
             if text.is_none() && image.is_none() {
                 anyhow::bail!("give --text, --image or both");
@@ -231,6 +241,13 @@ fn main() -> Result<()> {
                 text: text.as_deref(),
                 image: image.as_deref(),
             };
+            if *explain {
+                print!(
+                    "{}",
+                    saliency::explain_to_files(run_dir, &sample, backend, out)?
+                );
+                return Ok(());
+            }
             let p = predict_run(run_dir, &sample, backend)?;
             for (class, prob) in p.classes.iter().zip(&p.probabilities) {
                 println!("{class:>12}  {prob:.4}");

@@ -167,6 +167,7 @@ fn seed_model_matches_the_cpu_executor() {
             TrainConfig::default(),
             ExecOptions {
                 inspect: inspect.to_vec(),
+                ..ExecOptions::default()
             },
         )
         .unwrap();
@@ -545,6 +546,7 @@ fn dropout_training_steps_agree() {
         config,
         ExecOptions {
             inspect: vec![c.drop_in, c.h, c.drop],
+            ..ExecOptions::default()
         },
     )
     .unwrap();
@@ -663,6 +665,7 @@ fn late_fusion_matches_the_cpu_executor_and_finite_differences() {
         TrainConfig::default(),
         ExecOptions {
             inspect: vec![average, heads[0], heads[1]],
+            ..ExecOptions::default()
         },
     )
     .unwrap();

@@ -14,6 +14,9 @@
 //!   add `+=`), so a value used twice gets the sum. Values the backward
 //!   needs (LSTM/RNN states and masks, maxpool argmax, softmax
 //!   probabilities) are kept from the forward.
+//! - [`CpuExecutor::with_input_gradients`] adds f32 inputs (e.g. the
+//!   image) to the backward: their gradients are read with
+//!   [`CpuExecutor::grad`] (saliency); without it inputs get none.
 //! - A training step then clips by global norm (optional, the reference of
 //!   [`crate::ops::clip_norm`]) and applies Adam or SGD to every parameter
 //!   that leads to the loss.
@@ -396,6 +399,31 @@ impl<A: NdFloat> CpuExecutor<A> {
         }
         let v: Vec<A> = data.iter().map(|&x| cast(x)).collect();
         Ok(ArrayD::from_shape_vec(IxDyn(&node.value.shape), v).expect("length checked"))
+    }
+
+    /// Also computes, on every backward, the gradient of the loss with
+    /// respect to the f32 input nodes `inputs` (read with
+    /// [`CpuExecutor::grad`]): the backward order grows by the nodes that
+    /// lead from them to the loss, and the ops on the way also write their
+    /// input gradients (e.g. a convolution's backward-input). Parameters'
+    /// gradients are unchanged; without this, inputs get none (no cost).
+    pub fn with_input_gradients(mut self, inputs: &[NodeId]) -> Result<Self> {
+        self.graph.check_gradient_sources(inputs)?;
+        let backward = self.graph.backward_order_with(self.loss, inputs);
+        if let Some(&bad) = backward
+            .iter()
+            .find(|&&i| !has_backward(&self.graph.node(i).op))
+        {
+            let node = self.graph.node(bad);
+            return Err(Error::Unsupported {
+                op: node.name.clone(),
+                what: format!("the backward of {}", node.op.kind()),
+                why: "it is for prediction only; the loss must not depend on it".into(),
+            });
+        }
+        self.backward = backward;
+        self.needs_grad = self.graph.needs_grad_with(self.loss, inputs);
+        Ok(self)
     }
 
     /// The graph this executor runs.

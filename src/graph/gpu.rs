@@ -33,6 +33,10 @@
 //! before each run (one `write_buffer` per dropout dispatch); backward
 //! recomputes the forward's mask from the same step.
 //!
+//! With [`ExecOptions::input_gradients`] the backward also covers the
+//! nodes leading from those f32 inputs to the loss, and each such input
+//! gets a pinned gradient buffer (saliency: the gradient w.r.t. the image).
+//!
 //! Backward seeds from the loss: the loss node must be a
 //! `SoftmaxCrossEntropy` (its backward kernel is the gradient of the batch
 //! mean). With class weights it runs the weighted kernels (the same number
@@ -227,6 +231,13 @@ pub struct ExecOptions {
     /// [`Executor::value`] and [`GpuExecutor::gradient_of`] can read them
     /// after any run. The schedule is otherwise unchanged.
     pub inspect: Vec<NodeId>,
+    /// F32 input nodes (e.g. the image) whose gradient every backward also
+    /// computes, into a buffer of its own read with
+    /// [`GpuExecutor::gradient_of`]: the nodes leading from them to the
+    /// loss join the backward (a convolution adds its backward-input
+    /// dispatch), the rest of the schedule is unchanged. Empty (the
+    /// default): inputs get no gradient and cost nothing.
+    pub input_gradients: Vec<NodeId>,
 }
 
 /// What one run recorded and submitted.
@@ -472,13 +483,14 @@ fn pool_geometry(graph: &Graph, n: NodeId) -> Result<Pool2dGeometry> {
     Pool2dGeometry::new([x[0], x[1], x[2], x[3]], pool, stride)
 }
 
-/// Declares every tensor: values, gradients and per-op state.
-fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId]) -> Declared {
+/// Declares every tensor: values, gradients and per-op state; `sources`
+/// are the inputs given a gradient ([`ExecOptions::input_gradients`]).
+fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) -> Declared {
     let n = graph.nodes().len();
-    let needs = graph.needs_grad(loss);
+    let needs = graph.needs_grad_with(loss, sources);
     let in_backward: Vec<bool> = {
         let mut b = vec![false; n];
-        for id in graph.backward_order(loss) {
+        for id in graph.backward_order_with(loss, sources) {
             b[id.0] = true;
         }
         b
@@ -606,7 +618,8 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId]) -> Declared {
         };
         l.value[id.0] = value;
 
-        if needs[id.0] && id != loss && !matches!(node.op, Op::Input { .. }) {
+        let input = matches!(node.op, Op::Input { .. });
+        if needs[id.0] && id != loss && (!input || sources.contains(&id)) {
             l.grad[id.0] = match node.op {
                 Op::Flatten => {
                     let t = l
@@ -619,7 +632,8 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId]) -> Declared {
                     })
                 }
                 _ => {
-                    let pinned = inspected || matches!(node.op, Op::Param { .. });
+                    // Input gradients are read by the host: pinned too.
+                    let pinned = inspected || input || matches!(node.op, Op::Param { .. });
                     let t = l.add(
                         format!("{name}.grad"),
                         &shape,
@@ -1158,7 +1172,8 @@ impl<'a> GpuExecutor<'a> {
                 return Err(Error::graph(format!("#{}", i.0), "no such node to inspect"));
             }
         }
-        let backward = graph.backward_order(loss);
+        graph.check_gradient_sources(&options.input_gradients)?;
+        let backward = graph.backward_order_with(loss, &options.input_gradients);
         if let Some(&s) = backward
             .iter()
             .find(|&&i| matches!(graph.node(i).op, Op::Softmax))
@@ -1171,7 +1186,7 @@ impl<'a> GpuExecutor<'a> {
         }
 
         // Tensors and stages.
-        let l = declare(graph, loss, &options.inspect);
+        let l = declare(graph, loss, &options.inspect, &options.input_gradients);
         let mut kinds: Vec<StageKind> = graph
             .ids()
             .filter(|&i| {
@@ -1890,16 +1905,23 @@ impl<'a> GpuExecutor<'a> {
     }
 
     /// The gradient of any node after the last backward (inspection): the
-    /// accumulated gradient of its value. Parameters' gradients are always
-    /// kept; others need [`ExecOptions::inspect`] unless their buffer was
-    /// not reused since.
+    /// accumulated gradient of its value. Parameters' gradients and input
+    /// gradients ([`ExecOptions::input_gradients`]) are always kept; others
+    /// need [`ExecOptions::inspect`] unless their buffer was not reused
+    /// since.
     pub fn gradient_of(&mut self, id: NodeId) -> Result<Vec<f32>> {
-        let name = &self.graph.node(id).name;
+        if id.0 >= self.graph.nodes().len() {
+            return Err(Error::graph(format!("#{}", id.0), "no such node"));
+        }
+        let node = self.graph.node(id);
+        let name = &node.name;
         let g = self.grad[id.0].as_ref().ok_or_else(|| {
-            Error::graph(
-                name,
-                "has no gradient (it does not lead from a parameter to the loss)",
-            )
+            let why = if matches!(node.op, Op::Input { .. }) {
+                "has no gradient (inputs get one only with ExecOptions::input_gradients)"
+            } else {
+                "has no gradient (it does not lead from a parameter to the loss)"
+            };
+            Error::graph(name, why)
         })?;
         self.read_kept(id, g.id, "gradient")
     }

@@ -7,7 +7,9 @@
 //!   (as an experiment file lists them), sorts them and reports unknown
 //!   inputs and cycles by name.
 //! - Backward runs the tape in reverse over the nodes that lead from a
-//!   parameter to the loss ([`Graph::backward_order`]).
+//!   parameter to the loss ([`Graph::backward_order`]); executors asked for
+//!   input gradients count those f32 inputs as parameters here
+//!   ([`Graph::backward_order_with`]).
 //! - [`exec`]: the [`Executor`] trait the backends implement; [`cpu`]: the
 //!   CPU reference backend ([`CpuExecutor`], ndarray references only).
 
@@ -177,6 +179,43 @@ impl Graph {
             .collect()
     }
 
+    /// Checks that every node of `sources` is an f32 input of this graph
+    /// (the nodes an executor can give input gradients for; token ids and
+    /// labels are u32 and have none).
+    pub fn check_gradient_sources(&self, sources: &[NodeId]) -> Result<()> {
+        for &s in sources {
+            let Some(node) = self.nodes.get(s.0) else {
+                return Err(Error::graph(
+                    format!("#{}", s.0),
+                    "an input gradient was asked for a node not in this graph",
+                ));
+            };
+            match &node.op {
+                Op::Input { dtype, .. } if *dtype == crate::tensor::DType::F32 => {}
+                Op::Input { dtype, .. } => {
+                    return Err(Error::graph(
+                        &node.name,
+                        format!(
+                            "an input gradient was asked, but this input is {dtype:?}: \
+                             only f32 inputs have one (for tokens, read the gradient of the \
+                             embedding's output)"
+                        ),
+                    ))
+                }
+                op => {
+                    return Err(Error::graph(
+                        &node.name,
+                        format!(
+                            "an input gradient was asked, but this node is {}, not Input",
+                            op.kind()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Data inputs in definition order.
     pub fn inputs(&self) -> Vec<NodeId> {
         self.ids()
@@ -187,12 +226,20 @@ impl Graph {
     /// Which nodes need a gradient for a backward pass from `loss`: those
     /// that depend on a parameter and lead to the loss.
     pub fn needs_grad(&self, loss: NodeId) -> Vec<bool> {
+        self.needs_grad_with(loss, &[])
+    }
+
+    /// As [`Graph::needs_grad`], with the input nodes `sources` counted as
+    /// parameters: they and the nodes depending on them need a gradient too
+    /// (input gradients, e.g. saliency w.r.t. the image).
+    pub fn needs_grad_with(&self, loss: NodeId, sources: &[NodeId]) -> Vec<bool> {
         let n = self.nodes.len();
         let mut from_param = vec![false; n];
         for id in self.ids() {
             let node = self.node(id);
-            from_param[id.0] =
-                matches!(node.op, Op::Param { .. }) || node.inputs.iter().any(|i| from_param[i.0]);
+            from_param[id.0] = matches!(node.op, Op::Param { .. })
+                || sources.contains(&id)
+                || node.inputs.iter().any(|i| from_param[i.0]);
         }
         let mut to_loss = vec![false; n];
         to_loss[loss.0] = true;
@@ -208,7 +255,13 @@ impl Graph {
 
     /// The nodes whose backward runs, in reverse topological order.
     pub fn backward_order(&self, loss: NodeId) -> Vec<NodeId> {
-        let needs = self.needs_grad(loss);
+        self.backward_order_with(loss, &[])
+    }
+
+    /// As [`Graph::backward_order`], with input gradients for `sources`
+    /// (see [`Graph::needs_grad_with`]).
+    pub fn backward_order_with(&self, loss: NodeId, sources: &[NodeId]) -> Vec<NodeId> {
+        let needs = self.needs_grad_with(loss, sources);
         self.ids()
             .rev()
             .filter(|&i| {

@@ -9,8 +9,11 @@
 //!   models (`crossmodal gradcheck`).
 //! - [`bench`]: kernel and training-step timings against the adapter's own
 //!   measured peaks (`crossmodal bench`).
+//! - [`saliency`]: which pixels and words one prediction is most sensitive
+//!   to (`crossmodal predict --explain`).
 
 pub mod bench;
 pub mod gradcheck;
 pub mod inspect;
+pub mod saliency;
 pub mod shadow;

@@ -349,6 +349,7 @@ pub fn executors<'a>(
     let config = train_config(&exp.training);
     let options = ExecOptions {
         inspect: g.ids().collect(),
+        ..ExecOptions::default()
     };
     let gpu = GpuExecutor::with_options(ctx, g, p.model.loss, &p.params, config.clone(), options)?;
     let cpu = CpuExecutor::<f32>::new(g, p.model.loss, &p.params, config)?;
