@@ -39,6 +39,7 @@ use crate::graph::init::init_params;
 use crate::graph::{Batch, CpuExecutor, Executor, HostData, TrainConfig};
 use crate::nn::{seed_model, SeedConfig, SeedModel};
 use crate::ops::activation::*;
+use crate::ops::average::*;
 use crate::ops::bias::*;
 use crate::ops::concat::*;
 use crate::ops::conv2d::*;
@@ -87,8 +88,12 @@ pub const KERNELS: &[&str] = &[
     "concat_backward",
     "dropout_forward",
     "dropout_backward",
+    "average_forward",
+    "average_backward",
     "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
+    "weighted_softmax_cross_entropy_forward",
+    "weighted_softmax_cross_entropy_backward",
     "reduce_sum_accuracy_count",
     "adam_update",
     "sgd_update",
@@ -689,6 +694,75 @@ fn head_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
         work: Work::Bytes((BATCH * 2 * 8) as f64),
         gpu: vec![softmax_cross_entropy_backward(ctx, &gdl, &gp, &glab)?],
         cpu: Box::new(move || softmax_cross_entropy_backward_cpu(&mut dl, &probs.view(), &lab2)),
+    });
+
+    // Late fusion (`experiments/late_fusion.ron`): the two heads' 32×2
+    // logits averaged, and the class-weighted loss.
+    let heads = [rand_array(&[BATCH, 2], 21), rand_array(&[BATCH, 2], 22)];
+    let gheads = [upload(ctx, &heads[0])?, upload(ctx, &heads[1])?];
+    let gavg = zeros(ctx, &[BATCH, 2])?;
+    let [h0, h1] = heads;
+    cases.push(Case {
+        kernel: "average_forward",
+        name: "average_forward 2x32x2".into(),
+        sweep: None,
+        work: Work::Bytes((BATCH * 2 * 12) as f64),
+        gpu: average_forward(ctx, &[&gheads[0], &gheads[1]], &gavg)?,
+        cpu: Box::new(move || {
+            std::hint::black_box(average_forward_cpu(&[h0.view(), h1.view()]));
+        }),
+    });
+    let (gd0, gd1) = (zeros(ctx, &[BATCH, 2])?, zeros(ctx, &[BATCH, 2])?);
+    let davg = rand_array(&[BATCH, 2], 23);
+    let gdavg = upload(ctx, &davg)?;
+    let (mut d0, mut d1) = (
+        ArrayD::<f32>::zeros(IxDyn(&[BATCH, 2])),
+        ArrayD::<f32>::zeros(IxDyn(&[BATCH, 2])),
+    );
+    cases.push(Case {
+        kernel: "average_backward",
+        name: "average_backward 2x32x2".into(),
+        sweep: None,
+        work: Work::Bytes((BATCH * 2 * 12) as f64),
+        gpu: average_backward(ctx, &[&gd0, &gd1], &gdavg, 2)?,
+        cpu: Box::new(move || {
+            average_backward_cpu(&mut d0, &davg.view(), 2);
+            average_backward_cpu(&mut d1, &davg.view(), 2);
+        }),
+    });
+    let weights = [0.75f32, 1.5];
+    let gw = ctx.upload_f32(&weights, &[2])?;
+    let (l3, lab3) = (logits.clone(), labels.clone());
+    cases.push(Case {
+        kernel: "weighted_softmax_cross_entropy_forward",
+        name: "weighted_softmax_cross_entropy_forward 32x2".into(),
+        sweep: None,
+        work: Work::Bytes((BATCH * 2 * 8) as f64),
+        gpu: vec![weighted_softmax_cross_entropy_forward(
+            ctx, &gl, &glab, &gw, &gp, &gloss,
+        )?],
+        cpu: Box::new(move || {
+            std::hint::black_box(weighted_softmax_cross_entropy_forward_cpu(
+                &l3.view(),
+                &lab3,
+                &weights,
+            ));
+        }),
+    });
+    let probs3 = softmax_forward_cpu(&logits.view());
+    let mut dl3 = Array2::<f32>::zeros((BATCH, 2));
+    let lab4 = labels.clone();
+    cases.push(Case {
+        kernel: "weighted_softmax_cross_entropy_backward",
+        name: "weighted_softmax_cross_entropy_backward 32x2".into(),
+        sweep: None,
+        work: Work::Bytes((BATCH * 2 * 8) as f64),
+        gpu: vec![weighted_softmax_cross_entropy_backward(
+            ctx, &gdl, &gp, &glab, &gw,
+        )?],
+        cpu: Box::new(move || {
+            weighted_softmax_cross_entropy_backward_cpu(&mut dl3, &probs3.view(), &lab4, &weights)
+        }),
     });
 
     // Loss sum and accuracy count for metrics.
