@@ -545,7 +545,7 @@ impl Conv2dVariant {
     /// `"backward_input"`, `"backward_weight"` or `"backward_bias"`) at
     /// geometry `g`.
     pub fn for_kernel(kernel: &str, g: &Conv2dGeometry) -> Self {
-        let aligned = g.out_c % 4 == 0;
+        let aligned = g.out_c.is_multiple_of(4);
         let ok = match kernel {
             "backward_input" => aligned && g.stride == [1, 1],
             _ => aligned,
