@@ -8,6 +8,12 @@
 //! (for the input gradient); backward runs `conv2d_backward_weight`,
 //! `conv2d_backward_bias` and, unless x is the network input,
 //! `conv2d_backward_input`. All three accumulate (+=).
+//!
+//! Two kernel families (see `shaders/conv2d.wgsl`), picked per call by
+//! [`Conv2dVariant::for_kernel`]: register-blocked `*_direct` kernels
+//! (16 pixels x 16 channels, or 9 taps x 16 channels, per invocation, vec4
+//! channel rows) when Cout is a multiple of 4 (and, for the input
+//! gradient, the stride is 1); otherwise the general kernels.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
