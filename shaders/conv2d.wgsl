@@ -392,3 +392,393 @@ fn conv2d_backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     reduce_partials(lane, 1u);
     if (lane == 0u) { db[co] += partial[0].x; }
 }
+
+// ================================================================ direct
+//
+// Register-blocked variants for software adapters (lavapipe), after
+// matmul_direct: lavapipe runs 8 invocations as one SIMD chunk and turns
+// every storage load into a loop over the lanes, so what counts is
+// multiply-adds per loaded element. Each invocation keeps a block of
+// accumulators (16 rows x 16 channels as 4 vec4 per row) and reads storage
+// directly; channel loads are vec4, which needs Cout % 4 == 0 (the launchers
+// fall back to the kernels above otherwise). `PADDED` = false (Valid
+// padding) drops the bounds masks: every tap of a live pixel is inside.
+//
+// conv2d_forward_direct         : 16 output pixels x 16 output channels per
+//                                 invocation; 8 lanes along pixels, so the
+//                                 weight loads are workgroup-uniform.
+// conv2d_backward_weight_direct : 9 taps x 16 output channels per invocation,
+//                                 DWL lanes each summing a contiguous chunk of
+//                                 the N*OH*OW pixels; the lanes' blocks meet
+//                                 in workgroup memory and each output is
+//                                 summed over the lanes in lane order
+//                                 (deterministic, one writer per element).
+// conv2d_backward_input_direct  : stride 1 only. 16 input pixels x CIB (1 or
+//                                 4) input channels per invocation, a gather
+//                                 over (kh, kw, co): dy read as vec4 along co
+//                                 and reduced with dot() against the
+//                                 (uniform) weights.
+
+override PADDED: bool = true;
+// Input channels per invocation of conv2d_backward_input_direct (1 or 4).
+override CIB: u32 = 4u;
+
+const DL: u32 = 8u;   // invocations per workgroup (lavapipe's SIMD width)
+const DP: u32 = 16u;  // pixels per invocation
+const DCH: u32 = 16u; // output channels per invocation (4 vec4)
+const DWT: u32 = 9u;  // taps per invocation of conv2d_backward_weight_direct
+const DWL: u32 = 16u; // lanes of conv2d_backward_weight_direct
+
+// vec4 views (Cout % 4 == 0).
+@group(0) @binding(2) var<storage, read> w_v4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> b_v4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> y_v4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> dy_v4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> w_saved_v4: array<vec4<f32>>;
+
+alias Row = array<vec4<f32>, 4>; // DCH channels
+alias Block = array<Row, 16>;    // DP pixels
+alias Block9 = array<Row, 9>;    // DWT taps
+
+fn fma_row(acc: Row, s: f32, v: Row) -> Row {
+    return Row(acc[0] + s * v[0], acc[1] + s * v[1], acc[2] + s * v[2], acc[3] + s * v[3]);
+}
+
+fn fma_block(acc: ptr<function, Block>, s: array<f32, 16>, v: Row) {
+    (*acc)[0] = fma_row((*acc)[0], s[0], v);
+    (*acc)[1] = fma_row((*acc)[1], s[1], v);
+    (*acc)[2] = fma_row((*acc)[2], s[2], v);
+    (*acc)[3] = fma_row((*acc)[3], s[3], v);
+    (*acc)[4] = fma_row((*acc)[4], s[4], v);
+    (*acc)[5] = fma_row((*acc)[5], s[5], v);
+    (*acc)[6] = fma_row((*acc)[6], s[6], v);
+    (*acc)[7] = fma_row((*acc)[7], s[7], v);
+    (*acc)[8] = fma_row((*acc)[8], s[8], v);
+    (*acc)[9] = fma_row((*acc)[9], s[9], v);
+    (*acc)[10] = fma_row((*acc)[10], s[10], v);
+    (*acc)[11] = fma_row((*acc)[11], s[11], v);
+    (*acc)[12] = fma_row((*acc)[12], s[12], v);
+    (*acc)[13] = fma_row((*acc)[13], s[13], v);
+    (*acc)[14] = fma_row((*acc)[14], s[14], v);
+    (*acc)[15] = fma_row((*acc)[15], s[15], v);
+}
+
+fn fma_block9(acc: ptr<function, Block9>, s: array<f32, 9>, v: Row) {
+    (*acc)[0] = fma_row((*acc)[0], s[0], v);
+    (*acc)[1] = fma_row((*acc)[1], s[1], v);
+    (*acc)[2] = fma_row((*acc)[2], s[2], v);
+    (*acc)[3] = fma_row((*acc)[3], s[3], v);
+    (*acc)[4] = fma_row((*acc)[4], s[4], v);
+    (*acc)[5] = fma_row((*acc)[5], s[5], v);
+    (*acc)[6] = fma_row((*acc)[6], s[6], v);
+    (*acc)[7] = fma_row((*acc)[7], s[7], v);
+    (*acc)[8] = fma_row((*acc)[8], s[8], v);
+}
+
+// The window origin of one output pixel: the flat index of x[n, ih0, iw0, 0]
+// and (ih0, iw0), which lie above / left of the input in the padding.
+struct Origin {
+    base: i32,
+    ih0: i32,
+    iw0: i32,
+}
+
+// Origin of output pixel i (clamped to the last pixel: dead lanes load valid data).
+fn origin(i: u32) -> Origin {
+    let p = params;
+    let q = pixel(min(i, p.batch * p.out_h * p.out_w - 1u), p.out_h, p.out_w);
+    let ih0 = i32(q.row * p.stride_h) - i32(p.pad_top);
+    let iw0 = i32(q.col * p.stride_w) - i32(p.pad_left);
+    return Origin((i32(q.n * p.in_h) + ih0) * i32(p.in_w * p.in_c) + iw0 * i32(p.in_c), ih0, iw0);
+}
+
+// x at tap offset `off` = (kh*W + kw)*Cin + ci of the window at o; 0 in the padding.
+fn x_at(o: Origin, kh: i32, kw: i32, off: i32) -> f32 {
+    if (!PADDED) {
+        return x[u32(o.base + off)];
+    }
+    let inside = u32(o.ih0 + kh) < params.in_h && u32(o.iw0 + kw) < params.in_w;
+    return select(0.0, x[u32(select(0, o.base + off, inside))], inside);
+}
+
+fn x_saved_at(o: Origin, kh: i32, kw: i32, off: i32) -> f32 {
+    if (!PADDED) {
+        return x_saved[u32(o.base + off)];
+    }
+    let inside = u32(o.ih0 + kh) < params.in_h && u32(o.iw0 + kw) < params.in_w;
+    return select(0.0, x_saved[u32(select(0, o.base + off, inside))], inside);
+}
+
+// Stores one pixel's row of y (channels c4*4 ..), skipping dead pixels and
+// channel groups past Cout. Shifts instead of indexing (see matmul_direct).
+fn store_y_row(i: u32, c4: u32, r: Row) {
+    let p = params;
+    if (i >= p.batch * p.out_h * p.out_w) { return; }
+    var q = r;
+    let n4 = p.out_c / 4u;
+    for (var t = 0u; t < 4u; t++) {
+        if (c4 + t < n4) { y_v4[i * n4 + c4 + t] = q[0]; }
+        q[0] = q[1]; q[1] = q[2]; q[2] = q[3];
+    }
+}
+
+@compute @workgroup_size(DL)
+fn conv2d_forward_direct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    // Grid: x (folded with z) over blocks of DL*DP pixels, y over blocks of DCH channels.
+    let i0 = ((wid.z * nwg.x + wid.x) * DL + lid.x) * DP;
+    let n4 = p.out_c / 4u;
+    let c4 = wid.y * (DCH / 4u);
+    let last4 = n4 - 1u;
+    let o = array<Origin, 16>(
+        origin(i0), origin(i0 + 1u), origin(i0 + 2u), origin(i0 + 3u),
+        origin(i0 + 4u), origin(i0 + 5u), origin(i0 + 6u), origin(i0 + 7u),
+        origin(i0 + 8u), origin(i0 + 9u), origin(i0 + 10u), origin(i0 + 11u),
+        origin(i0 + 12u), origin(i0 + 13u), origin(i0 + 14u), origin(i0 + 15u));
+    let bias = Row(b_v4[min(c4, last4)], b_v4[min(c4 + 1u, last4)],
+                   b_v4[min(c4 + 2u, last4)], b_v4[min(c4 + 3u, last4)]);
+    var acc = Block(bias, bias, bias, bias, bias, bias, bias, bias,
+                    bias, bias, bias, bias, bias, bias, bias, bias);
+    var kh = 0i;
+    var kw = 0i;
+    var ci = 0u;
+    let taps = p.k_h * p.k_w * p.in_c;
+    for (var t = 0u; t < taps; t++) {
+        let off = (kh * i32(p.in_w) + kw) * i32(p.in_c) + i32(ci);
+        let s = array<f32, 16>(
+            x_at(o[0], kh, kw, off), x_at(o[1], kh, kw, off), x_at(o[2], kh, kw, off), x_at(o[3], kh, kw, off),
+            x_at(o[4], kh, kw, off), x_at(o[5], kh, kw, off), x_at(o[6], kh, kw, off), x_at(o[7], kh, kw, off),
+            x_at(o[8], kh, kw, off), x_at(o[9], kh, kw, off), x_at(o[10], kh, kw, off), x_at(o[11], kh, kw, off),
+            x_at(o[12], kh, kw, off), x_at(o[13], kh, kw, off), x_at(o[14], kh, kw, off), x_at(o[15], kh, kw, off));
+        let wb = t * n4;
+        let v = Row(w_v4[wb + min(c4, last4)], w_v4[wb + min(c4 + 1u, last4)],
+                    w_v4[wb + min(c4 + 2u, last4)], w_v4[wb + min(c4 + 3u, last4)]);
+        fma_block(&acc, s, v);
+        ci += 1u;
+        if (ci == p.in_c) { ci = 0u; kw += 1; }
+        if (kw == i32(p.k_w)) { kw = 0; kh += 1; }
+    }
+    for (var i = 0u; i < DP; i++) {
+        store_y_row(i0 + i, c4, acc[0]);
+        acc[0] = acc[1]; acc[1] = acc[2]; acc[2] = acc[3]; acc[3] = acc[4];
+        acc[4] = acc[5]; acc[5] = acc[6]; acc[6] = acc[7]; acc[7] = acc[8];
+        acc[8] = acc[9]; acc[9] = acc[10]; acc[10] = acc[11]; acc[11] = acc[12];
+        acc[12] = acc[13]; acc[13] = acc[14]; acc[14] = acc[15];
+    }
+}
+
+// (kh, kw, offset) of tap t (clamped to the last tap) for x_saved_at.
+fn tap_of(t: u32) -> vec3<i32> {
+    let p = params;
+    let tt = min(t, p.k_h * p.k_w * p.in_c - 1u);
+    let r = tt / p.in_c;
+    let kh = r / p.k_w;
+    let kw = r % p.k_w;
+    return vec3(i32(kh), i32(kw), i32((kh * p.in_w + kw) * p.in_c + tt % p.in_c));
+}
+
+fn x_tap9(o: Origin, k: array<vec3<i32>, 9>) -> array<f32, 9> {
+    return array<f32, 9>(
+        x_saved_at(o, k[0].x, k[0].y, k[0].z), x_saved_at(o, k[1].x, k[1].y, k[1].z),
+        x_saved_at(o, k[2].x, k[2].y, k[2].z), x_saved_at(o, k[3].x, k[3].y, k[3].z),
+        x_saved_at(o, k[4].x, k[4].y, k[4].z), x_saved_at(o, k[5].x, k[5].y, k[5].z),
+        x_saved_at(o, k[6].x, k[6].y, k[6].z), x_saved_at(o, k[7].x, k[7].y, k[7].z),
+        x_saved_at(o, k[8].x, k[8].y, k[8].z));
+}
+
+@compute @workgroup_size(DWL)
+fn conv2d_backward_weight_direct(@builtin(workgroup_id) wid: vec3<u32>,
+                                 @builtin(local_invocation_index) lane: u32) {
+    let p = params;
+    // Grid: x over blocks of DWT taps, y over blocks of DCH channels.
+    let tap0 = wid.x * DWT;
+    let n4 = p.out_c / 4u;
+    let c4 = wid.y * (DCH / 4u);
+    let last4 = n4 - 1u;
+    let k = array<vec3<i32>, 9>(tap_of(tap0), tap_of(tap0 + 1u), tap_of(tap0 + 2u), tap_of(tap0 + 3u),
+                                tap_of(tap0 + 4u), tap_of(tap0 + 5u), tap_of(tap0 + 6u), tap_of(tap0 + 7u),
+                                tap_of(tap0 + 8u));
+    let pixels = p.batch * p.out_h * p.out_w;
+    let chunk = (pixels + DWL - 1u) / DWL;
+    let j0 = min(lane * chunk, pixels);
+    let j1 = min(j0 + chunk, pixels);
+    // Walk the chunk carrying (n, oh, ow) and the window origin.
+    var q = pixel(min(j0, pixels - 1u), p.out_h, p.out_w);
+    var acc: Block9;
+    let col_step = i32(p.stride_w * p.in_c);
+    for (var j = j0; j < j1; j++) {
+        let ih0 = i32(q.row * p.stride_h) - i32(p.pad_top);
+        let iw0 = i32(q.col * p.stride_w) - i32(p.pad_left);
+        let o = Origin((i32(q.n * p.in_h) + ih0) * i32(p.in_w * p.in_c) + iw0 * i32(p.in_c), ih0, iw0);
+        let gb = j * n4;
+        let v = Row(dy_v4[gb + min(c4, last4)], dy_v4[gb + min(c4 + 1u, last4)],
+                    dy_v4[gb + min(c4 + 2u, last4)], dy_v4[gb + min(c4 + 3u, last4)]);
+        fma_block9(&acc, x_tap9(o, k), v);
+        q.col += 1u;
+        if (q.col == p.out_w) { q.col = 0u; q.row += 1u; }
+        if (q.row == p.out_h) { q.row = 0u; q.n += 1u; }
+    }
+    // Park the block: lane l's tap t at partial[(l * DWT + t) * 4 + g].
+    for (var t = 0u; t < DWT; t++) {
+        let at = (lane * DWT + t) * 4u;
+        partial[at] = acc[0][0];
+        partial[at + 1u] = acc[0][1];
+        partial[at + 2u] = acc[0][2];
+        partial[at + 3u] = acc[0][3];
+        acc[0] = acc[1]; acc[1] = acc[2]; acc[2] = acc[3]; acc[3] = acc[4];
+        acc[4] = acc[5]; acc[5] = acc[6]; acc[6] = acc[7]; acc[7] = acc[8];
+    }
+    workgroupBarrier();
+    // Output e = t * DCH + c: lane l sums e = l, l + DWL, ... over the lanes in order.
+    for (var e = lane; e < DWT * DCH; e += DWL) {
+        let t = e / DCH;
+        let c = e % DCH;
+        var s = 0.0;
+        for (var l = 0u; l < DWL; l++) {
+            s += partial[(l * DWT + t) * 4u + c / 4u][c % 4u];
+        }
+        let co = c4 * 4u + c;
+        if (tap0 + t < p.k_h * p.k_w * p.in_c && co < p.out_c) {
+            dw[(tap0 + t) * p.out_c + co] += s;
+        }
+    }
+}
+
+// The output pixel that reads input pixel i at kernel tap (0, 0), in
+// stride-1 geometry: ohw = (ih + pad_top, iw + pad_left) and the flat index
+// of that (possibly out-of-range) output position; tap (kh, kw) reads the
+// output pixel at (oh - kh, ow - kw), flat index `base - kh*OW - kw`.
+struct OutOrigin {
+    base: i32,
+    oh: i32,
+    ow: i32,
+}
+
+fn out_origin(i: u32) -> OutOrigin {
+    let p = params;
+    let q = pixel(min(i, p.batch * p.in_h * p.in_w - 1u), p.in_h, p.in_w);
+    let oh = i32(q.row + p.pad_top);
+    let ow = i32(q.col + p.pad_left);
+    return OutOrigin((i32(q.n * p.out_h) + oh) * i32(p.out_w) + ow, oh, ow);
+}
+
+// dy[.., co4*4 .. +3] at the output pixel o reads through tap (kh, kw); 0 when none does.
+fn dy_at(o: OutOrigin, kh: i32, kw: i32, back: i32, co4: u32) -> vec4<f32> {
+    let p = params;
+    let inside = u32(o.oh - kh) < p.out_h && u32(o.ow - kw) < p.out_w;
+    let at = u32(select(0, o.base - back, inside)) * (p.out_c / 4u) + co4;
+    return select(vec4(0.0), dy_v4[at], inside);
+}
+
+// acc + (dot(d, w[c]))_c for the CIB live channels.
+fn dot_acc(acc: vec4<f32>, d: vec4<f32>, w: array<vec4<f32>, 4>) -> vec4<f32> {
+    if (CIB == 1u) {
+        return acc + vec4(dot(d, w[0]), 0.0, 0.0, 0.0);
+    }
+    return acc + vec4(dot(d, w[0]), dot(d, w[1]), dot(d, w[2]), dot(d, w[3]));
+}
+
+// Adds one pixel's CIB channels into dx.
+fn add_dx_row(i: u32, ci0: u32, v: vec4<f32>) {
+    let p = params;
+    if (i >= p.batch * p.in_h * p.in_w) { return; }
+    var q = v;
+    for (var c = 0u; c < CIB; c++) {
+        if (ci0 + c < p.in_c) { dx[i * p.in_c + ci0 + c] += q.x; }
+        q = q.yzwx;
+    }
+}
+
+@compute @workgroup_size(DL)
+fn conv2d_backward_input_direct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    // Grid: x (folded with z) over blocks of DL*DP input pixels, y over blocks of CIB channels.
+    let i0 = ((wid.z * nwg.x + wid.x) * DL + lid.x) * DP;
+    let ci0 = wid.y * CIB;
+    let n4 = p.out_c / 4u;
+    let lastc = p.in_c - 1u;
+    let o = array<OutOrigin, 16>(
+        out_origin(i0), out_origin(i0 + 1u), out_origin(i0 + 2u), out_origin(i0 + 3u),
+        out_origin(i0 + 4u), out_origin(i0 + 5u), out_origin(i0 + 6u), out_origin(i0 + 7u),
+        out_origin(i0 + 8u), out_origin(i0 + 9u), out_origin(i0 + 10u), out_origin(i0 + 11u),
+        out_origin(i0 + 12u), out_origin(i0 + 13u), out_origin(i0 + 14u), out_origin(i0 + 15u));
+    var acc: array<vec4<f32>, 16>;
+    var kh = 0i;
+    var kw = 0i;
+    var co4 = 0u;
+    for (var k = 0u; k < p.k_h * p.k_w * n4; k++) {
+        let back = kh * i32(p.out_w) + kw;
+        // w[kh, kw, ci, co4*4 ..] as vec4 at ((kh*KW + kw)*Cin + ci)*n4 + co4.
+        let wb = u32(kh * i32(p.k_w) + kw) * p.in_c;
+        let wv = array<vec4<f32>, 4>(
+            w_saved_v4[(wb + min(ci0, lastc)) * n4 + co4],
+            w_saved_v4[(wb + min(ci0 + 1u, lastc)) * n4 + co4],
+            w_saved_v4[(wb + min(ci0 + 2u, lastc)) * n4 + co4],
+            w_saved_v4[(wb + min(ci0 + 3u, lastc)) * n4 + co4]);
+        acc[0] = dot_acc(acc[0], dy_at(o[0], kh, kw, back, co4), wv);
+        acc[1] = dot_acc(acc[1], dy_at(o[1], kh, kw, back, co4), wv);
+        acc[2] = dot_acc(acc[2], dy_at(o[2], kh, kw, back, co4), wv);
+        acc[3] = dot_acc(acc[3], dy_at(o[3], kh, kw, back, co4), wv);
+        acc[4] = dot_acc(acc[4], dy_at(o[4], kh, kw, back, co4), wv);
+        acc[5] = dot_acc(acc[5], dy_at(o[5], kh, kw, back, co4), wv);
+        acc[6] = dot_acc(acc[6], dy_at(o[6], kh, kw, back, co4), wv);
+        acc[7] = dot_acc(acc[7], dy_at(o[7], kh, kw, back, co4), wv);
+        acc[8] = dot_acc(acc[8], dy_at(o[8], kh, kw, back, co4), wv);
+        acc[9] = dot_acc(acc[9], dy_at(o[9], kh, kw, back, co4), wv);
+        acc[10] = dot_acc(acc[10], dy_at(o[10], kh, kw, back, co4), wv);
+        acc[11] = dot_acc(acc[11], dy_at(o[11], kh, kw, back, co4), wv);
+        acc[12] = dot_acc(acc[12], dy_at(o[12], kh, kw, back, co4), wv);
+        acc[13] = dot_acc(acc[13], dy_at(o[13], kh, kw, back, co4), wv);
+        acc[14] = dot_acc(acc[14], dy_at(o[14], kh, kw, back, co4), wv);
+        acc[15] = dot_acc(acc[15], dy_at(o[15], kh, kw, back, co4), wv);
+        co4 += 1u;
+        if (co4 == n4) { co4 = 0u; kw += 1; }
+        if (kw == i32(p.k_w)) { kw = 0; kh += 1; }
+    }
+    for (var i = 0u; i < DP; i++) {
+        add_dx_row(i0 + i, ci0, acc[0]);
+        acc[0] = acc[1]; acc[1] = acc[2]; acc[2] = acc[3]; acc[3] = acc[4];
+        acc[4] = acc[5]; acc[5] = acc[6]; acc[6] = acc[7]; acc[7] = acc[8];
+        acc[8] = acc[9]; acc[9] = acc[10]; acc[10] = acc[11]; acc[11] = acc[12];
+        acc[12] = acc[13]; acc[13] = acc[14]; acc[14] = acc[15];
+    }
+}
+
+// db for DCH channels per workgroup: lane l sums a contiguous chunk of the
+// pixels with vec4 loads, the lanes' sums meet in workgroup memory and are
+// added in lane order (as in conv2d_backward_weight_direct).
+@compute @workgroup_size(DWL)
+fn conv2d_backward_bias_direct(@builtin(workgroup_id) wid: vec3<u32>,
+                               @builtin(local_invocation_index) lane: u32) {
+    let p = params;
+    let n4 = p.out_c / 4u;
+    let c4 = wid.x * (DCH / 4u);
+    let last4 = n4 - 1u;
+    let pixels = p.batch * p.out_h * p.out_w;
+    let chunk = (pixels + DWL - 1u) / DWL;
+    let j0 = min(lane * chunk, pixels);
+    let j1 = min(j0 + chunk, pixels);
+    var acc: Row;
+    for (var j = j0; j < j1; j++) {
+        let gb = j * n4;
+        acc[0] += dy_v4[gb + min(c4, last4)];
+        acc[1] += dy_v4[gb + min(c4 + 1u, last4)];
+        acc[2] += dy_v4[gb + min(c4 + 2u, last4)];
+        acc[3] += dy_v4[gb + min(c4 + 3u, last4)];
+    }
+    partial[lane * 4u] = acc[0];
+    partial[lane * 4u + 1u] = acc[1];
+    partial[lane * 4u + 2u] = acc[2];
+    partial[lane * 4u + 3u] = acc[3];
+    workgroupBarrier();
+    if (lane < DCH) {
+        var s = 0.0;
+        for (var l = 0u; l < DWL; l++) {
+            s += partial[l * 4u + lane / 4u][lane % 4u];
+        }
+        let co = c4 * 4u + lane;
+        if (co < p.out_c) { db[co] += s; }
+    }
+}

@@ -12,7 +12,8 @@ use crossmodal::ops::conv2d as op;
 use crossmodal::ops::conv2d::{
     conv2d_backward_bias_cpu, conv2d_backward_bias_naive_cpu, conv2d_backward_input_cpu,
     conv2d_backward_input_naive_cpu, conv2d_backward_weight_cpu, conv2d_backward_weight_naive_cpu,
-    conv2d_forward_cpu, conv2d_forward_naive_cpu, Conv2dGeometry, Conv2dParams, Padding,
+    conv2d_forward_cpu, conv2d_forward_naive_cpu, Conv2dGeometry, Conv2dParams, Conv2dVariant,
+    Padding,
 };
 use crossmodal::{Error, GpuContext};
 use ndarray::{Array1, Array4, Ix1, Ix4};
@@ -27,7 +28,8 @@ fn geometry(
     Conv2dGeometry::new(input, out_c, kernel, stride, padding).unwrap()
 }
 
-/// Awkward shapes: nothing a multiple of the workgroup or of the kernels'
+/// Awkward shapes for the general kernels (all but the last have Cout not
+/// a multiple of 4): nothing a multiple of the workgroup or of the kernels'
 /// pixel (4), channel (8) and tap (3) tiles, distinct sizes per dimension,
 /// a non-square kernel, strides 1 and 2 (and mixed), both paddings, a Same
 /// kernel larger than the input, several channel blocks, and a stride
@@ -43,6 +45,44 @@ fn awkward() -> Vec<Conv2dGeometry> {
     cases.push(geometry([2, 6, 5, 10], 17, [2, 2], [1, 2], Padding::Same));
     cases.push(geometry([2, 7, 6, 3], 4, [1, 2], [2, 3], Padding::Valid));
     cases
+}
+
+/// Shapes the register-blocked `*_direct` kernels take (Cout a multiple of
+/// 4): pixel counts not multiples of their 16-pixel blocks or 128-pixel
+/// workgroups, Cout below, between and above their 16-channel blocks,
+/// 30 taps (not a multiple of the weight gradient's 9), Cin 1 (one input
+/// channel per invocation of the input gradient) and 5 (blocks of 4, the
+/// last one partial), strides 1 and 2 (mixed), both paddings, and a Same
+/// kernel larger than the input.
+fn direct() -> Vec<Conv2dGeometry> {
+    let mut cases = Vec::new();
+    for padding in [Padding::Valid, Padding::Same] {
+        for stride in [[1, 1], [2, 1], [1, 2]] {
+            cases.push(geometry([3, 11, 9, 5], 20, [3, 2], stride, padding));
+        }
+        cases.push(geometry([5, 13, 10, 1], 4, [3, 3], [1, 1], padding));
+    }
+    cases.push(geometry([2, 4, 3, 3], 8, [5, 4], [1, 1], Padding::Same));
+    cases.push(geometry([1, 9, 7, 2], 36, [2, 5], [1, 1], Padding::Same));
+    cases
+}
+
+/// Runs `check` on the direct shapes that `kernel` takes the direct path
+/// for, and asserts that there are some with and without padding.
+fn check_direct(kernel: &str, check: fn(&Conv2dGeometry)) {
+    let cases: Vec<_> = direct()
+        .into_iter()
+        .filter(|g| Conv2dVariant::for_kernel(kernel, g) == Conv2dVariant::Direct)
+        .collect();
+    for padding in [Padding::Valid, Padding::Same] {
+        assert!(
+            cases.iter().any(|g| g.padding == padding),
+            "{kernel}: no direct case with {padding:?}"
+        );
+    }
+    for g in &cases {
+        check(g);
+    }
 }
 
 /// The seed model's Conv2D(32, 3x3) on 32x28x28x1 images.
@@ -243,6 +283,54 @@ fn conv2d_backward_bias() {
     for g in awkward() {
         check_backward_bias(&g);
     }
+}
+
+#[test]
+fn conv2d_forward_direct() {
+    check_direct("forward", check_forward);
+}
+
+#[test]
+fn conv2d_backward_input_direct() {
+    check_direct("backward_input", check_backward_input);
+}
+
+#[test]
+fn conv2d_backward_weight_direct() {
+    check_direct("backward_weight", check_backward_weight);
+}
+
+#[test]
+fn conv2d_backward_bias_direct() {
+    check_direct("backward_bias", check_backward_bias);
+}
+
+/// The seed shape takes the direct kernels, the awkward Cout (7, 17) the
+/// general ones; the input gradient's direct kernel needs stride 1.
+#[test]
+fn conv2d_variant_choice() {
+    for kernel in [
+        "forward",
+        "backward_input",
+        "backward_weight",
+        "backward_bias",
+    ] {
+        assert_eq!(
+            Conv2dVariant::for_kernel(kernel, &seed()),
+            Conv2dVariant::Direct,
+            "{kernel}"
+        );
+        let g = geometry([3, 11, 9, 5], 7, [3, 2], [1, 1], Padding::Valid);
+        assert_eq!(
+            Conv2dVariant::for_kernel(kernel, &g),
+            Conv2dVariant::General
+        );
+    }
+    let g = geometry([3, 11, 9, 5], 20, [3, 2], [2, 1], Padding::Same);
+    assert_eq!(
+        Conv2dVariant::for_kernel("backward_input", &g),
+        Conv2dVariant::General
+    );
 }
 
 #[test]

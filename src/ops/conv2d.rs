@@ -8,6 +8,12 @@
 //! (for the input gradient); backward runs `conv2d_backward_weight`,
 //! `conv2d_backward_bias` and, unless x is the network input,
 //! `conv2d_backward_input`. All three accumulate (+=).
+//!
+//! Two kernel families (see `shaders/conv2d.wgsl`), picked per call by
+//! [`Conv2dVariant::for_kernel`]: register-blocked `*_direct` kernels
+//! (16 pixels x 16 channels, or 9 taps x 16 channels, per invocation, vec4
+//! channel rows) when Cout is a multiple of 4 (and, for the input
+//! gradient, the stride is 1); otherwise the general kernels.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
@@ -496,11 +502,72 @@ static BACKWARD_WEIGHT: KernelSpec = KernelSpec {
     entry: "conv2d_backward_weight",
     bindings: &[ReadWrite, Read, Read],
 };
+static FORWARD_DIRECT: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "conv2d_forward_direct",
+    bindings: &[Read, Read, Read, ReadWrite],
+};
+static BACKWARD_INPUT_DIRECT: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "conv2d_backward_input_direct",
+    bindings: &[ReadWrite, Read, Read],
+};
+static BACKWARD_WEIGHT_DIRECT: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "conv2d_backward_weight_direct",
+    bindings: &[ReadWrite, Read, Read],
+};
+static BACKWARD_BIAS_DIRECT: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "conv2d_backward_bias_direct",
+    bindings: &[ReadWrite, Read],
+};
 static BACKWARD_BIAS: KernelSpec = KernelSpec {
     shader: &SHADER,
     entry: "conv2d_backward_bias",
     bindings: &[ReadWrite, Read],
 };
+
+/// Invocations per workgroup of the direct forward and input gradient (`DL`).
+const DIRECT_LANES: usize = 8;
+/// Pixels per invocation of the direct kernels (`DP`).
+const DIRECT_PIXELS: usize = 16;
+/// Output channels per invocation of the direct forward and weight gradient (`DCH`).
+const DIRECT_CHANNELS: usize = 16;
+/// Taps per invocation of the direct weight gradient (`DWT`).
+const DIRECT_TAPS: usize = 9;
+
+/// Which kernel family a call uses: the register-blocked `*_direct`
+/// kernels need vec4 channel rows (`Cout % 4 == 0`; the input gradient
+/// also stride 1); the others take any geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conv2dVariant {
+    Direct,
+    General,
+}
+
+impl Conv2dVariant {
+    /// The variant the launchers pick for `kernel` (`"forward"`,
+    /// `"backward_input"`, `"backward_weight"` or `"backward_bias"`) at
+    /// geometry `g`.
+    pub fn for_kernel(kernel: &str, g: &Conv2dGeometry) -> Self {
+        let aligned = g.out_c.is_multiple_of(4);
+        let ok = match kernel {
+            "backward_input" => aligned && g.stride == [1, 1],
+            _ => aligned,
+        };
+        if ok {
+            Self::Direct
+        } else {
+            Self::General
+        }
+    }
+}
+
+/// The `PADDED` override constant: Valid windows never leave the input.
+fn padded(g: &Conv2dGeometry) -> f64 {
+    f64::from(u8::from(g.padding == Padding::Same))
+}
 
 /// Folds `groups` workgroups into `[x, z]` with `x` within the per-dimension
 /// limit (the shader recovers the index as `wid.z * nwg.x + wid.x`, or with
@@ -542,6 +609,18 @@ pub fn conv2d_forward(
     expect_shape(op, "w", &w.shape, &g.weight_shape())?;
     expect_shape(op, "b", &b.shape, &g.bias_shape())?;
     expect_numel(op, "y", &y.shape, numel(&g.output_shape()))?;
+    if Conv2dVariant::for_kernel("forward", g) == Conv2dVariant::Direct {
+        let pixels = g.batch * g.out_h() * g.out_w();
+        let (gx, gz) = fold(ctx, pixels.div_ceil(DIRECT_LANES * DIRECT_PIXELS));
+        let gy = g.out_c.div_ceil(DIRECT_CHANNELS) as u32;
+        return ctx.prepare(
+            &FORWARD_DIRECT,
+            &[("PADDED", padded(g))],
+            &g.params(),
+            &[x, w, b, y],
+            Grid::Workgroups([gx, gy, gz]),
+        );
+    }
     ctx.prepare(
         &FORWARD,
         &[],
@@ -565,6 +644,19 @@ pub fn conv2d_backward_input(
     expect_shape(op, "dx", &dx.shape, &g.input_shape())?;
     expect_numel(op, "dy", &dy.shape, numel(&g.output_shape()))?;
     expect_shape(op, "w", &w.shape, &g.weight_shape())?;
+    if Conv2dVariant::for_kernel("backward_input", g) == Conv2dVariant::Direct {
+        let pixels = g.batch * g.in_h * g.in_w;
+        let (gx, gz) = fold(ctx, pixels.div_ceil(DIRECT_LANES * DIRECT_PIXELS));
+        let cib = if g.in_c == 1 { 1 } else { 4 };
+        let gy = g.in_c.div_ceil(cib) as u32;
+        return ctx.prepare(
+            &BACKWARD_INPUT_DIRECT,
+            &[("CIB", cib as f64)],
+            &g.params(),
+            &[dx, dy, w],
+            Grid::Workgroups([gx, gy, gz]),
+        );
+    }
     ctx.prepare(
         &BACKWARD_INPUT,
         &[],
@@ -588,6 +680,18 @@ pub fn conv2d_backward_weight(
     expect_shape(op, "dw", &dw.shape, &g.weight_shape())?;
     expect_numel(op, "dy", &dy.shape, numel(&g.output_shape()))?;
     expect_shape(op, "x", &x.shape, &g.input_shape())?;
+    if Conv2dVariant::for_kernel("backward_weight", g) == Conv2dVariant::Direct {
+        let taps = g.kernel[0] * g.kernel[1] * g.in_c;
+        let gx = taps.div_ceil(DIRECT_TAPS).min(u32::MAX as usize) as u32;
+        let gy = g.out_c.div_ceil(DIRECT_CHANNELS).min(u32::MAX as usize) as u32;
+        return ctx.prepare(
+            &BACKWARD_WEIGHT_DIRECT,
+            &[("PADDED", padded(g))],
+            &g.params(),
+            &[dw, dy, x],
+            Grid::Workgroups([gx, gy, 1]),
+        );
+    }
     ctx.prepare(
         &BACKWARD_WEIGHT,
         &[],
@@ -612,6 +716,16 @@ pub fn conv2d_backward_bias(
     let op = BACKWARD_BIAS.entry;
     expect_shape(op, "db", &db.shape, &g.bias_shape())?;
     expect_numel(op, "dy", &dy.shape, numel(&g.output_shape()))?;
+    if Conv2dVariant::for_kernel("backward_bias", g) == Conv2dVariant::Direct {
+        let gx = g.out_c.div_ceil(DIRECT_CHANNELS).min(u32::MAX as usize) as u32;
+        return ctx.prepare(
+            &BACKWARD_BIAS_DIRECT,
+            &[],
+            &g.params(),
+            &[db, dy],
+            Grid::Workgroups([gx, 1, 1]),
+        );
+    }
     ctx.prepare(
         &BACKWARD_BIAS,
         &[],

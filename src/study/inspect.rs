@@ -715,7 +715,9 @@ fn kernel_cost(
         let partial_rows = prev.map_or(1, |p| p.workgroups[1] as usize);
         Cost::new(partial_rows * cols + cols, cols, partial_rows * cols)
     };
-    match d.entry {
+    // conv2d's register-blocked variants cost what the general kernels do.
+    let entry = d.entry.strip_suffix("_direct").unwrap_or(d.entry);
+    match entry {
         "embedding_forward" => Cost::new(inp(1) + y, y, 0),
         "embedding_backward" => Cost::new(y + inp(1) + inp(0), inp(0), y),
         "lstm_sequence_forward" | "lstm_sequence_forward_blocked" | "rnn_sequence_forward" => {
@@ -791,7 +793,7 @@ fn kernel_cost(
         "conv2d_forward" | "conv2d_backward_input" | "conv2d_backward_weight" => {
             let w = sh(1);
             let macs = y * w[0] * w[1] * w[2];
-            match d.entry {
+            match entry {
                 "conv2d_forward" => Cost::new(inp(0) + inp(1) + inp(2), y, 2 * macs + y),
                 "conv2d_backward_input" => Cost::new(y + inp(1) + inp(0), inp(0), 2 * macs),
                 _ => Cost::new(y + inp(0) + inp(1), inp(1), 2 * macs),
