@@ -24,9 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -98,48 +96,9 @@ struct MetaFile {
     vocabulary: serde_json::Value,
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory
-/// (so the rename stays on one file system), written and fsynced, renamed
-/// over `path`, then the directory fsynced so the rename itself is durable.
-/// A reader sees the old file or the new one, never a part; on any failure
-/// the temp file is removed and the old file is left as it was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::file(path, "cannot write: not a file path"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::file(path, format!("cannot write: {e}")));
-    }
-    // Directories cannot be opened for syncing on every platform; where
-    // they can (Unix), this makes the rename survive a power loss.
-    #[cfg(unix)]
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
+/// Atomic writes (temp file, fsync, rename, directory fsync), shared with
+/// every other output of a run.
+pub use crate::experiment::atomic::write_atomic;
 
 /// FNV-1a 64: enough to tell a tensor file from another save's, with no
 /// dependency (this is a consistency check, not a security one).
@@ -285,12 +244,12 @@ pub fn save_checkpoint(
 
     fs::create_dir_all(dir)
         .map_err(|e| Error::file(dir, format!("cannot create the checkpoint directory: {e}")))?;
-    write_atomic(&dir.join(MODEL_FILE), &model)?;
+    write_atomic(dir.join(MODEL_FILE), &model)?;
     let tensor_file = optimizer.as_ref().and_then(|(_, bytes)| bytes.as_ref());
     if let Some(bytes) = tensor_file {
-        write_atomic(&dir.join(OPTIMIZER_FILE), bytes)?;
+        write_atomic(dir.join(OPTIMIZER_FILE), bytes)?;
     }
-    write_atomic(&dir.join(META_FILE), &json)?;
+    write_atomic(dir.join(META_FILE), &json)?;
     if tensor_file.is_none() {
         // A moments file from an earlier save no longer matches; the JSON
         // already says there is none, so a failure here loses nothing.

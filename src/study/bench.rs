@@ -1546,11 +1546,18 @@ pub fn run_cli(
     );
     let report = run_bench(&ctx, options)?;
     println!("{}", report.table());
+    // The folders named on the command line are created as needed.
+    let write = |p: &Path, text: String| -> Result<()> {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_dir_all(dir)?;
+        }
+        write_atomic_str(p, &text)
+    };
     if let Some(p) = out.json {
-        write_atomic_str(p, &report.json()?)?;
+        write(p, report.json()?)?;
     }
     if let Some(p) = out.csv {
-        write_atomic_str(p, &report.csv()?)?;
+        write(p, report.csv()?)?;
     }
     if let Some(dir) = out.plot {
         write_plots(dir, &report)?;
