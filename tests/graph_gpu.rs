@@ -15,9 +15,12 @@ mod graph_common;
 use common::{gpu, random, random_u32};
 use crossmodal::graph::gpu::GpuExecutor;
 use crossmodal::graph::init::init_params;
-use crossmodal::graph::{Batch, Executor, Graph, HostData, Init, Op, Optimizer, TrainConfig};
+use crossmodal::graph::{
+    Batch, CpuExecutor, Executor, Graph, HostData, Init, Op, Optimizer, TrainConfig,
+};
 use crossmodal::nn::{seed_model, SeedConfig, SeedModel};
 use crossmodal::ops::lstm::{lstm_persistent_support, RecurrentDims};
+use crossmodal::ops::reduce::accuracy_count_cpu;
 use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
 use crossmodal::{Error, GpuContext};
 use graph_common::{conv_stack_with_shared_value, sequence_lstm_into_masked_rnn, small, SeedData};
@@ -285,10 +288,11 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     // carries, then dW, dU, db, dx.
     let lstm_backward = if persistent { 1 + 4 } else { 2 * t - 1 + 4 };
     // Forward: embedding 1; LSTM; conv 1, ReLU 1, pool 1, concat 2 (one per
-    // input), dense 2 (matmul, bias), loss 2 (softmax-CE, mean).
+    // input), dense 2 (matmul, bias), loss 3 (softmax-CE, mean, the
+    // correct-prediction count).
     assert_eq!(
         s.forward_dispatches,
-        1 + lstm_forward + 1 + 1 + 1 + 2 + 2 + 2
+        1 + lstm_forward + 1 + 1 + 1 + 2 + 2 + 3
     );
     // Backward: loss 1; dense 3 (dx, dW, db); concat 2; pool 1; ReLU 1;
     // conv 2 (weight, bias: the images need no gradient); LSTM; embedding 1.
@@ -310,8 +314,8 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     let p = ex.step_stats();
     assert_eq!(p.submits, 1);
     assert_eq!(p.backward_dispatches + p.update_dispatches, 0);
-    // The forward minus the loss (2), plus the softmax (1).
-    assert_eq!(p.forward_dispatches, s.forward_dispatches - 2 + 1);
+    // The forward minus the loss (3), plus the softmax (1).
+    assert_eq!(p.forward_dispatches, s.forward_dispatches - 3 + 1);
     assert_eq!(p.writes, 2, "tokens and images; labels are not needed");
 }
 
@@ -443,4 +447,44 @@ fn clipping_runs_in_the_same_submit_and_an_inactive_clip_changes_nothing() {
     let (active, _, _) = run(Some(norms[0] / 4.0));
     assert_eq!(active[0], losses[0]);
     assert_ne!(active[1..], losses[1..]);
+}
+
+/// The loss counts the rows it scores right on both backends alike, over
+/// training steps, until taken (then it starts again from zero).
+#[test]
+fn correct_counts_match_the_cpu_executor() {
+    let Some(ctx) = gpu() else { return };
+    let c = small(false);
+    let m = seed_model(&c).unwrap();
+    let g = &m.graph;
+    let init = init_params(g, 4);
+    let mut gpu_ex = GpuExecutor::new(ctx, g, m.loss, &init, TrainConfig::default()).unwrap();
+    let mut cpu_ex = CpuExecutor::<f32>::new(g, m.loss, &init, TrainConfig::default()).unwrap();
+    let batches: Vec<_> = (0..4)
+        .map(|s| SeedData::new(&c, 40 + s).batch(&m))
+        .collect();
+    // What the count should be: the probabilities each step's forward saw.
+    let mut want = 0;
+    let mut reference = CpuExecutor::<f32>::new(g, m.loss, &init, TrainConfig::default()).unwrap();
+    for b in &batches {
+        let probs = reference.predict(b, m.probs).unwrap();
+        let HostData::U32(labels) = &b.inputs.iter().find(|(id, _)| *id == m.labels).unwrap().1
+        else {
+            panic!("labels are u32")
+        };
+        let probs = ndarray::Array2::from_shape_vec((c.batch, c.classes), probs).unwrap();
+        want += accuracy_count_cpu(&probs.view(), labels) as u64;
+        reference.train_step(b).unwrap();
+    }
+    for b in &batches {
+        gpu_ex.train_step(b).unwrap();
+        cpu_ex.train_step(b).unwrap();
+    }
+    assert_eq!(cpu_ex.take_correct_count().unwrap(), want);
+    assert_eq!(gpu_ex.take_correct_count().unwrap(), want);
+    assert_eq!(gpu_ex.take_correct_count().unwrap(), 0, "taking resets");
+    assert_eq!(cpu_ex.take_correct_count().unwrap(), 0, "taking resets");
+    // Predictions do not pass through the loss and count nothing.
+    gpu_ex.predict(&batches[0], m.probs).unwrap();
+    assert_eq!(gpu_ex.take_correct_count().unwrap(), 0);
 }

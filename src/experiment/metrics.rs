@@ -32,6 +32,9 @@ pub struct EpochMetrics {
     pub epoch: usize,
     /// Mean training loss over the epoch's batches.
     pub train_loss: f64,
+    /// Accuracy of the training steps' own predictions over the epoch (as
+    /// Keras reports it: dropout active, the parameters moving during the
+    /// epoch), not a separate pass over the training set.
     pub train_accuracy: f64,
     /// `None` when the run holds out no validation set
     /// (`validation_split: 0.0`).

@@ -632,6 +632,7 @@ fn train_with(
             order.shuffle(&mut rng);
         }
         let skip = if epoch == done + 1 { skip_first } else { 0 };
+        exec.take_correct_count()?;
         let bar = progress_bar(options.progress, steps_per_epoch, epoch, total);
         bar.set_position(skip as u64);
         let (mut loss_sum, mut steps) = (0.0, 0);
@@ -673,8 +674,8 @@ fn train_with(
         }
         bar.finish_and_clear();
         let seconds_train = t0.elapsed().as_secs_f64();
-        let (train_probs, _) = evaluate(exec.as_mut(), &m, &p.train, batch, classes, None)?;
-        let train_accuracy = classification(&train_probs, &p.train.data.labels, classes)?.accuracy;
+        // Keras' running accuracy: the training steps' own predictions.
+        let train_accuracy = exec.take_correct_count()? as f64 / (steps * batch).max(1) as f64;
         let (val_loss, val_accuracy) = if p.val.is_empty() {
             (None, None)
         } else {

@@ -53,7 +53,7 @@ use crate::ops::pool2d::{
     avgpool_backward_cpu, avgpool_forward_cpu, maxpool_backward_cpu, maxpool_forward_cpu,
     Pool2dGeometry,
 };
-use crate::ops::reduce::reduce_sum_cpu;
+use crate::ops::reduce::{accuracy_count_cpu, reduce_sum_cpu};
 use crate::ops::rnn::{rnn_backward_cpu, rnn_forward_cpu};
 use crate::ops::softmax_cross_entropy::{
     softmax_cross_entropy_backward_cpu, softmax_cross_entropy_forward_cpu, softmax_forward_cpu,
@@ -134,6 +134,9 @@ pub struct CpuExecutor<A: NdFloat> {
     step: u32,
     /// Training steps applied: the dropout mask of the next one.
     train_steps: u32,
+    /// Rows the loss scored right since the last
+    /// [`Executor::take_correct_count`].
+    correct: u64,
     /// The forward being run: `Some(step)` in training (dropout masks of
     /// that step), `None` at inference.
     training: Option<u32>,
@@ -376,6 +379,7 @@ impl<A: NdFloat> CpuExecutor<A> {
             slots,
             step: 1,
             train_steps: 0,
+            correct: 0,
             training: None,
             times: None,
         };
@@ -558,6 +562,10 @@ impl<A: NdFloat> CpuExecutor<A> {
             let start = std::time::Instant::now();
             let (value, saved) = self.forward_node(id)?;
             self.record_time(Phase::Forward, Some(id), start);
+            if let Saved::Probs(probs) = &saved {
+                let labels = &self.ids[self.graph.node(id).inputs[1].0];
+                self.correct += accuracy_count_cpu(&probs.view(), labels) as u64;
+            }
             self.values[id.0] = Some(value);
             self.saved[id.0] = saved;
             self.computed[id.0] = true;
@@ -1193,6 +1201,10 @@ impl<A: NdFloat> Executor for CpuExecutor<A> {
             return Ok(self.ids[id.0].iter().map(|&v| v as f32).collect());
         }
         Ok(self.value_array(id)?.iter().map(|&v| to_f32(v)).collect())
+    }
+
+    fn take_correct_count(&mut self) -> Result<u64> {
+        Ok(std::mem::take(&mut self.correct))
     }
 
     fn set_learning_rate(&mut self, learning_rate: f64) -> Result<()> {

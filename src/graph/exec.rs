@@ -155,6 +155,13 @@ pub trait Executor {
     /// The value of any node after the last forward (inspection).
     fn value(&mut self, id: NodeId) -> Result<Vec<f32>>;
 
+    /// How many rows the loss scored right (first maximum of its
+    /// probabilities at the label) over every forward pass through the loss
+    /// since the last call (training steps, gradient passes, `loss`), then
+    /// resets the count. A training epoch's running accuracy, as Keras
+    /// reports it, without another pass over the data.
+    fn take_correct_count(&mut self) -> Result<u64>;
+
     /// Changes the optimizer's learning rate from the next training step
     /// (learning-rate schedules).
     fn set_learning_rate(&mut self, learning_rate: f64) -> Result<()>;

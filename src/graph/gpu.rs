@@ -72,7 +72,7 @@ use crate::ops::matmul::{matmul, Layout, MatmulParams};
 use crate::ops::pool2d::{
     avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward, Pool2dGeometry,
 };
-use crate::ops::reduce::{reduce_sum, SumOptions};
+use crate::ops::reduce::{accuracy_count, reduce_sum, SumOptions};
 use crate::ops::rnn::{rnn_backward_sequence, rnn_forward_sequence, RnnBuffers};
 use crate::ops::softmax_cross_entropy::{
     softmax_cross_entropy_backward, softmax_cross_entropy_forward, softmax_forward,
@@ -145,10 +145,14 @@ enum Extra {
     },
     /// `weights`: the class weights, when the loss has them (written once
     /// at construction).
+    /// `correct`: the count of rows whose first maximum is the label,
+    /// accumulated over every forward through the loss (read and reset by
+    /// [`Executor::take_correct_count`]).
     Loss {
         probs: TensorId,
         rows: TensorId,
         weights: Option<TensorId>,
+        correct: TensorId,
     },
 }
 
@@ -320,6 +324,8 @@ pub struct GpuExecutor<'a> {
     ctx: &'a GpuContext,
     graph: Graph,
     loss: NodeId,
+    /// The loss's count of correct predictions (see [`Extra::Loss`]).
+    correct: TensorId,
     tensors: Vec<TensorInfo>,
     handles: Vec<GpuTensor>,
     lifetimes: Vec<Option<(usize, usize)>>,
@@ -606,10 +612,13 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                         Zero::No,
                     )
                 });
+                // A counter across steps: its own buffer (wgpu zeroes it).
+                let correct = l.add(format!("{name}/correct"), &[1], DType::U32, true, Zero::No);
                 l.extra[id.0] = Extra::Loss {
                     probs,
                     rows,
                     weights,
+                    correct,
                 };
                 // The loss is read back every step: its own buffer.
                 own(&mut l, true, Zero::No)
@@ -675,7 +684,8 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                     probs,
                     rows,
                     weights,
-                } => u.extend([probs, rows].into_iter().chain(weights)),
+                    correct,
+                } => u.extend([probs, rows, correct].into_iter().chain(weights)),
                 Extra::None => {}
             }
         }
@@ -853,6 +863,7 @@ fn forward_dispatches(
                 probs,
                 rows,
                 weights,
+                correct,
             } = l.extra[n.0]
             else {
                 unreachable!("the loss keeps probs and rows")
@@ -876,6 +887,7 @@ fn forward_dispatches(
                 &rows,
                 SumOptions::mean(logits.shape[0]),
             )?);
+            d.push(accuracy_count(ctx, &b.id(correct)?, &probs, &labels)?);
             d
         }
     })
@@ -1384,10 +1396,14 @@ impl<'a> GpuExecutor<'a> {
         buffers_created += 1;
 
         let n_stages = stages.len();
+        let Extra::Loss { correct, .. } = l.extra[loss.0] else {
+            unreachable!("the loss node was checked to be SoftmaxCrossEntropy")
+        };
         Ok(Self {
             ctx,
             graph: graph.clone(),
             loss,
+            correct,
             tensors: l.tensors,
             handles,
             lifetimes,
@@ -2002,6 +2018,15 @@ impl Executor for GpuExecutor<'_> {
         }
         let t = self.vid(id);
         self.read_kept(id, t, "value")
+    }
+
+    fn take_correct_count(&mut self) -> Result<u64> {
+        let t = &self.handles[self.correct];
+        let count = self.ctx.read_u32(t)?[0];
+        self.ctx
+            .queue
+            .write_buffer(&t.buffer, 0, bytemuck::bytes_of(&0u32));
+        Ok(count as u64)
     }
 
     fn set_learning_rate(&mut self, learning_rate: f64) -> Result<()> {

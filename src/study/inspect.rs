@@ -846,6 +846,12 @@ fn kernel_cost(
                 second_pass(1)
             }
         }
+        // Reads the probabilities and labels, adds one count.
+        "accuracy_count" => {
+            let l = inp(0);
+            let b = sh(0)[0];
+            Cost::new(l + b, 1, l)
+        }
         "softmax_cross_entropy_backward" => {
             let l = inp(0);
             Cost::new(2 * l + sh(0)[0], l, 2 * l)
