@@ -171,6 +171,26 @@ fn the_seed_experiment_passes_shrunk() {
     assert_eq!(report.rows.len(), 8 * per_param);
 }
 
+/// Every shipped experiment's model, shrunk (late fusion's Average output
+/// included): one FD row per parameter, plus a GPU row with an adapter.
+#[test]
+fn every_experiment_passes_shrunk() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ron"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    for path in files {
+        let report = gradcheck_experiment(&path, gpu(), &ModelOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(report.passed(), "{}: {}", path.display(), report.table());
+        assert!(!report.rows.is_empty(), "{}", path.display());
+    }
+}
+
 #[test]
 fn wrong_model_gradients_are_reported() {
     let ctx = gpu();

@@ -1465,20 +1465,25 @@ pub struct ModelProblem {
 }
 
 /// The number of classes: the output layer's units.
+/// The class count: the units of the Dense layer that gives the output,
+/// looking through shape-keeping layers (an Average of heads, a Dropout).
 fn classes(spec: &ModelSpec) -> Result<usize> {
-    spec.layers
-        .iter()
-        .find(|l| l.name == spec.output)
-        .and_then(|l| match l.kind {
-            LayerKind::Dense { units, .. } => Some(units),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            Error::graph(
-                &spec.output,
-                "the output must be a Dense layer (its units are the classes)",
-            )
-        })
+    let mut name = spec.output.as_str();
+    for _ in 0..=spec.layers.len() {
+        let layer = spec.layers.iter().find(|l| l.name == name);
+        match layer.map(|l| (&l.kind, l.inputs.first())) {
+            Some((LayerKind::Dense { units, .. }, _)) => return Ok(*units),
+            Some((LayerKind::Average | LayerKind::Dropout { .. }, Some(input))) => {
+                name = input.as_str()
+            }
+            _ => break,
+        }
+    }
+    Err(Error::graph(
+        &spec.output,
+        "the output must come from a Dense layer (its units are the classes), \
+         possibly through Average or Dropout",
+    ))
 }
 
 /// Builds `exp`'s model shrunk by `opts.shrink`, Keras-initialised from
