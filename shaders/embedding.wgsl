@@ -5,13 +5,16 @@
 //                     nothing and yields a zero row (the launcher cannot see
 //                     token values, so the kernel is the bounds check).
 // embedding_backward: dtable[t, :] += dy[q, :] for each position q with
-//                     tok[q] = t, in ascending q. Position p owns token
-//                     t = tok[p] when it is the first position holding t, and
-//                     only the owner writes row t: one writer per row and a
-//                     fixed summation order, so the result is bitwise
-//                     reproducible. Rows of the padding token and of tokens
-//                     >= V get no update. O(N^2) token compares, O(N*D) adds;
-//                     rows of tokens that do not occur are never touched.
+//                     tok[q] = t, in ascending q. `order` holds the positions
+//                     sorted by token, ties in ascending position (computed on
+//                     the host from the ids it uploads): the first entry of
+//                     each run of equal tokens starts a group, and only that
+//                     invocation writes row t, adding the group's rows in
+//                     order. One writer per row and a fixed summation order,
+//                     so the result is bitwise reproducible; O(N*D) work.
+//                     Rows of the padding token and of tokens >= V get no
+//                     update; rows of tokens that do not occur are never
+//                     touched.
 
 struct Params {
     n: u32,        // positions
@@ -25,12 +28,8 @@ struct Params {
 }
 
 const WG: u32 = 256u;
-// backward: lanes per workgroup (4 positions each) and table columns per
-// workgroup
+// backward: sorted positions per workgroup (one table column per workgroup row)
 const WG_POS: u32 = 64u;
-const D_CHUNK: u32 = 64u;
-// the token of lanes past N (owners need a token < V, so these own nothing)
-const NONE: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> params: Params;
 
@@ -39,10 +38,12 @@ const NONE: u32 = 0xffffffffu;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-// backward bindings: gradient to write, incoming gradient, saved tokens
+// backward bindings: gradient to write, incoming gradient, saved tokens and
+// their order
 @group(0) @binding(1) var<storage, read_write> dtable: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read> tok: array<u32>;
+@group(0) @binding(4) var<storage, read> order: array<u32>;
 
 @compute @workgroup_size(WG)
 fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -57,40 +58,24 @@ fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     out[i] = value;
 }
 
-// Grid: x = ceil(N / (4 * WG_POS)) workgroups of positions, y = ceil(D /
-// D_CHUNK) column chunks. Each invocation holds 4 positions as a vec4,
-// p = base + k * WG_POS + lid for k < 4, and one column chunk. Comparing
-// each token with 4 positions at once quarters the trips of the O(N^2) scan
-// (lavapipe pays per trip; on it this beat one position per lane ~2.5x).
+// Grid: x = ceil(N / WG_POS) workgroups of sorted positions, y = D (one
+// table column each).
 @compute @workgroup_size(WG_POS)
 fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(local_invocation_id) lid: vec3<u32>) {
-    let n = params.n;
-    let p = vec4<u32>(wid.x * 4u * WG_POS + lid.x) + vec4<u32>(0u, 1u, 2u, 3u) * WG_POS;
-    let c0 = wid.y * D_CHUNK;
-    let c1 = min(c0 + D_CHUNK, params.d);
-    var t = vec4<u32>(NONE);
-    for (var k = 0u; k < 4u; k++) {
-        if (p[k] < n) { t[k] = tok[p[k]]; }
+    let k = wid.x * WG_POS + lid.x;
+    let c = wid.y;
+    if (k >= params.n || c >= params.d) { return; }
+    let t = tok[order[k]];
+    // Only the first position of a group writes its row.
+    if (k > 0u && tok[order[k - 1u]] == t) { return; }
+    if (t >= params.v || (params.has_pad != 0u && t == params.pad)) { return; }
+    let at = t * params.d + c;
+    var acc = dtable[at];
+    for (var j = k; j < params.n; j++) {
+        let q = order[j];
+        if (tok[q] != t) { break; }
+        acc += dy[q * params.d + c];
     }
-    var owner = p < vec4<u32>(n) & t < vec4<u32>(params.v);
-    if (params.has_pad != 0u) { owner &= t != vec4<u32>(params.pad); }
-    // q is the same in every lane, so tok[q] is a uniform (cheap) load; lanes
-    // only differ in what they compare it with. The loop visits q in
-    // ascending order, so a position's ownership is settled before q reaches it.
-    for (var q = 0u; q < n; q++) {
-        let tq = tok[q];
-        let hit = t == vec4<u32>(tq);
-        let before = vec4<u32>(q) < p;
-        // An earlier position holding the same token owns it.
-        owner &= !(hit & before);
-        // Only the owner of tq passes (one writer per row), for each q >= it.
-        if (any(hit & owner & !before)) {
-            let row = tq * params.d;
-            let src = q * params.d;
-            for (var c = c0; c < c1; c++) {
-                dtable[row + c] += dy[src + c];
-            }
-        }
-    }
+    dtable[at] = acc;
 }

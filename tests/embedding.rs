@@ -63,7 +63,9 @@ fn gpu_backward(
     dy_shape.push(d);
     let gdy = ctx.upload_f32(dy.as_slice().unwrap(), &dy_shape).unwrap();
     let gtok = ctx.upload_u32(tokens, token_shape).unwrap();
-    ctx.run(&[&op::embedding_backward(ctx, &gdt, &gdy, &gtok, pad).unwrap()])
+    let order = op::token_order(tokens);
+    let gorder = ctx.upload_u32(&order, &[order.len()]).unwrap();
+    ctx.run(&[&op::embedding_backward(ctx, &gdt, &gdy, &gtok, &gorder, pad).unwrap()])
         .unwrap();
     Some(ctx.read_f32(&gdt).unwrap())
 }
@@ -129,8 +131,23 @@ fn embedding_backward() {
     bad[7] = V as u32 + 3;
     bad[8] = u32::MAX;
     check_backward(V, D, &[N], &bad, Some(2));
-    // D larger than one column chunk of the kernel (64)
+    // A wide D (one workgroup row per column)
     check_backward(11, 150, &[3, 7], &repeated_tokens(21, 11, 14), Some(0));
+}
+
+#[test]
+fn token_order_groups_tokens_and_keeps_positions_ascending() {
+    let tokens = [5, 0, 5, 2, 0, 5, 9];
+    assert_eq!(op::token_order(&tokens), [1, 4, 3, 0, 2, 5, 6]);
+    let tokens = seed_tokens();
+    let order = op::token_order(&tokens);
+    for w in order.windows(2) {
+        let (a, b) = (w[0] as usize, w[1] as usize);
+        assert!(
+            (tokens[a], a) < (tokens[b], b),
+            "positions {a} and {b} are out of order"
+        );
+    }
 }
 
 /// Seed model: tokens [32, 100], Embedding(10000, 32), ~30% padding zeros.
@@ -182,7 +199,12 @@ fn embedding_rejects_bad_shapes() {
     assert!(e.to_string().contains("embedding_forward"), "{e}");
     assert!(op::embedding_forward(ctx, &t, &tok_f, &out).is_err());
     assert!(op::embedding_forward(ctx, &flat, &tok, &out).is_err());
-    assert!(op::embedding_backward(ctx, &t, &wrong, &tok, None).is_err());
+    let order = ctx.zeros(&tok.shape, DType::U32).unwrap();
+    assert!(op::embedding_backward(ctx, &t, &wrong, &tok, &order, None).is_err());
+    // The order must be one u32 position per token.
+    let short = ctx.zeros(&[3], DType::U32).unwrap();
+    let e = op::embedding_backward(ctx, &t, &out, &tok, &short, None).unwrap_err();
+    assert!(e.to_string().contains("token_order"), "{e}");
 }
 
 #[test]

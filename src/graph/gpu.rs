@@ -63,7 +63,7 @@ use crate::ops::conv2d::{
     Conv2dGeometry,
 };
 use crate::ops::dropout::{dropout_backward, dropout_forward, Dropout};
-use crate::ops::embedding::{embedding_backward, embedding_forward};
+use crate::ops::embedding::{embedding_backward, embedding_forward, token_order};
 use crate::ops::lstm::{
     lstm_backward_sequence, lstm_forward_sequence, HiddenGrad, LstmBuffers, RecurrentDims,
     RecurrentGrads, RecurrentWeights,
@@ -142,6 +142,11 @@ enum Extra {
     Recurrent(Recurrent),
     MaxPool {
         argmax: TensorId,
+    },
+    /// The token positions sorted by token (`ops::embedding::token_order`),
+    /// written from the host with the batch; the backward reads them.
+    Embedding {
+        order: TensorId,
     },
     /// `weights`: the class weights, when the loss has them (written once
     /// at construction).
@@ -326,6 +331,9 @@ pub struct GpuExecutor<'a> {
     loss: NodeId,
     /// The loss's count of correct predictions (see [`Extra::Loss`]).
     correct: TensorId,
+    /// Embeddings in the backward: (embedding node, its token-order
+    /// tensor), written from the batch's ids before a backward run.
+    token_orders: Vec<(NodeId, TensorId)>,
     tensors: Vec<TensorInfo>,
     handles: Vec<GpuTensor>,
     lifetimes: Vec<Option<(usize, usize)>>,
@@ -587,6 +595,14 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                     })
                 }
             }
+            Op::Embedding { .. } if in_backward[id.0] => {
+                let tokens = &graph.node(node.inputs[1]).value.shape;
+                let n = tokens.iter().product::<usize>();
+                // Written with every batch, like an input: its own buffer.
+                let order = l.add(format!("{name}/order"), &[n], DType::U32, true, Zero::No);
+                l.extra[id.0] = Extra::Embedding { order };
+                own(&mut l, inspected, Zero::No)
+            }
             Op::MaxPool2d { .. } => {
                 let argmax = l.add(
                     format!("{name}/argmax"),
@@ -680,6 +696,7 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                     u.extend(r.gates.into_iter().chain(r.c_all));
                 }
                 Extra::MaxPool { argmax } => u.push(argmax),
+                Extra::Embedding { .. } => {}
                 Extra::Loss {
                     probs,
                     rows,
@@ -695,7 +712,12 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
             u.extend(l.gid(n));
             u.extend(node.inputs.iter().filter_map(|&i| l.gid(i)));
             match &node.op {
-                Op::Embedding { .. } => u.push(l.vid(input(1))),
+                Op::Embedding { .. } => {
+                    u.push(l.vid(input(1)));
+                    if let Extra::Embedding { order } = l.extra[n.0] {
+                        u.push(order);
+                    }
+                }
                 Op::Lstm { .. } | Op::Rnn { .. } => {
                     u.extend(node.inputs.iter().map(|&i| l.vid(i)));
                     if let Extra::Recurrent(r) = l.extra[n.0] {
@@ -923,13 +945,19 @@ fn backward_dispatches(
     };
     Ok(match &node.op {
         Op::Input { .. } | Op::Param { .. } | Op::Flatten => Vec::new(),
-        Op::Embedding { padding_idx } => vec![embedding_backward(
-            ctx,
-            &need(0, "the embedding table")?,
-            &dy()?,
-            &x(1)?,
-            *padding_idx,
-        )?],
+        Op::Embedding { padding_idx } => {
+            let Extra::Embedding { order } = l.extra[n.0] else {
+                unreachable!("an embedding in the backward declares its order")
+            };
+            vec![embedding_backward(
+                ctx,
+                &need(0, "the embedding table")?,
+                &dy()?,
+                &x(1)?,
+                &b.id(order)?,
+                *padding_idx,
+            )?]
+        }
         Op::Lstm {
             return_sequences,
             masked,
@@ -1399,11 +1427,19 @@ impl<'a> GpuExecutor<'a> {
         let Extra::Loss { correct, .. } = l.extra[loss.0] else {
             unreachable!("the loss node was checked to be SoftmaxCrossEntropy")
         };
+        let token_orders = graph
+            .ids()
+            .filter_map(|id| match l.extra[id.0] {
+                Extra::Embedding { order } => Some((id, order)),
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             ctx,
             graph: graph.clone(),
             loss,
             correct,
+            token_orders,
             tensors: l.tensors,
             handles,
             lifetimes,
@@ -1641,6 +1677,28 @@ impl<'a> GpuExecutor<'a> {
         Ok(writes)
     }
 
+    /// Writes, for every embedding in the backward, the order its backward
+    /// kernel sums in: the batch's token ids sorted (on the host) by token.
+    fn write_token_orders(&self, batch: &Batch) -> Result<usize> {
+        for &(node, order) in &self.token_orders {
+            let tokens = self.graph.node(node).inputs[1];
+            let Some((_, HostData::U32(ids))) = batch.inputs.iter().find(|(i, _)| *i == tokens)
+            else {
+                return Err(Error::graph(
+                    &self.graph.node(node).name,
+                    "the batch has no u32 token ids for this embedding",
+                ));
+            };
+            let sorted = token_order(ids);
+            self.ctx.queue.write_buffer(
+                &self.handles[order].buffer,
+                0,
+                bytemuck::cast_slice(&sorted),
+            );
+        }
+        Ok(self.token_orders.len())
+    }
+
     fn vid(&self, n: NodeId) -> TensorId {
         self.value[n.0].as_ref().expect("every node has a value").id
     }
@@ -1723,6 +1781,9 @@ impl<'a> GpuExecutor<'a> {
             writes: self.write_inputs(batch, target)?,
             ..StepStats::default()
         };
+        if !matches!(run, Run::Forward(_)) {
+            stats.writes += self.write_token_orders(batch)?;
+        }
         if run == Run::Train {
             if let Some(OptimizerState::Adam(a)) = &mut self.optimizer {
                 a.set_step(self.ctx, self.steps + 1)?;
@@ -1810,7 +1871,7 @@ impl<'a> GpuExecutor<'a> {
             });
         }
         let mut stats = StepStats {
-            writes: self.write_inputs(batch, self.loss)?,
+            writes: self.write_inputs(batch, self.loss)? + self.write_token_orders(batch)?,
             ..StepStats::default()
         };
         if let Some(OptimizerState::Adam(a)) = &mut self.optimizer {

@@ -8,10 +8,12 @@
 //! kernels never read or write out of bounds. An optional padding token
 //! (Keras' `mask_zero` uses 0) gets no gradient.
 //!
-//! Backward is deterministic without float atomics: the first position
-//! holding a token owns that token's row and adds the incoming gradient of
-//! every position with the token, in ascending position order. The CPU
-//! reference adds in the same order, so f32 results agree bit for bit.
+//! Backward is deterministic without float atomics: the positions sorted by
+//! token ([`token_order`], on the host) form one group per token, and the
+//! group's first entry alone writes that token's row, adding the incoming
+//! gradient of every position with the token in ascending position order.
+//! The CPU reference adds in the same order, so f32 results agree bit for
+//! bit.
 
 use ndarray::{Array2, ArrayView2, NdFloat};
 
@@ -77,13 +79,11 @@ static FORWARD: KernelSpec = KernelSpec {
 static BACKWARD: KernelSpec = KernelSpec {
     shader: &SHADER,
     entry: "embedding_backward",
-    bindings: &[Access::ReadWrite, Access::Read, Access::Read],
+    bindings: &[Access::ReadWrite, Access::Read, Access::Read, Access::Read],
 };
 const WORKGROUP: u32 = 256;
-/// Backward: lanes per workgroup (each holds 4 positions) and table
-/// columns per workgroup.
+/// Backward: sorted positions per workgroup.
 const WG_POS: u32 = 64;
-const D_CHUNK: u32 = 64;
 
 /// Checks dtypes and shapes; returns (N, V, D).
 fn sizes(
@@ -157,19 +157,38 @@ pub fn embedding_forward(
     )
 }
 
-/// `dtable[t] += Σ dy[q]` over positions q with `tokens[q] = t`; the row of
-/// `padding_idx` and tokens >= V get nothing. Deterministic (see the module
-/// doc); costs O(N²) token compares, so it suits N up to some thousands
-/// (the seed model's N = 3200, D = 32 takes ~6 ms on lavapipe with both
-/// cores busy; the adds are O(N·D) and untouched rows cost nothing).
+/// The positions `0..N` sorted by token, ties in ascending position: the
+/// order [`embedding_backward`] reads. Computed on the host, where the ids
+/// come from (the graph executor does it when it uploads a batch).
+pub fn token_order(tokens: &[u32]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..tokens.len() as u32).collect();
+    // Stable: equal tokens keep ascending positions.
+    order.sort_by_key(|&q| tokens[q as usize]);
+    order
+}
+
+/// `dtable[t] += Σ dy[q]` over positions q with `tokens[q] = t`, in
+/// ascending q; the row of `padding_idx` and tokens >= V get nothing.
+/// `order` is [`token_order`] of the tokens. Deterministic (one writer per
+/// row, a fixed order) and O(N·D).
 pub fn embedding_backward(
     ctx: &GpuContext,
     dtable: &GpuTensor,
     dy: &GpuTensor,
     tokens: &GpuTensor,
+    order: &GpuTensor,
     padding_idx: Option<u32>,
 ) -> Result<Dispatch> {
     let (n, v, d) = sizes(BACKWARD.entry, "dtable", dtable, tokens, "dy", dy)?;
+    if order.dtype != DType::U32 || order.numel() != n {
+        return Err(Error::shape(
+            BACKWARD.entry,
+            format!(
+                "order must be {n} u32 positions (token_order of the tokens), got {:?} {:?}",
+                order.dtype, order.shape
+            ),
+        ));
+    }
     let p = EmbeddingParams {
         n: n as u32,
         v: v as u32,
@@ -178,10 +197,6 @@ pub fn embedding_backward(
         pad: padding_idx.unwrap_or(0),
         ..Default::default()
     };
-    let grid = Grid::Workgroups([
-        (n as u32).div_ceil(4 * WG_POS),
-        (d as u32).div_ceil(D_CHUNK),
-        1,
-    ]);
-    ctx.prepare(&BACKWARD, &[], &p, &[dtable, dy, tokens], grid)
+    let grid = Grid::Workgroups([(n as u32).div_ceil(WG_POS), d as u32, 1]);
+    ctx.prepare(&BACKWARD, &[], &p, &[dtable, dy, tokens, order], grid)
 }

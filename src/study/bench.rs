@@ -426,6 +426,7 @@ fn embedding_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     let dy = array2(BATCH * steps, dim, 8);
     let gtable = upload(ctx, &table)?;
     let gtok = ctx.upload_u32(&toks, &[steps, BATCH])?;
+    let gorder = ctx.upload_u32(&token_order(&toks), &[steps * BATCH])?;
     let gout = zeros(ctx, &[steps, BATCH, dim])?;
     let gdy = upload(ctx, &dy)?;
     let gdt = zeros(ctx, &[vocab, dim])?;
@@ -447,7 +448,14 @@ fn embedding_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
         name: "embedding_backward 10000x32 [100,32]".into(),
         sweep: None,
         work: Work::Bytes(bytes),
-        gpu: vec![embedding_backward(ctx, &gdt, &gdy, &gtok, Some(0))?],
+        gpu: vec![embedding_backward(
+            ctx,
+            &gdt,
+            &gdy,
+            &gtok,
+            &gorder,
+            Some(0),
+        )?],
         cpu: Box::new(move || embedding_backward_cpu(&mut dt, &dy.view(), &toks, Some(0))),
     });
     Ok(())

@@ -62,7 +62,9 @@ use crate::ops::conv2d::{
     conv2d_forward_cpu, Conv2dGeometry, Padding,
 };
 use crate::ops::dropout::{dropout_backward, dropout_backward_cpu, dropout_forward_cpu, Dropout};
-use crate::ops::embedding::{embedding_backward, embedding_backward_cpu, embedding_forward_cpu};
+use crate::ops::embedding::{
+    embedding_backward, embedding_backward_cpu, embedding_forward_cpu, token_order,
+};
 use crate::ops::lstm::{
     lstm_backward_cpu, lstm_backward_sequence, lstm_backward_stepwise, lstm_forward_cpu,
     lstm_forward_sequence, lstm_forward_stepwise, HiddenGrad, LstmBuffers, RecurrentCpuGrads,
@@ -854,8 +856,16 @@ fn embedding_case(padding_idx: Option<u32>, seed: u64) -> OpCase {
         gpu: Some(Box::new(move |dev, _| {
             let gdy = dev.upload(&dy3)?;
             let gtok = dev.upload_u32(&t3, &[t, b])?;
+            let gorder = dev.upload_u32(&token_order(&t3), &[t * b])?;
             let gdt = dev.grad(0, &[vocab, dim])?;
-            dev.run(&[embedding_backward(dev.ctx, &gdt, &gdy, &gtok, padding_idx)?])?;
+            dev.run(&[embedding_backward(
+                dev.ctx,
+                &gdt,
+                &gdy,
+                &gtok,
+                &gorder,
+                padding_idx,
+            )?])?;
             Ok(vec![Some(dev.read_grad(0, &gdt)?)])
         })),
     }
