@@ -478,3 +478,37 @@ fn class_weights_reach_the_loss() {
         .unwrap();
     assert_eq!(w, [0.75, 1.5]);
 }
+
+/// The progress bar reads the running accuracy every few steps; the
+/// epoch's figures are the same with or without it, on both backends.
+#[test]
+fn the_progress_bar_does_not_change_the_figures() {
+    let backends: &[Backend] = if common::gpu().is_some() {
+        &[Backend::Cpu, Backend::Gpu]
+    } else {
+        &[Backend::Cpu]
+    };
+    for &backend in backends {
+        let runs = scratch(&format!("progress-{backend:?}"));
+        let mut exp = tiny();
+        exp.training.epochs = 1;
+        exp = apply_overrides(&exp, &["data.Synthetic.samples=300".into()]).unwrap();
+        let quiet = run_experiment(&exp, &runs, options(backend)).unwrap();
+        let shown = run_experiment(
+            &exp,
+            &runs,
+            RunOptions {
+                progress: true,
+                ..options(backend)
+            },
+        )
+        .unwrap();
+        let (a, b) = (&quiet.epochs[0], &shown.epochs[0]);
+        assert_eq!(a.train_accuracy, b.train_accuracy, "{backend:?}");
+        assert_eq!(a.train_loss, b.train_loss, "{backend:?}");
+        // Over the epoch's own predictions: 300 samples - 60 test - 48
+        // validation = 192 = 24 steps of 8, so a multiple of 1/192.
+        let hits = a.train_accuracy * 192.0;
+        assert!((hits - hits.round()).abs() < 1e-9, "{hits}");
+    }
+}

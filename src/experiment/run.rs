@@ -241,6 +241,9 @@ pub struct RunOutcome {
     pub interrupted: bool,
 }
 
+/// How often (in steps) the progress bar reads the running accuracy.
+const PEEK_EVERY: usize = 10;
+
 /// Where a resumed run stands.
 struct Resume {
     params: ParamValues,
@@ -636,6 +639,9 @@ fn train_with(
         let bar = progress_bar(options.progress, steps_per_epoch, epoch, total);
         bar.set_position(skip as u64);
         let (mut loss_sum, mut steps) = (0.0, 0);
+        // Correct predictions so far, and the steps they cover (the GPU
+        // count is read every PEEK_EVERY steps: a readback is a sync).
+        let (mut correct, mut counted) = (0u64, 0usize);
         for (k, chunk) in order.chunks_exact(batch).enumerate().skip(skip) {
             let loss = exec.train_step(&make_batch(&m, &p.train, chunk, None))?;
             if !loss.is_finite() {
@@ -648,8 +654,20 @@ fn train_with(
             }
             loss_sum += loss as f64;
             steps += 1;
+            if options.progress && steps % PEEK_EVERY == 0 {
+                correct += exec.take_correct_count()?;
+                counted = steps;
+            }
+            let accuracy = if counted > 0 {
+                format!(
+                    ", accuracy {:.4}",
+                    correct as f64 / (counted * batch) as f64
+                )
+            } else {
+                String::new()
+            };
             bar.set_message(format!(
-                "loss {:.4}, {:.0} samples/s",
+                "loss {:.4}{accuracy}, {:.0} samples/s",
                 loss_sum / steps as f64,
                 (steps * batch) as f64 / t0.elapsed().as_secs_f64()
             ));
@@ -675,7 +693,8 @@ fn train_with(
         bar.finish_and_clear();
         let seconds_train = t0.elapsed().as_secs_f64();
         // Keras' running accuracy: the training steps' own predictions.
-        let train_accuracy = exec.take_correct_count()? as f64 / (steps * batch).max(1) as f64;
+        correct += exec.take_correct_count()?;
+        let train_accuracy = correct as f64 / (steps * batch).max(1) as f64;
         let (val_loss, val_accuracy) = if p.val.is_empty() {
             (None, None)
         } else {
