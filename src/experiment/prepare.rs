@@ -19,6 +19,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::experiment::metrics::Classification;
 use crate::experiment::model::BuiltModel;
+use crate::experiment::report::Ablation;
 use crate::experiment::run::{DataSpec, Experiment};
 use crate::experiment::schema::{Backend, InputKind, OptimizerSpec, TrainingSpec};
 use crate::gpu::GpuContext;
@@ -194,6 +195,31 @@ pub fn evaluate(
         }
     }
     Ok((probs, loss / n.max(1) as f64))
+}
+
+/// Test accuracy with each modality zeroed in turn (none for a
+/// single-input model): how much the model leans on each.
+pub fn ablation(
+    exec: &mut dyn Executor,
+    m: &BuiltModel,
+    e: &Encoded,
+    batch: usize,
+    classes: usize,
+) -> Result<Vec<Ablation>> {
+    if m.inputs.len() < 2 {
+        return Ok(Vec::new());
+    }
+    m.inputs
+        .iter()
+        .map(|(_, _, kind)| {
+            let zeroed = kind_name(kind);
+            let (probs, _) = evaluate(exec, m, e, batch, classes, Some(zeroed))?;
+            Ok(Ablation {
+                zeroed: zeroed.to_string(),
+                accuracy: classification(&probs, &e.data.labels, classes)?.accuracy,
+            })
+        })
+        .collect()
 }
 
 /// Accuracy, macro-F1, per-class figures and the confusion matrix.

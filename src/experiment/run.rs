@@ -27,10 +27,10 @@ use crate::experiment::metrics::{majority_baseline, mean_std, Classification, Ep
 use crate::experiment::model::build_model;
 use crate::experiment::parse_ron;
 use crate::experiment::prepare::{
-    classification, device_name, evaluate, executor, gpu_for, kind_name, make_batch, prepare,
+    ablation, classification, device_name, evaluate, executor, gpu_for, make_batch, prepare,
     train_config, Prepared,
 };
-use crate::experiment::report::{write_curves, write_epochs, write_report, Ablation, Report};
+use crate::experiment::report::{write_curves, write_epochs, write_report, Report};
 use crate::experiment::schema::{Backend, ModelSpec, Monitor, TrainingSpec};
 use crate::graph::init::init_params;
 use crate::graph::{Executor, OptimizerSnapshot};
@@ -577,15 +577,23 @@ fn train_with(
     write_atomic_str(dir.join(VOCABULARY_FILE), &p.tokenizer.to_json())?;
     let vocabulary = serde_json::to_value(&p.tokenizer)
         .map_err(|e| Error::file(dir.join(VOCABULARY_FILE), e.to_string()))?;
-    let meta = |epoch: usize, epoch_step: usize, exec: &dyn Executor| -> Result<CheckpointMeta> {
+    // With the optimizer state for the resumable checkpoint; without it
+    // (no readback of the moments) for the best epoch's parameters.
+    let meta = |epoch: usize,
+                epoch_step: usize,
+                exec: &dyn Executor,
+                with_optimizer: bool|
+     -> Result<CheckpointMeta> {
         Ok(CheckpointMeta {
             experiment: exp.name.clone(),
             epoch,
-            step: exec.optimizer_snapshot()?.steps as u64,
+            step: exec.steps_applied() as u64,
             epoch_step: epoch_step as u64,
             classes: p.classes.clone(),
             vocabulary: vocabulary.clone(),
-            optimizer: Some(exec.optimizer_snapshot()?),
+            optimizer: with_optimizer
+                .then(|| exec.optimizer_snapshot())
+                .transpose()?,
         })
     };
 
@@ -678,7 +686,7 @@ fn train_with(
                     &dir.join(CHECKPOINT_DIR),
                     &m.graph,
                     &params_of(exec.as_ref(), &m.graph)?,
-                    &meta(epoch - 1, k + 1, exec.as_ref())?,
+                    &meta(epoch - 1, k + 1, exec.as_ref(), true)?,
                 )?;
                 eprintln!(
                     "INTERRUPTED at epoch {epoch}, step {}: checkpoint saved; continue with \
@@ -728,7 +736,7 @@ fn train_with(
             &dir.join(CHECKPOINT_DIR),
             &m.graph,
             &current,
-            &meta(epoch, 0, exec.as_ref())?,
+            &meta(epoch, 0, exec.as_ref(), true)?,
         )?;
         if let Some(s) = &mut stopper {
             let last = epochs.last().expect("pushed above");
@@ -738,10 +746,7 @@ fn train_with(
                     &dir.join(BEST_DIR),
                     &m.graph,
                     &current,
-                    &CheckpointMeta {
-                        optimizer: None,
-                        ..meta(epoch, 0, exec.as_ref())?
-                    },
+                    &meta(epoch, 0, exec.as_ref(), false)?,
                 )?;
                 best_params = Some(current);
             }
@@ -801,7 +806,7 @@ fn train_with(
                     &dir.join(CHECKPOINT_DIR),
                     &m.graph,
                     best,
-                    &meta(epochs.len(), 0, exec.as_ref())?,
+                    &meta(epochs.len(), 0, exec.as_ref(), true)?,
                 )?;
                 restored = Some(format!(
                     "parameters of the best epoch ({at}) restored for the test set and the checkpoint"
@@ -812,17 +817,7 @@ fn train_with(
 
     let (probs, _) = evaluate(exec.as_mut(), &m, &p.test, batch, classes, None)?;
     let test = classification(&probs, &p.test.data.labels, classes)?;
-    let mut ablation = Vec::new();
-    if m.inputs.len() > 1 {
-        for (_, _, kind) in &m.inputs {
-            let zeroed = kind_name(kind);
-            let (probs, _) = evaluate(exec.as_mut(), &m, &p.test, batch, classes, Some(zeroed))?;
-            ablation.push(Ablation {
-                zeroed: zeroed.to_string(),
-                accuracy: classification(&probs, &p.test.data.labels, classes)?.accuracy,
-            });
-        }
-    }
+    let ablation = ablation(exec.as_mut(), &m, &p.test, batch, classes)?;
     let seconds = start.elapsed().as_secs_f64();
     let header = [
         format!("backend: {device}"),

@@ -13,7 +13,7 @@ use crate::experiment::checkpoint::{load_checkpoint, CheckpointMeta, ParamValues
 use crate::experiment::metrics::Classification;
 use crate::experiment::model::{build_model, BuiltModel};
 use crate::experiment::prepare::{
-    classification, encode, evaluate, executor, gpu_for, kind_name, load_data, make_batch, prepare,
+    ablation, classification, encode, evaluate, executor, gpu_for, load_data, make_batch, prepare,
     train_config, Encoded,
 };
 use crate::experiment::report::Ablation;
@@ -173,24 +173,7 @@ pub fn eval_run(dir: &Path, data: Option<&Path>, backend: Option<Backend>) -> Re
     let classes = run.classes.len();
     let (probs, loss) = evaluate(exec.as_mut(), &run.model, &set, batch, classes, None)?;
     let metrics = classification(&probs, &set.data.labels, classes)?;
-    let mut ablation = Vec::new();
-    if run.model.inputs.len() > 1 {
-        for (_, _, kind) in &run.model.inputs {
-            let zeroed = kind_name(kind);
-            let (p, _) = evaluate(
-                exec.as_mut(),
-                &run.model,
-                &set,
-                batch,
-                classes,
-                Some(zeroed),
-            )?;
-            ablation.push(Ablation {
-                zeroed: zeroed.to_string(),
-                accuracy: classification(&p, &set.data.labels, classes)?.accuracy,
-            });
-        }
-    }
+    let ablation = ablation(exec.as_mut(), &run.model, &set, batch, classes)?;
     Ok(EvalOutcome {
         data: what,
         metrics,

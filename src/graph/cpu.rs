@@ -1203,6 +1203,10 @@ impl<A: NdFloat> Executor for CpuExecutor<A> {
         Ok(self.value_array(id)?.iter().map(|&v| to_f32(v)).collect())
     }
 
+    fn steps_applied(&self) -> u32 {
+        self.train_steps
+    }
+
     fn take_correct_count(&mut self) -> Result<u64> {
         Ok(std::mem::take(&mut self.correct))
     }

@@ -155,6 +155,9 @@ pub trait Executor {
     /// The value of any node after the last forward (inspection).
     fn value(&mut self, id: NodeId) -> Result<Vec<f32>>;
 
+    /// Training steps applied so far.
+    fn steps_applied(&self) -> u32;
+
     /// How many rows the loss scored right (first maximum of its
     /// probabilities at the label) over every forward pass through the loss
     /// since the last call (training steps, gradient passes, `loss`), then

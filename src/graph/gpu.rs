@@ -329,8 +329,10 @@ pub struct GpuExecutor<'a> {
     ctx: &'a GpuContext,
     graph: Graph,
     loss: NodeId,
-    /// The loss's count of correct predictions (see [`Extra::Loss`]).
+    /// The loss's count of correct predictions (see [`Extra::Loss`]) and
+    /// the host-visible buffer it is read through.
     correct: TensorId,
+    correct_staging: wgpu::Buffer,
     /// Embeddings in the backward: (embedding node, its token-order
     /// tensor), written from the batch's ids before a backward run.
     token_orders: Vec<(NodeId, TensorId)>,
@@ -1415,6 +1417,13 @@ impl<'a> GpuExecutor<'a> {
         } else {
             None
         };
+        let correct_staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("correct-count readback"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        buffers_created += 1;
         let loss_staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("loss readback"),
             size: 4,
@@ -1439,6 +1448,7 @@ impl<'a> GpuExecutor<'a> {
             graph: graph.clone(),
             loss,
             correct,
+            correct_staging,
             token_orders,
             tensors: l.tensors,
             handles,
@@ -2081,13 +2091,19 @@ impl Executor for GpuExecutor<'_> {
         self.read_kept(id, t, "value")
     }
 
+    fn steps_applied(&self) -> u32 {
+        self.steps
+    }
+
     fn take_correct_count(&mut self) -> Result<u64> {
+        // Through the staging buffer kept since construction: no allocation.
         let t = &self.handles[self.correct];
-        let count = self.ctx.read_u32(t)?[0];
-        self.ctx
-            .queue
-            .write_buffer(&t.buffer, 0, bytemuck::bytes_of(&0u32));
-        Ok(count as u64)
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&t.buffer, 0, &self.correct_staging, 0, 4);
+        // Zeroed after the copy, in submission order.
+        encoder.clear_buffer(&t.buffer, 0, None);
+        self.ctx.queue.submit([encoder.finish()]);
+        Ok(self.ctx.map_read_words(&self.correct_staging, 4)?[0] as u64)
     }
 
     fn set_learning_rate(&mut self, learning_rate: f64) -> Result<()> {
