@@ -509,22 +509,24 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
         let (x1, m1, w1, u1, b1) = (x.clone(), mask.clone(), w.clone(), u.clone(), bias.clone());
         let (x2, m2, dh2) = (x.clone(), mask.clone(), dh_seq.clone());
         let mut cpu_grads = RecurrentCpuGrads::zeros(dims, g);
-        if lstm {
-            let path = if lstm_persistent_support(ctx, dims).is_ok() {
-                "persistent"
-            } else {
-                "stepwise"
-            };
+        // Per cell: its kernel names, which GPU path runs, the prepared
+        // dispatches and the two CPU references (the rest is shared).
+        type CpuFn = Box<dyn FnMut()>;
+        let (names, persistent, fwd, bwd, cpu_fwd, cpu_bwd): (_, _, _, _, CpuFn, CpuFn) = if lstm {
             let bufs = LstmBuffers::new(ctx, dims)?;
-            let fwd = lstm_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?;
-            let bwd = lstm_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?;
-            cases.push(Case {
-                kernel: "lstm_forward",
-                name: format!("lstm_forward T{t} B{b} D{d} H{h} ({path})"),
-                sweep: None,
-                work: Work::Flops(flops),
-                gpu: fwd,
-                cpu: Box::new(move || {
+            let states = lstm_forward_cpu(
+                &x.view(),
+                &w.view(),
+                &u.view(),
+                &bias.view(),
+                Some(&mask.view()),
+            );
+            (
+                ["lstm_forward", "lstm_backward"],
+                lstm_persistent_support(ctx, dims).is_ok(),
+                lstm_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?,
+                lstm_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?,
+                Box::new(move || {
                     std::hint::black_box(lstm_forward_cpu(
                         &x1.view(),
                         &w1.view(),
@@ -533,21 +535,7 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
                         Some(&m1.view()),
                     ));
                 }),
-            });
-            let states = lstm_forward_cpu(
-                &x.view(),
-                &w.view(),
-                &u.view(),
-                &bias.view(),
-                Some(&mask.view()),
-            );
-            cases.push(Case {
-                kernel: "lstm_backward",
-                name: format!("lstm_backward T{t} B{b} D{d} H{h} ({path})"),
-                sweep: None,
-                work: Work::Flops(2.0 * flops),
-                gpu: bwd,
-                cpu: Box::new(move || {
+                Box::new(move || {
                     lstm_backward_cpu(
                         &mut cpu_grads,
                         &dh2.view(),
@@ -558,23 +546,22 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
                         Some(&m2.view()),
                     )
                 }),
-            });
+            )
         } else {
-            let path = if rnn_persistent_support(ctx, dims).is_ok() {
-                "persistent"
-            } else {
-                "stepwise"
-            };
             let bufs = RnnBuffers::new(ctx, dims)?;
-            let fwd = rnn_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?;
-            let bwd = rnn_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?;
-            cases.push(Case {
-                kernel: "rnn_forward",
-                name: format!("rnn_forward T{t} B{b} D{d} H{h} ({path})"),
-                sweep: None,
-                work: Work::Flops(flops),
-                gpu: fwd,
-                cpu: Box::new(move || {
+            let h_all = rnn_forward_cpu(
+                &x.view(),
+                &w.view(),
+                &u.view(),
+                &bias.view(),
+                Some(&mask.view()),
+            );
+            (
+                ["rnn_forward", "rnn_backward"],
+                rnn_persistent_support(ctx, dims).is_ok(),
+                rnn_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?,
+                rnn_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?,
+                Box::new(move || {
                     std::hint::black_box(rnn_forward_cpu(
                         &x1.view(),
                         &w1.view(),
@@ -583,21 +570,7 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
                         Some(&m1.view()),
                     ));
                 }),
-            });
-            let h_all = rnn_forward_cpu(
-                &x.view(),
-                &w.view(),
-                &u.view(),
-                &bias.view(),
-                Some(&mask.view()),
-            );
-            cases.push(Case {
-                kernel: "rnn_backward",
-                name: format!("rnn_backward T{t} B{b} D{d} H{h} ({path})"),
-                sweep: None,
-                work: Work::Flops(2.0 * flops),
-                gpu: bwd,
-                cpu: Box::new(move || {
+                Box::new(move || {
                     rnn_backward_cpu(
                         &mut cpu_grads,
                         &dh2.view(),
@@ -608,6 +581,20 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
                         Some(&m2.view()),
                     )
                 }),
+            )
+        };
+        let path = if persistent { "persistent" } else { "stepwise" };
+        for (kernel, gpu, cpu, work) in [
+            (names[0], fwd, cpu_fwd, flops),
+            (names[1], bwd, cpu_bwd, 2.0 * flops),
+        ] {
+            cases.push(Case {
+                kernel,
+                name: format!("{kernel} T{t} B{b} D{d} H{h} ({path})"),
+                sweep: None,
+                work: Work::Flops(work),
+                gpu,
+                cpu,
             });
         }
     }
