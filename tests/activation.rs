@@ -80,6 +80,18 @@ fn tanh_backward() {
     check_backward(Activation::Tanh, &SHAPE)
 }
 
+/// 37×52 = 1924 elements: a multiple of 4, so the vec4 kernels run (481
+/// vec4s, not a multiple of the workgroup either).
+const SHAPE_VEC4: [usize; 2] = [37, 52];
+
+#[test]
+fn vec4_kernels_match_the_reference() {
+    for act in ALL {
+        check_forward(act, &SHAPE_VEC4);
+        check_backward(act, &SHAPE_VEC4);
+    }
+}
+
 /// The seed model's ReLU after conv2d: 32×26×26×32.
 #[test]
 fn relu_seed_shape() {

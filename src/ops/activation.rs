@@ -67,44 +67,32 @@ pub fn activation_backward_cpu<A: NdFloat>(
 static SHADER: Shader = crate::shader!("activation");
 const WORKGROUP: u32 = 256;
 
-fn spec(act: Activation, backward: bool) -> &'static KernelSpec {
+/// The kernel of `act`, forward or backward, scalar or four elements per
+/// invocation (`vec4`, for lengths that are a multiple of 4).
+fn spec(act: Activation, backward: bool, vec4: bool) -> &'static KernelSpec {
     use Access::{Read, ReadWrite};
-    static FWD: [KernelSpec; 3] = [
-        KernelSpec {
-            shader: &SHADER,
-            entry: "relu_forward",
-            bindings: &[Read, ReadWrite],
-        },
-        KernelSpec {
-            shader: &SHADER,
-            entry: "sigmoid_forward",
-            bindings: &[Read, ReadWrite],
-        },
-        KernelSpec {
-            shader: &SHADER,
-            entry: "tanh_forward",
-            bindings: &[Read, ReadWrite],
-        },
-    ];
-    static BWD: [KernelSpec; 3] = [
-        KernelSpec {
-            shader: &SHADER,
-            entry: "relu_backward",
-            bindings: &[ReadWrite, Read, Read],
-        },
-        KernelSpec {
-            shader: &SHADER,
-            entry: "sigmoid_backward",
-            bindings: &[ReadWrite, Read, Read],
-        },
-        KernelSpec {
-            shader: &SHADER,
-            entry: "tanh_backward",
-            bindings: &[ReadWrite, Read, Read],
-        },
-    ];
+    macro_rules! specs {
+        ($bindings:expr; $($entry:literal),*) => {
+            [$(KernelSpec { shader: &SHADER, entry: $entry, bindings: $bindings }),*]
+        };
+    }
+    // [relu, sigmoid, tanh] × [scalar, vec4]
+    static FWD: [KernelSpec; 6] = specs!(&[Read, ReadWrite];
+        "relu_forward", "sigmoid_forward", "tanh_forward",
+        "relu_forward_vec4", "sigmoid_forward_vec4", "tanh_forward_vec4");
+    static BWD: [KernelSpec; 6] = specs!(&[ReadWrite, Read, Read];
+        "relu_backward", "sigmoid_backward", "tanh_backward",
+        "relu_backward_vec4", "sigmoid_backward_vec4", "tanh_backward_vec4");
     let table = if backward { &BWD } else { &FWD };
-    &table[act as usize]
+    &table[act as usize + if vec4 { 3 } else { 0 }]
+}
+
+/// The parameters and grid for `n` elements: vec4s when `n` is a multiple
+/// of 4 (the flag says which kernel to take).
+fn launch(n: usize) -> (ActivationParams, Grid, bool) {
+    let vec4 = n.is_multiple_of(4);
+    let items = if vec4 { n / 4 } else { n };
+    (params(items), Grid::linear(items, WORKGROUP), vec4)
 }
 
 fn params(n: usize) -> ActivationParams {
@@ -121,10 +109,11 @@ pub fn activation_forward(
     x: &GpuTensor,
     y: &GpuTensor,
 ) -> Result<Dispatch> {
-    let spec = spec(act, false);
     let n = x.numel();
+    let (params, grid, vec4) = launch(n);
+    let spec = spec(act, false, vec4);
     expect_numel(spec.entry, "y", &y.shape, n)?;
-    ctx.prepare(spec, &[], &params(n), &[x, y], Grid::linear(n, WORKGROUP))
+    ctx.prepare(spec, &[], &params, &[x, y], grid)
 }
 
 /// `dx += dy * f'`; `saved` is x for ReLU, y for sigmoid and tanh.
@@ -135,15 +124,10 @@ pub fn activation_backward(
     dy: &GpuTensor,
     saved: &GpuTensor,
 ) -> Result<Dispatch> {
-    let spec = spec(act, true);
     let n = dx.numel();
+    let (params, grid, vec4) = launch(n);
+    let spec = spec(act, true, vec4);
     expect_numel(spec.entry, "dy", &dy.shape, n)?;
     expect_numel(spec.entry, "saved", &saved.shape, n)?;
-    ctx.prepare(
-        spec,
-        &[],
-        &params(n),
-        &[dx, dy, saved],
-        Grid::linear(n, WORKGROUP),
-    )
+    ctx.prepare(spec, &[], &params, &[dx, dy, saved], grid)
 }
