@@ -12,6 +12,11 @@
 //                    dx element lies in at most one window, so it has at
 //                    most one writer: deterministic without atomics, and a
 //                    quarter of the invocations at pool 2x2.
+// maxpool_forward_vec4, maxpool_backward_disjoint_vec4 : the same for four
+//                    channels per invocation when C is a multiple of 4 (on
+//                    lavapipe a lane's load is a gather, so vec4 loads move
+//                    four times the data per gather); argmax stays the flat
+//                    scalar index.
 // avgpool_forward  : y = mean over the window
 // avgpool_backward : dx[i] += sum of dy / (pool_h*pool_w) over the windows containing i
 //
@@ -52,20 +57,35 @@ const WG: u32 = 64u;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read> argmax_saved: array<u32>;
 
+// vec4 forward bindings
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> argmax4: array<vec4<u32>>;
+
+// vec4 disjoint backward bindings (dx stays scalar: the four channels'
+// maxima may sit at different window positions)
+@group(0) @binding(2) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> argmax_saved4: array<vec4<u32>>;
+
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
 }
 
 // Flat index of the top-left element of output element i's window.
 fn window_origin(i: u32) -> u32 {
+    return window_origin_in(i, params.channels);
+}
+
+// The same with `channels` elements per pixel (C, or C / 4 for vec4 groups).
+fn window_origin_in(i: u32, channels: u32) -> u32 {
     let p = params;
-    let c = i % p.channels;
-    let t = i / p.channels;
+    let c = i % channels;
+    let t = i / channels;
     let ow = t % p.out_w;
     let t2 = t / p.out_w;
     let oh = t2 % p.out_h;
     let n = t2 / p.out_h;
-    return ((n * p.in_h + oh * p.stride_h) * p.in_w + ow * p.stride_w) * p.channels + c;
+    return ((n * p.in_h + oh * p.stride_h) * p.in_w + ow * p.stride_w) * channels + c;
 }
 
 @compute @workgroup_size(WG)
@@ -91,6 +111,32 @@ fn maxpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
     y[i] = best;
     argmax[i] = best_at;
+}
+
+@compute @workgroup_size(WG)
+fn maxpool_forward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    let c4 = p.channels / 4u;
+    let i = index(wid, nwg, lid);
+    if (i >= p.batch * p.out_h * p.out_w * c4) { return; }
+    let origin = window_origin_in(i, c4);
+    var best = x4[origin];
+    var best_at = vec4<u32>(4u * origin) + vec4<u32>(0u, 1u, 2u, 3u);
+    var kh = 0u;
+    var kw = 0u;
+    for (var k = 1u; k < p.pool_h * p.pool_w; k++) {
+        kw += 1u;
+        if (kw == p.pool_w) { kw = 0u; kh += 1u; }
+        let at = origin + (kh * p.in_w + kw) * c4;
+        let v = x4[at];
+        // Strictly greater: ties keep the first maximum in scan order.
+        let better = v > best;
+        best = select(best, v, better);
+        best_at = select(best_at, vec4<u32>(4u * at) + vec4<u32>(0u, 1u, 2u, 3u), better);
+    }
+    y4[i] = best;
+    argmax4[i] = best_at;
 }
 
 @compute @workgroup_size(WG)
@@ -177,6 +223,20 @@ fn maxpool_backward_disjoint(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     if (i >= p.batch * p.out_h * p.out_w * p.channels) { return; }
     let at = argmax_saved[i];
     dx[at] += dy[i];
+}
+
+@compute @workgroup_size(WG)
+fn maxpool_backward_disjoint_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    let i = index(wid, nwg, lid);
+    if (i >= p.batch * p.out_h * p.out_w * (p.channels / 4u)) { return; }
+    let at = argmax_saved4[i];
+    let d = dy4[i];
+    dx[at.x] += d.x;
+    dx[at.y] += d.y;
+    dx[at.z] += d.z;
+    dx[at.w] += d.w;
 }
 
 @compute @workgroup_size(WG)

@@ -102,6 +102,8 @@ fn check_steps(config: AdamConfig, shape: &[usize], steps: u32) -> Option<Run> {
 #[test]
 fn adam_update() {
     check_steps(CONFIG, &[37, 53], 6);
+    // A multiple of 4 (the vec4 kernel), 481 vec4s: not a multiple of 256.
+    check_steps(CONFIG, &[37, 52], 6);
     check_steps(CONFIG, &[100003], 4);
     check_steps(AdamConfig::default(), &[1], 3);
 }

@@ -86,6 +86,10 @@ fn bias_backward() {
     check_backward(&[1, 1]);
     check_backward(&[5, 3]);
     check_backward(&[300, 7]);
+    // Column counts that are multiples of 4 run the vec4 kernel.
+    assert_eq!(check_backward(&[37, 52]), 1);
+    check_backward(&[300, 8]);
+    assert_eq!(check_backward(&[70000, 36]), 2);
 }
 
 #[test]

@@ -96,6 +96,20 @@ fn concat_backward() {
     check_backward(&[vec![2, 3, 4], vec![2, 3, 9]]);
 }
 
+/// Blocks whose width, offset and total are multiples of 4 run the vec4
+/// kernels: all of them (7 rows, widths 4, 12, 8), and a mix where only the
+/// first block qualifies (widths 4, 3, 5; total 12).
+#[test]
+fn concat_vec4_blocks() {
+    for shapes in [
+        vec![vec![7, 4], vec![7, 12], vec![7, 8]],
+        vec![vec![7, 4], vec![7, 3], vec![7, 5]],
+    ] {
+        check_forward(&shapes);
+        check_backward(&shapes);
+    }
+}
+
 #[test]
 fn concat_seed_shape() {
     check_forward(&seed());

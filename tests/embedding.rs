@@ -133,6 +133,15 @@ fn embedding_backward() {
     check_backward(V, D, &[N], &bad, Some(2));
     // A wide D (one workgroup row per column)
     check_backward(11, 150, &[3, 7], &repeated_tokens(21, 11, 14), Some(0));
+    // D a multiple of 4: the vec4 kernels (the seed's D = 32 is too).
+    check_backward(V, 12, &[N], &bad, Some(2));
+}
+
+#[test]
+fn embedding_forward_vec4() {
+    let mut tokens = repeated_tokens(N, V as u32, 15);
+    tokens[3] = V as u32;
+    check_forward(V, 12, &[N], &tokens);
 }
 
 #[test]

@@ -26,6 +26,8 @@ fn geometry(input: [usize; 4], pool: [usize; 2], stride: [usize; 2]) -> Pool2dGe
 /// Odd sizes (floor drops the last row/column), distinct sizes per
 /// dimension, overlapping windows (stride < pool), non-square pools and
 /// strides, and a stride larger than the pool (input elements in no window).
+/// Channel counts that are multiples of 4 (8, 4) run the vec4 max-pool
+/// kernels; the others the scalar ones.
 fn awkward() -> Vec<Pool2dGeometry> {
     let x = [3, 11, 9, 5];
     vec![
@@ -35,6 +37,9 @@ fn awkward() -> Vec<Pool2dGeometry> {
         geometry(x, [2, 3], [1, 2]),
         geometry(x, [2, 2], [3, 2]),
         geometry([2, 7, 6, 3], [7, 1], [1, 1]),
+        geometry([3, 11, 9, 8], [2, 2], [2, 2]),
+        geometry([2, 7, 6, 4], [3, 2], [2, 3]),
+        geometry([3, 9, 7, 4], [2, 3], [1, 2]),
     ]
 }
 
@@ -287,8 +292,9 @@ fn maxpool_backward_disjoint() {
         .filter(op::windows_disjoint)
         .chain([seed()])
         .collect();
-    // Stride = pool, stride > pool (rows in no window), the seed's 2x2.
-    assert_eq!(disjoint.len(), 3);
+    // Stride = pool (scalar and vec4), stride > pool (rows in no window),
+    // the seed's 2x2 (vec4).
+    assert_eq!(disjoint.len(), 4);
     for g in &disjoint {
         check_maxpool_backward_with(
             g,

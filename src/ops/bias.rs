@@ -61,6 +61,12 @@ static BIAS_BACKWARD: KernelSpec = KernelSpec {
     entry: "bias_backward",
     bindings: &[Access::ReadWrite, Access::Read],
 };
+/// Four columns per invocation, for a column count that is a multiple of 4.
+static BIAS_BACKWARD_VEC4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "bias_backward_vec4",
+    bindings: &[Access::ReadWrite, Access::Read],
+};
 const WORKGROUP: u32 = 256;
 /// Rows each `bias_backward` lane adds before the workgroup tree: enough work
 /// per invocation to hide the dispatch, few enough that the conv bias
@@ -112,10 +118,16 @@ fn cols_per_group(cols: usize) -> u32 {
 pub fn bias_backward(ctx: &GpuContext, db: &GpuTensor, dy: &GpuTensor) -> Result<Vec<Dispatch>> {
     let op = BIAS_BACKWARD.entry;
     let (rows, cols) = rows_cols(op, dy, db)?;
-    let col_tile = cols_per_group(cols);
+    // The vec4 kernel counts columns (and the partial sums' width) in vec4s.
+    let (spec, units) = if cols.is_multiple_of(4) {
+        (&BIAS_BACKWARD_VEC4, cols / 4)
+    } else {
+        (&BIAS_BACKWARD, cols)
+    };
+    let col_tile = cols_per_group(units);
     let rows_per_group = (WORKGROUP / col_tile) * ROWS_PER_LANE;
     let constants = [("COLS", col_tile as f64)];
-    let col_groups = (cols as u32).div_ceil(col_tile);
+    let col_groups = (units as u32).div_ceil(col_tile);
 
     let mut dispatches = Vec::new();
     let mut scratch: Option<GpuTensor> = None;
@@ -131,13 +143,13 @@ pub fn bias_backward(ctx: &GpuContext, db: &GpuTensor, dy: &GpuTensor) -> Result
         };
         let p = BiasParams {
             rows: rows as u32,
-            cols: cols as u32,
+            cols: units as u32,
             rows_per_group,
             accumulate: last as u32,
         };
         let out = next.as_ref().unwrap_or(db);
         dispatches.push(ctx.prepare(
-            &BIAS_BACKWARD,
+            spec,
             &constants,
             &p,
             &[out, input],

@@ -63,7 +63,39 @@ static BACKWARD: KernelSpec = KernelSpec {
     entry: "concat_backward",
     bindings: &[Access::ReadWrite, Access::Read],
 };
+static FORWARD_VEC4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "concat_forward_vec4",
+    bindings: &[Access::Read, Access::ReadWrite],
+};
+static BACKWARD_VEC4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "concat_backward_vec4",
+    bindings: &[Access::ReadWrite, Access::Read],
+};
 const WORKGROUP: u32 = 256;
+
+/// The kernel, params and grid: four columns per invocation (params in
+/// vec4s) when the block's width, the total width and the offset are all
+/// multiples of 4.
+fn launch(
+    p: ConcatParams,
+    scalar: &'static KernelSpec,
+    vec4: &'static KernelSpec,
+) -> (&'static KernelSpec, ConcatParams, Grid) {
+    let items = (p.rows * p.f) as usize;
+    if [p.f, p.total, p.offset].iter().all(|v| v.is_multiple_of(4)) {
+        let p4 = ConcatParams {
+            f: p.f / 4,
+            total: p.total / 4,
+            offset: p.offset / 4,
+            ..p
+        };
+        (vec4, p4, Grid::linear(items / 4, WORKGROUP))
+    } else {
+        (scalar, p, Grid::linear(items, WORKGROUP))
+    }
+}
 
 /// Checks that `part` is the block [offset, offset + F) of `whole` and
 /// returns the params.
@@ -125,13 +157,8 @@ pub fn concat_forward(
     offset: usize,
 ) -> Result<Dispatch> {
     let p = params(FORWARD.entry, "x", x, "out", out, offset)?;
-    ctx.prepare(
-        &FORWARD,
-        &[],
-        &p,
-        &[x, out],
-        Grid::linear(x.numel(), WORKGROUP),
-    )
+    let (spec, p, grid) = launch(p, &FORWARD, &FORWARD_VEC4);
+    ctx.prepare(spec, &[], &p, &[x, out], grid)
 }
 
 /// `dx += dy[..., offset..offset + F]`, for `dx` [..., F] and `dy` [..., F_total].
@@ -142,13 +169,8 @@ pub fn concat_backward(
     offset: usize,
 ) -> Result<Dispatch> {
     let p = params(BACKWARD.entry, "dx", dx, "dy", dy, offset)?;
-    ctx.prepare(
-        &BACKWARD,
-        &[],
-        &p,
-        &[dx, dy],
-        Grid::linear(dx.numel(), WORKGROUP),
-    )
+    let (spec, p, grid) = launch(p, &BACKWARD, &BACKWARD_VEC4);
+    ctx.prepare(spec, &[], &p, &[dx, dy], grid)
 }
 
 /// Checks that the widths of `parts` add up to the last axis of `whole`.

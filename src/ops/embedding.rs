@@ -81,6 +81,31 @@ static BACKWARD: KernelSpec = KernelSpec {
     entry: "embedding_backward",
     bindings: &[Access::ReadWrite, Access::Read, Access::Read, Access::Read],
 };
+static FORWARD_VEC4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "embedding_forward_vec4",
+    bindings: FORWARD.bindings,
+};
+static BACKWARD_VEC4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "embedding_backward_vec4",
+    bindings: BACKWARD.bindings,
+};
+
+/// The kernel and the row width it counts in: vec4s when `d` is a multiple
+/// of 4, else floats.
+fn pick(
+    d: usize,
+    scalar: &'static KernelSpec,
+    vec4: &'static KernelSpec,
+) -> (&'static KernelSpec, usize) {
+    if d.is_multiple_of(4) {
+        (vec4, d / 4)
+    } else {
+        (scalar, d)
+    }
+}
+
 const WORKGROUP: u32 = 256;
 /// Backward: sorted positions per workgroup.
 const WG_POS: u32 = 64;
@@ -142,18 +167,19 @@ pub fn embedding_forward(
     out: &GpuTensor,
 ) -> Result<Dispatch> {
     let (n, v, d) = sizes(FORWARD.entry, "table", table, tokens, "out", out)?;
+    let (spec, width) = pick(d, &FORWARD, &FORWARD_VEC4);
     let p = EmbeddingParams {
         n: n as u32,
         v: v as u32,
-        d: d as u32,
+        d: width as u32,
         ..Default::default()
     };
     ctx.prepare(
-        &FORWARD,
+        spec,
         &[],
         &p,
         &[table, tokens, out],
-        Grid::linear(n * d, WORKGROUP),
+        Grid::linear(n * width, WORKGROUP),
     )
 }
 
@@ -189,14 +215,15 @@ pub fn embedding_backward(
             ),
         ));
     }
+    let (spec, width) = pick(d, &BACKWARD, &BACKWARD_VEC4);
     let p = EmbeddingParams {
         n: n as u32,
         v: v as u32,
-        d: d as u32,
+        d: width as u32,
         has_pad: padding_idx.is_some() as u32,
         pad: padding_idx.unwrap_or(0),
         ..Default::default()
     };
-    let grid = Grid::Workgroups([(n as u32).div_ceil(WG_POS), d as u32, 1]);
-    ctx.prepare(&BACKWARD, &[], &p, &[dtable, dy, tokens, order], grid)
+    let grid = Grid::Workgroups([(n as u32).div_ceil(WG_POS), width as u32, 1]);
+    ctx.prepare(spec, &[], &p, &[dtable, dy, tokens, order], grid)
 }

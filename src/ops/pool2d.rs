@@ -308,6 +308,16 @@ static MAX_FORWARD: KernelSpec = KernelSpec {
     entry: "maxpool_forward",
     bindings: &[Read, ReadWrite, ReadWrite],
 };
+static MAX_FORWARD_VEC4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "maxpool_forward_vec4",
+    bindings: &[Read, ReadWrite, ReadWrite],
+};
+static MAX_BACKWARD_DISJOINT_VEC4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "maxpool_backward_disjoint_vec4",
+    bindings: &[ReadWrite, Read, Read],
+};
 static MAX_BACKWARD: KernelSpec = KernelSpec {
     shader: &SHADER,
     entry: "maxpool_backward",
@@ -355,13 +365,29 @@ pub fn maxpool_forward(
     expect_numel(op, "y", &y.shape, n)?;
     expect_numel(op, "argmax", &argmax.shape, n)?;
     expect_u32(op, "argmax", argmax)?;
+    let (spec, items) = vec4_or_scalar(g, n, &MAX_FORWARD_VEC4, &MAX_FORWARD);
     ctx.prepare(
-        &MAX_FORWARD,
+        spec,
         &[],
         &g.params(),
         &[x, y, argmax],
-        Grid::linear(n, WORKGROUP),
+        Grid::linear(items, WORKGROUP),
     )
+}
+
+/// The kernel and its invocation count for `n` output elements: four
+/// channels per invocation when the channel count is a multiple of 4.
+fn vec4_or_scalar(
+    g: &Pool2dGeometry,
+    n: usize,
+    vec4: &'static KernelSpec,
+    scalar: &'static KernelSpec,
+) -> (&'static KernelSpec, usize) {
+    if g.channels.is_multiple_of(4) {
+        (vec4, n / 4)
+    } else {
+        (scalar, n)
+    }
 }
 
 /// `dx[i] += Σ dy[o]` over the windows o whose argmax is i. `dy` and
@@ -440,12 +466,14 @@ pub fn maxpool_backward_disjoint(
         ));
     }
     check_maxpool_backward(op, dx, dy, argmax, g)?;
+    let n = numel(&g.output_shape());
+    let (spec, items) = vec4_or_scalar(g, n, &MAX_BACKWARD_DISJOINT_VEC4, &MAX_BACKWARD_DISJOINT);
     ctx.prepare(
-        &MAX_BACKWARD_DISJOINT,
+        spec,
         &[],
         &g.params(),
         &[dx, dy, argmax],
-        Grid::linear(numel(&g.output_shape()), WORKGROUP),
+        Grid::linear(items, WORKGROUP),
     )
 }
 

@@ -148,15 +148,22 @@ pub fn adam_update_cpu<A: NdFloat>(
 // ---------------------------------------------------------------- GPU
 
 static SHADER: Shader = crate::shader!("adam");
+const BINDINGS: &[Access] = &[
+    Access::ReadWrite,
+    Access::Read,
+    Access::ReadWrite,
+    Access::ReadWrite,
+];
 static ADAM_UPDATE: KernelSpec = KernelSpec {
     shader: &SHADER,
     entry: "adam_update",
-    bindings: &[
-        Access::ReadWrite,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
+    bindings: BINDINGS,
+};
+/// Four weights per invocation, for `n` a multiple of 4.
+static ADAM_UPDATE_VEC4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "adam_update_vec4",
+    bindings: BINDINGS,
 };
 const WORKGROUP: u32 = 256;
 
@@ -178,12 +185,17 @@ pub fn adam_update(
             return Err(Error::shape(op, format!("{name} must be f32")));
         }
     }
+    let (spec, items) = if n.is_multiple_of(4) {
+        (&ADAM_UPDATE_VEC4, n / 4)
+    } else {
+        (&ADAM_UPDATE, n)
+    };
     ctx.prepare(
-        &ADAM_UPDATE,
+        spec,
         &[],
         params,
         &[w, g, m, v],
-        Grid::linear(n, WORKGROUP),
+        Grid::linear(items, WORKGROUP),
     )
 }
 
