@@ -6,6 +6,8 @@
 // so that w[tap*Cout + co] is the weight.
 //
 // conv2d_forward         : y  = conv(x, w) + b       invocation = PT output pixels x CT output channels
+//                          (RELU: y = max(conv(x, w) + b, 0), Keras' Conv2D(activation='relu')
+//                          in one pass: the graph executor fuses a ReLU that is the conv's only reader)
 // conv2d_backward_input  : dx += conv^T(dy, w)       invocation = PT input pixels x CT input channels (gather)
 // conv2d_backward_weight : dw += sum_{n,oh,ow} x*dy  workgroup = TT taps x CT output channels
 // conv2d_backward_bias   : db += sum_{n,oh,ow} dy    workgroup = one output channel
@@ -149,9 +151,17 @@ fn w_in4(base: u32, c: u32) -> vec4<f32> {
                 w_saved[base + min(c + 2u, last) * s], w_saved[base + min(c + 3u, last) * s]);
 }
 
+// The forward kernels' epilogue: the fused ReLU, when the pipeline has it.
+override RELU: bool = false;
+fn activate(v: vec4<f32>) -> vec4<f32> {
+    return select(v, max(v, vec4<f32>(0.0)), RELU);
+}
+
 // Writes channels c0 .. c0+7 of one pixel's row of y.
-fn store_y(q: Pixel, i: u32, c0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+fn store_y(q: Pixel, i: u32, c0: u32, lo_in: vec4<f32>, hi_in: vec4<f32>) {
     let base = i * params.out_c + c0;
+    let lo = activate(lo_in);
+    let hi = activate(hi_in);
     for (var j = 0u; j < 4u; j++) {
         if (q.live && c0 + j < params.out_c) { y[base + j] = lo[j]; }
         if (q.live && c0 + 4u + j < params.out_c) { y[base + 4u + j] = hi[j]; }
@@ -517,7 +527,7 @@ fn store_y_row(i: u32, c4: u32, r: Row) {
     var q = r;
     let n4 = p.out_c / 4u;
     for (var t = 0u; t < 4u; t++) {
-        if (c4 + t < n4) { y_v4[i * n4 + c4 + t] = q[0]; }
+        if (c4 + t < n4) { y_v4[i * n4 + c4 + t] = activate(q[0]); }
         q[0] = q[1]; q[1] = q[2]; q[2] = q[3];
     }
 }

@@ -123,26 +123,43 @@ fn label(g: &Conv2dGeometry) -> String {
     )
 }
 
+/// The forward kernel, plain and with the fused ReLU (against the
+/// reference followed by max(., 0)), on whichever variant `g` selects.
 fn check_forward(g: &Conv2dGeometry) {
     let Some(ctx) = gpu() else { return };
     let x = rand4(g.input_shape(), 1);
     let w = rand4(g.weight_shape(), 2);
     let b = rand1(g.out_c, 3);
-    let want = conv2d_forward_cpu(&x.view(), &w.view(), &b.view(), g);
+    let plain = conv2d_forward_cpu(&x.view(), &w.view(), &b.view(), g);
+    let relu = plain.mapv(|v| v.max(0.0));
     let (gx, gw, gb) = (upload(ctx, &x), upload(ctx, &w), upload(ctx, &b));
-    let gy = ctx
-        .zeros(&g.output_shape(), crossmodal::DType::F32)
-        .unwrap();
-    ctx.run(&[&op::conv2d_forward(ctx, &gx, &gw, &gb, &gy, g).unwrap()])
-        .unwrap();
-    // At most KH*KW*Cin products of values in [-1, 1].
-    assert_close(
-        &format!("conv2d_forward {}", label(g)),
-        &ctx.read_f32(&gy).unwrap(),
-        &as_f32(&want),
-        1e-5,
-        1e-5,
-    );
+    type Launch = fn(
+        &GpuContext,
+        &GpuTensor,
+        &GpuTensor,
+        &GpuTensor,
+        &GpuTensor,
+        &Conv2dGeometry,
+    ) -> crossmodal::Result<crossmodal::gpu::Dispatch>;
+    let launches: [(&str, Launch, &Array4<f64>); 2] = [
+        ("conv2d_forward", op::conv2d_forward, &plain),
+        ("conv2d_forward_relu", op::conv2d_forward_relu, &relu),
+    ];
+    for (name, launch, want) in launches {
+        let gy = ctx
+            .zeros(&g.output_shape(), crossmodal::DType::F32)
+            .unwrap();
+        ctx.run(&[&launch(ctx, &gx, &gw, &gb, &gy, g).unwrap()])
+            .unwrap();
+        // At most KH*KW*Cin products of values in [-1, 1].
+        assert_close(
+            &format!("{name} {}", label(g)),
+            &ctx.read_f32(&gy).unwrap(),
+            &as_f32(want),
+            1e-5,
+            1e-5,
+        );
+    }
 }
 
 fn check_backward_input(g: &Conv2dGeometry) {

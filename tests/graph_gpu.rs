@@ -287,12 +287,15 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     // Backward LSTM: the recurrence (persistent) or T gate steps + T-1
     // carries, then dW, dU, db, dx.
     let lstm_backward = if persistent { 1 + 4 } else { 2 * t - 1 + 4 };
-    // Forward: embedding 1; LSTM; conv 1, ReLU 1, pool 1, concat 2 (one per
-    // input), dense 2 (matmul, bias), loss 3 (softmax-CE, mean, the
-    // correct-prediction count).
-    assert_eq!(
-        s.forward_dispatches,
-        1 + lstm_forward + 1 + 1 + 1 + 2 + 2 + 3
+    // Forward: embedding 1; LSTM; conv 1 (the ReLU fused into it: the
+    // conv's only reader), pool 1, concat 2 (one per input), dense 2
+    // (matmul, bias), loss 3 (softmax-CE, mean, the correct-prediction
+    // count).
+    assert_eq!(s.forward_dispatches, 1 + lstm_forward + 1 + 1 + 2 + 2 + 3);
+    let entries: Vec<&str> = ex.train_schedule().iter().map(|d| d.entry).collect();
+    assert!(
+        !entries.iter().any(|e| e.starts_with("relu_forward")),
+        "{entries:?}"
     );
     // Backward: loss 1; dense 3 (dx, dW, db); concat 2; pool 1; ReLU 1;
     // conv 2 (weight, bias: the images need no gradient); LSTM; embedding 1.

@@ -53,14 +53,14 @@ use crate::graph::exec::{
 };
 use crate::graph::plan::{plan_memory, MemoryPlan, PlanRequest};
 use crate::graph::{Graph, NodeId, Op};
-use crate::ops::activation::{activation_backward, activation_forward};
+use crate::ops::activation::{activation_backward, activation_forward, Activation};
 use crate::ops::average::{average_backward, average_forward};
 use crate::ops::bias::{bias_add, bias_backward};
 use crate::ops::clip_norm::{check_clip, clip_norm};
 use crate::ops::concat::{concat_backward, concat_forward_all};
 use crate::ops::conv2d::{
     conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_forward,
-    Conv2dGeometry,
+    conv2d_forward_relu, Conv2dGeometry,
 };
 use crate::ops::dropout::{dropout_backward, dropout_forward, Dropout};
 use crate::ops::embedding::{embedding_backward, embedding_forward, token_order};
@@ -135,10 +135,28 @@ struct Recurrent {
     dc_carry: Option<TensorId>,
 }
 
+/// Whether conv node `id`'s only reader is a ReLU, so that the conv writes
+/// `max(z, 0)` straight into the ReLU's value (`ops::conv2d::
+/// conv2d_forward_relu`) and the ReLU records no forward. The ReLU's
+/// backward masks by its input's sign; the shared buffer's `max(z, 0) > 0`
+/// is the same mask. Not when the conv's own value is kept for inspection
+/// (it would read the ReLU's).
+fn relu_reads_only(graph: &Graph, id: NodeId, inspected: bool) -> bool {
+    let mut readers = graph.ids().filter(|&c| graph.node(c).inputs.contains(&id));
+    let relu = readers.next().is_some_and(|r| {
+        let node = graph.node(r);
+        node.op == Op::Activation(Activation::Relu) && node.inputs == [id]
+    });
+    !inspected && relu && readers.next().is_none()
+}
+
 /// Tensors a node keeps besides its value.
 #[derive(Clone, Copy, Debug)]
 enum Extra {
     None,
+    /// A conv whose ReLU is fused into its forward ([`relu_reads_only`]):
+    /// its value is the ReLU's.
+    ConvRelu,
     Recurrent(Recurrent),
     MaxPool {
         argmax: TensorId,
@@ -532,6 +550,20 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
         };
         let value = match &node.op {
             Op::Input { .. } | Op::Param { .. } => own(&mut l, true, Zero::No),
+            Op::Conv2d { .. } if relu_reads_only(graph, id, inspected) => {
+                l.extra[id.0] = Extra::ConvRelu;
+                own(&mut l, false, Zero::No)
+            }
+            // The ReLU fused into its conv shares the conv's value buffer.
+            Op::Activation(_) if matches!(l.extra[node.inputs[0].0], Extra::ConvRelu) => {
+                let t = l.vid(node.inputs[0]);
+                l.tensors[t].pinned |= inspected;
+                l.tensors[t].name = name.clone();
+                Some(View {
+                    id: t,
+                    shape: shape.clone(),
+                })
+            }
             Op::Flatten => {
                 let t = l.vid(node.inputs[0]);
                 l.tensors[t].pinned |= inspected;
@@ -705,7 +737,7 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                     weights,
                     correct,
                 } => u.extend([probs, rows, correct].into_iter().chain(weights)),
-                Extra::None => {}
+                Extra::None | Extra::ConvRelu => {}
             }
         }
         StageKind::Backward(n) => {
@@ -837,7 +869,12 @@ fn forward_dispatches(
         }
         Op::Conv2d { .. } => {
             let g = conv_geometry(graph, n)?;
-            vec![conv2d_forward(ctx, &x(0)?, &x(1)?, &x(2)?, &out, &g)?]
+            let launch = if matches!(l.extra[n.0], Extra::ConvRelu) {
+                conv2d_forward_relu
+            } else {
+                conv2d_forward
+            };
+            vec![launch(ctx, &x(0)?, &x(1)?, &x(2)?, &out, &g)?]
         }
         Op::MaxPool2d { .. } => {
             let Extra::MaxPool { argmax } = l.extra[n.0] else {
@@ -865,6 +902,8 @@ fn forward_dispatches(
                 bias_add(ctx, &out, &bias)?,
             ]
         }
+        // Fused into the conv's forward (its value is this node's).
+        Op::Activation(_) if matches!(l.extra[node.inputs[0].0], Extra::ConvRelu) => Vec::new(),
         Op::Activation(a) => vec![activation_forward(ctx, *a, &x(0)?, &out)?],
         Op::Dropout { rate, seed } => {
             // Mode and step are rewritten before every run.

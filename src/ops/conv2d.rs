@@ -604,7 +604,33 @@ pub fn conv2d_forward(
     y: &GpuTensor,
     g: &Conv2dGeometry,
 ) -> Result<Dispatch> {
+    conv2d_forward_with(ctx, x, w, b, y, g, false)
+}
+
+/// `y = max(conv(x, w) + b, 0)` in one pass (Keras' `Conv2D(activation=
+/// 'relu')`): [`conv2d_forward`] with the ReLU in its store.
+pub fn conv2d_forward_relu(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    b: &GpuTensor,
+    y: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> Result<Dispatch> {
+    conv2d_forward_with(ctx, x, w, b, y, g, true)
+}
+
+fn conv2d_forward_with(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    b: &GpuTensor,
+    y: &GpuTensor,
+    g: &Conv2dGeometry,
+    relu: bool,
+) -> Result<Dispatch> {
     let op = FORWARD.entry;
+    let relu = ("RELU", f64::from(u8::from(relu)));
     expect_shape(op, "x", &x.shape, &g.input_shape())?;
     expect_shape(op, "w", &w.shape, &g.weight_shape())?;
     expect_shape(op, "b", &b.shape, &g.bias_shape())?;
@@ -615,7 +641,7 @@ pub fn conv2d_forward(
         let gy = g.out_c.div_ceil(DIRECT_CHANNELS) as u32;
         return ctx.prepare(
             &FORWARD_DIRECT,
-            &[("PADDED", padded(g))],
+            &[("PADDED", padded(g)), relu],
             &g.params(),
             &[x, w, b, y],
             Grid::Workgroups([gx, gy, gz]),
@@ -623,7 +649,7 @@ pub fn conv2d_forward(
     }
     ctx.prepare(
         &FORWARD,
-        &[],
+        &[relu],
         &g.params(),
         &[x, w, b, y],
         pixel_grid(ctx, g.batch * g.out_h() * g.out_w(), g.out_c),

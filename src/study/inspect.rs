@@ -675,9 +675,16 @@ pub fn estimate_costs(graph: &Graph, loss: NodeId, schedule: &[ScheduledDispatch
     costs
 }
 
+/// The general kernel an entry is a variant of (`_direct`, `_vec4`): the
+/// same reads, writes and FLOPs.
+fn scalar_entry(entry: &str) -> &str {
+    let entry = entry.strip_suffix("_vec4").unwrap_or(entry);
+    entry.strip_suffix("_direct").unwrap_or(entry)
+}
+
 fn update_cost(graph: &Graph, trained: &[NodeId], entry: &str, k: &mut usize) -> Cost {
     let n = |k: usize| trained.get(k).map(|&p| graph.node(p).value.numel());
-    match entry {
+    match scalar_entry(entry) {
         "adam_update" => {
             let c = n(*k).map_or(Cost::default(), |n| Cost::new(4 * n, 3 * n, 12 * n));
             *k += 1;
@@ -715,8 +722,9 @@ fn kernel_cost(
         let partial_rows = prev.map_or(1, |p| p.workgroups[1] as usize);
         Cost::new(partial_rows * cols + cols, cols, partial_rows * cols)
     };
-    // conv2d's register-blocked variants cost what the general kernels do.
-    let entry = d.entry.strip_suffix("_direct").unwrap_or(d.entry);
+    // conv2d's register-blocked variants and the vec4 kernels cost what the
+    // general kernels do.
+    let entry = scalar_entry(d.entry);
     match entry {
         "embedding_forward" => Cost::new(inp(1) + y, y, 0),
         "embedding_backward" => Cost::new(y + inp(1) + inp(0), inp(0), y),
