@@ -564,7 +564,8 @@ pub const AWKWARD: RecurrentDims = RecurrentDims {
 };
 
 /// B=17: the persistent kernels' 9 sample pairs span two workgroups of 8
-/// lanes, the last pair has one sample. H=6.
+/// lanes, the last pair has one sample. H=6. The shapes' H cover every
+/// H mod 4 (13, 6, 7, 64: the RNN kernels' blocks of four units end short).
 pub const TWO_GROUPS: RecurrentDims = RecurrentDims {
     steps: 4,
     batch: 17,
