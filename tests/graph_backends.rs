@@ -37,7 +37,8 @@ use crossmodal::graph::{
 use crossmodal::nn::{self, seed_model, SeedConfig};
 use crossmodal::ops::activation::Activation;
 use crossmodal::ops::dropout::{dropout_mask_cpu, Dropout};
-use crossmodal::ops::lstm::{persistent_form, PersistentForm, RecurrentDims};
+use crossmodal::ops::lstm::{persistent_form, PersistentForm};
+use crossmodal::ops::recurrent::RecurrentDims;
 use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
 use crossmodal::DType;
 use graph_common::{

@@ -19,7 +19,8 @@ use crossmodal::graph::{
     Batch, CpuExecutor, Executor, Graph, HostData, Init, Op, Optimizer, TrainConfig,
 };
 use crossmodal::nn::{seed_model, SeedConfig, SeedModel};
-use crossmodal::ops::lstm::{lstm_persistent_support, RecurrentDims};
+use crossmodal::ops::lstm::LstmState;
+use crossmodal::ops::recurrent::{recurrent_persistent_support, RecurrentDims};
 use crossmodal::ops::reduce::accuracy_count_cpu;
 use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
 use crossmodal::{Error, GpuContext};
@@ -280,7 +281,7 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     // The LSTM runs its whole recurrence in one dispatch where the adapter
     // allows (ops::lstm), else one gate kernel and one matmul per step.
     let dims = RecurrentDims::new(t, c.batch, c.embed_dim, c.lstm_units);
-    let persistent = lstm_persistent_support(ctx, dims).is_ok();
+    let persistent = recurrent_persistent_support::<LstmState>(ctx, dims).is_ok();
     // Forward LSTM: input projection + the recurrence (persistent), or
     // input projection + T gate steps + T-1 recurrent matmuls = 2T.
     let lstm_forward = if persistent { 2 } else { 2 * t };

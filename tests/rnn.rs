@@ -3,70 +3,83 @@
 //! backward against finite differences in f64.
 //!
 //! GPU results are compared with the CPU reference computed in f64 from the
-//! same f32 inputs, so the tolerance covers the GPU's f32 error only.
+//! same f32 inputs, so the tolerance covers the GPU's f32 error only. The
+//! checks shared with tests/lstm.rs live in tests/common/recurrent.rs; this
+//! file states the RNN's side ([`TestCell`]; weights of Keras-like scale
+//! with U's spectral radius below 1, so the f32 error does not grow along
+//! 100 steps) and its cell kernels' tests.
 
 mod common;
 
 use common::recurrent::*;
 use common::*;
-use crossmodal::ops::lstm::{
-    HiddenGrad, RecurrentCpuGrads, RecurrentDims, RecurrentGrads, RecurrentWeights,
-};
-use crossmodal::ops::lstm::{CPU_SPLIT_MIN_BATCH, PERSISTENT_MAX_HIDDEN};
-use crossmodal::ops::rnn::{self as op, *};
-use crossmodal::{GpuContext, GpuTensor};
-use ndarray::{s, Array1, Array2, Array3, Axis, ShapeBuilder};
+use crossmodal::ops::recurrent::*;
+use crossmodal::ops::rnn::*;
+use crossmodal::GpuTensor;
+use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFloat};
 
-// ---------------------------------------------------------------- helpers
+type C = RnnState;
 
-// Shared with tests/lstm.rs: tests/common/recurrent.rs.
+impl TestCell for RnnState {
+    /// h_all `[T+1,B,H]`.
+    type States<A: NdFloat> = Array3<A>;
+    const W_SCALE: f32 = 1.0;
+    const U_SCALE: f32 = 1.0;
 
-/// Inputs of one RNN layer with weights of Keras-like scale (U's spectral
-/// radius below 1, so the f32 error does not grow along 100 steps).
-struct Case {
-    dims: RecurrentDims,
-    x: Array3<f32>,
-    w: Array2<f32>,
-    u: Array2<f32>,
-    b: Array1<f32>,
-    mask: Vec<u32>,
-}
-
-impl Case {
-    fn new(dims: RecurrentDims, seed: u64) -> Self {
-        let RecurrentDims {
-            steps,
-            batch,
-            input,
-            hidden,
-        } = dims;
-        Self {
-            dims,
-            x: arr3([steps, batch, input], seed, 1.0),
-            w: arr2(
-                [input, hidden],
-                seed + 1,
-                (6.0 / (input + hidden) as f32).sqrt(),
-            ),
-            u: arr2([hidden, hidden], seed + 2, 1.0 / (hidden as f32).sqrt()),
-            b: arr1(hidden, seed + 3, 0.5),
-            mask: mask_pattern(steps, batch),
-        }
+    fn forward_cpu<A: NdFloat>(
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        b: &ArrayView1<A>,
+        mask: Option<&ArrayView2<bool>>,
+    ) -> Array3<A> {
+        rnn_forward_cpu(x, w, u, b, mask)
     }
 
-    fn mask_cpu(&self, kind: Mask) -> Option<Array2<bool>> {
-        (kind != Mask::None).then(|| mask_bool(&self.mask, self.dims.steps, self.dims.batch))
+    fn forward_naive_cpu<A: NdFloat>(
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        b: &ArrayView1<A>,
+        mask: Option<&ArrayView2<bool>>,
+    ) -> Array3<A> {
+        rnn_forward_naive_cpu(x, w, u, b, mask)
     }
 
-    fn forward_cpu(&self, kind: Mask) -> Array3<f64> {
-        let mask = self.mask_cpu(kind);
-        rnn_forward_cpu(
-            &f64v(&self.x).view(),
-            &f64v(&self.w).view(),
-            &f64v(&self.u).view(),
-            &f64v(&self.b).view(),
-            mask.as_ref().map(|m| m.view()).as_ref(),
-        )
+    fn backward_cpu<A: NdFloat>(
+        grads: &mut RecurrentCpuGrads<A>,
+        dh_seq: &ArrayView3<A>,
+        h_all: &Array3<A>,
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        mask: Option<&ArrayView2<bool>>,
+    ) {
+        rnn_backward_cpu(grads, dh_seq, &h_all.view(), x, w, u, mask)
+    }
+
+    fn backward_naive_cpu<A: NdFloat>(
+        grads: &mut RecurrentCpuGrads<A>,
+        dh_seq: &ArrayView3<A>,
+        h_all: &Array3<A>,
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        mask: Option<&ArrayView2<bool>>,
+    ) {
+        rnn_backward_naive_cpu(grads, dh_seq, &h_all.view(), x, w, u, mask)
+    }
+
+    fn saved_cpu<A: NdFloat>(h_all: &Array3<A>) -> Vec<(&'static str, &Array3<A>)> {
+        vec![("h_all", h_all)]
+    }
+
+    fn saved_gpu(bufs: &RnnBuffers) -> Vec<(&'static str, &GpuTensor)> {
+        vec![("h_all", &bufs.h_all)]
+    }
+
+    fn map_states<A: NdFloat>(h_all: &Array3<A>, f: impl Fn(&Array3<A>) -> Array3<A>) -> Array3<A> {
+        f(h_all)
     }
 }
 
@@ -101,7 +114,7 @@ fn check_cell_forward(step: usize, kind: Mask) {
     let gbias = up(ctx, &bias);
     run(
         ctx,
-        &[op::rnn_cell_forward(ctx, &bufs, &gbias, gmask.as_ref(), step).unwrap()],
+        &[recurrent_cell_forward(ctx, &bufs, &gbias, gmask.as_ref(), step).unwrap()],
     );
 
     let mb = mask_bool(&mask, t_n, b_n);
@@ -172,7 +185,7 @@ fn check_cell_backward(step: usize, kind: Mask, seq: bool, last: bool) {
     };
     run(
         ctx,
-        &[op::rnn_cell_backward(ctx, &bufs, dh, gmask.as_ref(), step).unwrap()],
+        &[recurrent_cell_backward(ctx, &bufs, dh, gmask.as_ref(), step).unwrap()],
     );
 
     // The carry from step t+1 does not exist on the last step.
@@ -222,757 +235,75 @@ fn rnn_cell_backward() {
 
 // ---------------------------------------------------------------- sequences
 
-/// On lavapipe the worst case needs about 5e-6 rel + 1e-6 abs (the abs
-/// part for dW entries that are sums over 3200 rows with cancellation); the
-/// margin allows for other summation orders in the matmul kernel and for
-/// other drivers' tanh.
-const SEQ_RTOL: f32 = 5e-5;
-const SEQ_ATOL: f32 = 5e-6;
-
-/// Which launchers run a sequence: the public default (the fewest
-/// dispatches the device allows), one dispatch per step, or the whole
-/// recurrence in one dispatch.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Path {
-    Default,
-    Stepwise,
-    Persistent,
-}
-
-fn forward(
-    ctx: &GpuContext,
-    path: Path,
-    bufs: &RnnBuffers,
-    g: &Uploaded,
-) -> Vec<crossmodal::gpu::Dispatch> {
-    let (x, w, m) = (&g.x, &g.weights(), g.mask.as_ref());
-    match path {
-        Path::Default => op::rnn_forward_sequence(ctx, bufs, x, w, m),
-        Path::Stepwise => op::rnn_forward_stepwise(ctx, bufs, x, w, m),
-        Path::Persistent => op::rnn_forward_persistent(ctx, bufs, x, w, m),
-    }
-    .unwrap()
-}
-
-fn backward(
-    ctx: &GpuContext,
-    path: Path,
-    grads: &RecurrentGrads,
-    dh: HiddenGrad,
-    bufs: &RnnBuffers,
-    g: &Uploaded,
-) -> Vec<crossmodal::gpu::Dispatch> {
-    let (x, w, m) = (&g.x, &g.weights(), g.mask.as_ref());
-    match path {
-        Path::Default => op::rnn_backward_sequence(ctx, grads, dh, bufs, x, w, m),
-        Path::Stepwise => op::rnn_backward_stepwise(ctx, grads, dh, bufs, x, w, m),
-        Path::Persistent => op::rnn_backward_persistent(ctx, grads, dh, bufs, x, w, m),
-    }
-    .unwrap()
-}
-
-/// Dispatches a path may take: the persistent forward is the input
-/// projection plus one recurrence dispatch, its backward one recurrence
-/// dispatch plus the weight-gradient matmuls and the bias reduction; the
-/// default is the persistent path wherever it is supported.
-fn check_dispatch_count(
-    ctx: &GpuContext,
-    path: Path,
-    dims: RecurrentDims,
-    fwd: Option<usize>,
-    bwd: Option<usize>,
-) {
-    let persistent = match path {
-        Path::Default => op::rnn_persistent_support(ctx, dims).is_ok(),
-        p => p == Path::Persistent,
-    };
-    let (f, b) = if persistent {
-        (3, 6)
-    } else {
-        (2 * dims.steps, 2 * dims.steps + 5)
-    };
-    if let Some(fwd) = fwd {
-        assert!(
-            fwd <= f,
-            "{path:?} forward {dims:?}: {fwd} dispatches > {f}"
-        );
-        assert!(
-            persistent || fwd >= dims.steps,
-            "{path:?} forward: {fwd} dispatches"
-        );
-    }
-    if let Some(bwd) = bwd {
-        assert!(
-            bwd <= b,
-            "{path:?} backward {dims:?}: {bwd} dispatches > {b}"
-        );
-        assert!(
-            persistent || bwd >= dims.steps,
-            "{path:?} backward: {bwd} dispatches"
-        );
-    }
-}
-
-struct Uploaded {
-    x: GpuTensor,
-    w: GpuTensor,
-    u: GpuTensor,
-    b: GpuTensor,
-    mask: Option<GpuTensor>,
-}
-
-impl Uploaded {
-    fn new(ctx: &GpuContext, case: &Case, kind: Mask) -> Self {
-        let d = case.dims;
-        Self {
-            x: up(ctx, &case.x),
-            w: up(ctx, &case.w),
-            u: up(ctx, &case.u),
-            b: up(ctx, &case.b),
-            mask: upload_mask(ctx, kind, &case.mask, d.steps, d.batch),
-        }
-    }
-
-    fn weights(&self) -> RecurrentWeights<'_> {
-        RecurrentWeights {
-            w: &self.w,
-            u: &self.u,
-            b: &self.b,
-        }
-    }
-}
-
-/// Runs the forward pass of `path` and compares every saved tensor with
-/// the CPU reference; the persistent path also with the per-step path.
-fn check_forward_sequence(path: Path, dims: RecurrentDims, kind: Mask, seed: u64) {
-    let Some(ctx) = gpu() else { return };
-    let case = Case::new(dims, seed);
-    let want = case.forward_cpu(kind);
-    let gp = Uploaded::new(ctx, &case, kind);
-    let bufs = RnnBuffers::new(ctx, dims).unwrap();
-    let fwd = forward(ctx, path, &bufs, &gp);
-    check_dispatch_count(ctx, path, dims, Some(fwd.len()), None);
-    // Run twice: the dispatches are built once and recorded every step.
-    run(ctx, &fwd);
-    run(ctx, &fwd);
-    let what = |s: &str| format!("rnn forward {path:?} {dims:?} {kind:?}: {s}");
-    let read = |t: &GpuTensor| ctx.read_f32(t).unwrap();
-    let last = want.index_axis(Axis(0), dims.steps).to_owned();
-    let (rtol, atol) = (SEQ_RTOL, SEQ_ATOL);
-    assert_close(
-        &what("h_last"),
-        &read(&bufs.h_last),
-        &flat(&last),
-        rtol,
-        atol,
-    );
-    assert_close(&what("h_all"), &read(&bufs.h_all), &flat(&want), rtol, atol);
-    if path == Path::Persistent {
-        let step_bufs = RnnBuffers::new(ctx, dims).unwrap();
-        let fwd = forward(ctx, Path::Stepwise, &step_bufs, &gp);
-        run(ctx, &fwd);
-        for (name, got, want) in [
-            ("h_all vs stepwise", &bufs.h_all, &step_bufs.h_all),
-            ("h_last vs stepwise", &bufs.h_last, &step_bufs.h_last),
-        ] {
-            assert_close(&what(name), &read(got), &read(want), rtol, atol);
-        }
-    }
-}
-
-/// Which incoming gradients the backward test feeds.
-#[derive(Clone, Copy, Debug)]
-struct Incoming {
-    seq: bool,
-    last: bool,
-}
-
-const BOTH: Incoming = Incoming {
-    seq: true,
-    last: true,
-};
-const LAST: Incoming = Incoming {
-    seq: false,
-    last: true,
-};
-const SEQ: Incoming = Incoming {
-    seq: true,
-    last: false,
-};
-
-/// Forward with `paths.0`, backward with `paths.1` in one submit; the
-/// gradients (accumulated onto non-zero buffers) against the CPU reference.
-fn check_backward_sequence(
-    paths: (Path, Path),
-    dims: RecurrentDims,
-    kind: Mask,
-    incoming: Incoming,
-    with_dx: bool,
-    seed: u64,
-) {
-    let Some(ctx) = gpu() else { return };
-    let RecurrentDims {
-        steps,
-        batch,
-        input,
-        hidden,
-    } = dims;
-    let g = hidden;
-    let case = Case::new(dims, seed);
-    let h_all = case.forward_cpu(kind);
-    let dh_seq = arr3([steps, batch, hidden], seed + 10, 1.0);
-    let dh_last = arr2([batch, hidden], seed + 11, 1.0);
-    // Accumulation: every gradient buffer starts non-zero.
-    let dx0 = arr3([steps, batch, input], seed + 12, 1.0);
-    let dw0 = arr2([input, g], seed + 13, 1.0);
-    let du0 = arr2([hidden, g], seed + 14, 1.0);
-    let db0 = arr1(g, seed + 15, 1.0);
-
-    let mut total = Array3::<f64>::zeros((steps, batch, hidden));
-    if incoming.seq {
-        total += &f64v(&dh_seq);
-    }
-    if incoming.last {
-        let mut l = total.index_axis_mut(Axis(0), steps - 1);
-        l += &f64v(&dh_last);
-    }
-    let mut want = RecurrentCpuGrads {
-        dx: f64v(&dx0),
-        dw: f64v(&dw0),
-        du: f64v(&du0),
-        db: f64v(&db0),
-    };
-    let mask = case.mask_cpu(kind);
-    rnn_backward_cpu(
-        &mut want,
-        &total.view(),
-        &h_all.view(),
-        &f64v(&case.x).view(),
-        &f64v(&case.w).view(),
-        &f64v(&case.u).view(),
-        mask.as_ref().map(|m| m.view()).as_ref(),
-    );
-
-    let bufs = RnnBuffers::new(ctx, dims).unwrap();
-    let gp = Uploaded::new(ctx, &case, kind);
-    let (gseq, glast) = (up(ctx, &dh_seq), up(ctx, &dh_last));
-    let (gdx, gdw, gdu, gdb) = (up(ctx, &dx0), up(ctx, &dw0), up(ctx, &du0), up(ctx, &db0));
-    let grads = RecurrentGrads {
-        dx: with_dx.then_some(&gdx),
-        dw: &gdw,
-        du: &gdu,
-        db: &gdb,
-    };
-    let dh = HiddenGrad {
-        seq: incoming.seq.then_some(&gseq),
-        last: incoming.last.then_some(&glast),
-    };
-    let mut step = forward(ctx, paths.0, &bufs, &gp);
-    let bwd = backward(ctx, paths.1, &grads, dh, &bufs, &gp);
-    check_dispatch_count(ctx, paths.0, dims, Some(step.len()), None);
-    check_dispatch_count(ctx, paths.1, dims, None, Some(bwd.len()));
-    step.extend(bwd);
-    // Forward and backward of a training step in one submit.
-    run(ctx, &step);
-
-    let what = |s: &str| format!("rnn backward {paths:?} {dims:?} {kind:?} {incoming:?}: {s}");
-    let read = |t: &GpuTensor| ctx.read_f32(t).unwrap();
-    let (rtol, atol) = (SEQ_RTOL, SEQ_ATOL);
-    let want_dx = if with_dx {
-        flat(&want.dx)
-    } else {
-        flat32(&dx0)
-    };
-    assert_close(&what("dx"), &read(&gdx), &want_dx, rtol, atol);
-    assert_close(&what("dW"), &read(&gdw), &flat(&want.dw), rtol, atol);
-    assert_close(&what("dU"), &read(&gdu), &flat(&want.du), rtol, atol);
-    assert_close(&what("db"), &read(&gdb), &flat(&want.db), rtol, atol);
-}
-
-/// The persistent backward's dz against the per-step path's, from the same
-/// forward state.
-fn check_dz_against_stepwise(dims: RecurrentDims, kind: Mask, incoming: Incoming, seed: u64) {
-    let Some(ctx) = gpu() else { return };
-    let RecurrentDims {
-        steps,
-        batch,
-        input,
-        hidden,
-    } = dims;
-    let case = Case::new(dims, seed);
-    let gp = Uploaded::new(ctx, &case, kind);
-    let dh_seq = up(ctx, &arr3([steps, batch, hidden], seed + 10, 1.0));
-    let dh_last = up(ctx, &arr2([batch, hidden], seed + 11, 1.0));
-    let dh = HiddenGrad {
-        seq: incoming.seq.then_some(&dh_seq),
-        last: incoming.last.then_some(&dh_last),
-    };
-    let f32 = crossmodal::DType::F32;
-    let grads = [
-        ctx.zeros(&[input, hidden], f32).unwrap(),
-        ctx.zeros(&[hidden, hidden], f32).unwrap(),
-        ctx.zeros(&[hidden], f32).unwrap(),
-    ];
-    let grads = RecurrentGrads {
-        dx: None,
-        dw: &grads[0],
-        du: &grads[1],
-        db: &grads[2],
-    };
-    let mut dz = Vec::new();
-    for path in [Path::Stepwise, Path::Persistent] {
-        let bufs = RnnBuffers::new(ctx, dims).unwrap();
-        let mut d = forward(ctx, Path::Stepwise, &bufs, &gp);
-        d.extend(backward(ctx, path, &grads, dh, &bufs, &gp));
-        run(ctx, &d);
-        dz.push(ctx.read_f32(&bufs.dz).unwrap());
-    }
-    assert_close(
-        &format!("rnn_sequence_backward dz vs stepwise {dims:?} {kind:?} {incoming:?}"),
-        &dz[1],
-        &dz[0],
-        SEQ_RTOL,
-        SEQ_ATOL,
-    );
-}
-
-/// T=7, B=5, D=6, H=13: no size a multiple of a workgroup or tile; B odd
-/// (the persistent kernels' last pair has one sample), sample 4 all padding.
-const AWKWARD: RecurrentDims = RecurrentDims {
-    steps: 7,
-    batch: 5,
-    input: 6,
-    hidden: 13,
-};
-
-/// B=17: the persistent kernels' 9 sample pairs span two workgroups of 8
-/// lanes, the last pair has one sample. The shapes' H cover every H mod 4
-/// (13, 6, 7, 64: the kernels' blocks of four units end short).
-const TWO_GROUPS: RecurrentDims = RecurrentDims {
-    steps: 4,
-    batch: 17,
-    input: 3,
-    hidden: 6,
-};
-
-/// The seed model's text branch with SimpleRNN(64) in place of LSTM(64).
-const SEED: RecurrentDims = RecurrentDims {
-    steps: 100,
-    batch: 32,
-    input: 32,
-    hidden: 64,
-};
-
 #[test]
 fn rnn_forward_sequence() {
-    check_forward_sequence(Path::Default, AWKWARD, Mask::None, 50);
-    check_forward_sequence(Path::Default, AWKWARD, Mask::U32, 51);
-    check_forward_sequence(Path::Default, AWKWARD, Mask::F32, 52);
+    forward_sequence_cases::<C>(Path::Default);
 }
 
 #[test]
 fn rnn_forward_stepwise() {
-    check_forward_sequence(Path::Stepwise, AWKWARD, Mask::None, 50);
-    check_forward_sequence(Path::Stepwise, AWKWARD, Mask::U32, 51);
-    check_forward_sequence(Path::Stepwise, AWKWARD, Mask::F32, 52);
+    forward_sequence_cases::<C>(Path::Stepwise);
 }
 
 #[test]
 fn rnn_sequence_forward() {
-    check_forward_sequence(Path::Persistent, AWKWARD, Mask::None, 50);
-    check_forward_sequence(Path::Persistent, AWKWARD, Mask::U32, 51);
-    check_forward_sequence(Path::Persistent, AWKWARD, Mask::F32, 52);
-    check_forward_sequence(Path::Persistent, TWO_GROUPS, Mask::U32, 53);
-    check_forward_sequence(
-        Path::Persistent,
-        RecurrentDims::new(3, 1, 2, 7),
-        Mask::None,
-        54,
-    );
+    sequence_forward_cases::<C>();
 }
 
 #[test]
 fn rnn_backward_sequence() {
-    let d = (Path::Default, Path::Default);
-    check_backward_sequence(d, AWKWARD, Mask::None, LAST, true, 60);
-    check_backward_sequence(d, AWKWARD, Mask::U32, LAST, true, 61);
-    check_backward_sequence(d, AWKWARD, Mask::F32, SEQ, true, 62);
-    check_backward_sequence(d, AWKWARD, Mask::U32, BOTH, false, 63);
+    backward_sequence_cases::<C>((Path::Default, Path::Default));
 }
 
 #[test]
 fn rnn_backward_stepwise() {
-    let s = (Path::Stepwise, Path::Stepwise);
-    check_backward_sequence(s, AWKWARD, Mask::None, LAST, true, 60);
-    check_backward_sequence(s, AWKWARD, Mask::U32, LAST, true, 61);
-    check_backward_sequence(s, AWKWARD, Mask::F32, SEQ, true, 62);
-    check_backward_sequence(s, AWKWARD, Mask::U32, BOTH, false, 63);
+    backward_sequence_cases::<C>((Path::Stepwise, Path::Stepwise));
 }
 
 #[test]
 fn rnn_sequence_backward() {
-    let p = (Path::Persistent, Path::Persistent);
-    check_backward_sequence(p, AWKWARD, Mask::None, LAST, true, 60);
-    check_backward_sequence(p, AWKWARD, Mask::U32, LAST, true, 61);
-    check_backward_sequence(p, AWKWARD, Mask::F32, SEQ, true, 62);
-    check_backward_sequence(p, AWKWARD, Mask::U32, BOTH, false, 63);
-    check_backward_sequence(p, TWO_GROUPS, Mask::F32, BOTH, true, 64);
-    let one = RecurrentDims::new(3, 1, 2, 7);
-    check_backward_sequence(p, one, Mask::None, SEQ, true, 65);
-    // Either backward consumes either forward's saved state.
-    let mixed = (Path::Stepwise, Path::Persistent);
-    check_backward_sequence(mixed, AWKWARD, Mask::U32, BOTH, true, 66);
-    let mixed = (Path::Persistent, Path::Stepwise);
-    check_backward_sequence(mixed, AWKWARD, Mask::U32, BOTH, true, 67);
-    check_dz_against_stepwise(AWKWARD, Mask::U32, BOTH, 68);
-    check_dz_against_stepwise(TWO_GROUPS, Mask::None, SEQ, 69);
+    sequence_backward_cases::<C>();
 }
 
 #[test]
 fn rnn_seed_shape() {
-    check_forward_sequence(Path::Persistent, SEED, Mask::U32, 70);
-    check_forward_sequence(Path::Stepwise, SEED, Mask::U32, 70);
-    let p = (Path::Persistent, Path::Persistent);
-    check_backward_sequence(p, SEED, Mask::U32, LAST, true, 71);
-    let s = (Path::Stepwise, Path::Stepwise);
-    check_backward_sequence(s, SEED, Mask::U32, LAST, true, 71);
-    check_dz_against_stepwise(SEED, Mask::U32, BOTH, 72);
+    seed_shape_cases::<C>();
 }
 
-/// The persistent kernels hold H ≤ PERSISTENT_MAX_HIDDEN units; beyond,
-/// they say so and the default launchers fall back to the per-step path.
 #[test]
 fn rnn_persistent_unsupported() {
-    let Some(ctx) = gpu() else { return };
-    let dims = RecurrentDims::new(2, 3, 2, PERSISTENT_MAX_HIDDEN + 1);
-    let case = Case::new(dims, 75);
-    let gp = Uploaded::new(ctx, &case, Mask::U32);
-    let bufs = RnnBuffers::new(ctx, dims).unwrap();
-    let is_unsupported =
-        |r: crossmodal::Result<_>| matches!(r, Err(crossmodal::Error::Unsupported { .. }));
-    assert!(is_unsupported(op::rnn_persistent_support(ctx, dims)));
-    assert!(is_unsupported(
-        op::rnn_sequence_forward(ctx, &bufs, &gp.weights(), gp.mask.as_ref()).map(|_| ())
-    ));
-    let dh = HiddenGrad {
-        seq: None,
-        last: Some(&bufs.h_last),
-    };
-    assert!(is_unsupported(
-        op::rnn_sequence_backward(ctx, &bufs, dh, &gp.u, gp.mask.as_ref()).map(|_| ())
-    ));
-    assert!(
-        op::rnn_persistent_support(ctx, RecurrentDims::new(2, 3, 2, PERSISTENT_MAX_HIDDEN)).is_ok()
-    );
-    // The default launcher takes the per-step path and still matches the CPU.
-    check_forward_sequence(Path::Default, dims, Mask::U32, 75);
-    let fwd = forward(ctx, Path::Default, &bufs, &gp);
-    assert_eq!(fwd.len(), 2 * dims.steps, "per-step fallback");
+    persistent_unsupported_cases::<C>();
 }
 
-// ---------------------------------------------------------------- finite differences
-
-/// loss = Σ w_last·h_T + Σ w_all·h_{1..T}; its gradient wrt h_{1..T} is
-/// w_all plus w_last on the last slice.
-fn fd_check(masked: bool) {
-    let dims = RecurrentDims::new(4, 3, 5, 4);
-    let RecurrentDims {
-        steps,
-        batch,
-        input,
-        hidden,
-    } = dims;
-    let x = f64v(&arr3([steps, batch, input], 80, 1.0));
-    let w = f64v(&arr2([input, hidden], 81, 0.8));
-    let u = f64v(&arr2([hidden, hidden], 82, 0.8));
-    let b = f64v(&arr1(hidden, 83, 0.5));
-    let w_all = f64v(&arr3([steps, batch, hidden], 84, 1.0));
-    let w_last = f64v(&arr2([batch, hidden], 85, 1.0));
-    let mask = masked.then(|| mask_bool(&mask_pattern(steps, batch), steps, batch));
-    let mask_view = mask.as_ref().map(|m| m.view());
-    let mask = mask_view.as_ref();
-
-    let loss = |x: &Array3<f64>, w: &Array2<f64>, u: &Array2<f64>, b: &Array1<f64>| {
-        let h_all = rnn_forward_cpu(&x.view(), &w.view(), &u.view(), &b.view(), mask);
-        let hs = h_all.slice(s![1.., .., ..]);
-        (&hs * &w_all).sum() + (&h_all.index_axis(Axis(0), steps) * &w_last).sum()
-    };
-
-    let h_all = rnn_forward_cpu(&x.view(), &w.view(), &u.view(), &b.view(), mask);
-    let mut dh = w_all.clone();
-    {
-        let mut l = dh.index_axis_mut(Axis(0), steps - 1);
-        l += &w_last;
-    }
-    let mut grads = RecurrentCpuGrads::zeros(dims, hidden);
-    rnn_backward_cpu(
-        &mut grads,
-        &dh.view(),
-        &h_all.view(),
-        &x.view(),
-        &w.view(),
-        &u.view(),
-        mask,
-    );
-
-    let eps = 1e-6;
-    let (rtol, atol) = (1e-6, 1e-8);
-    let fd_x = finite_difference(&x.clone().into_dyn(), eps, |p| {
-        loss(&p.clone().into_dimensionality().unwrap(), &w, &u, &b)
-    });
-    let fd_w = finite_difference(&w.clone().into_dyn(), eps, |p| {
-        loss(&x, &p.clone().into_dimensionality().unwrap(), &u, &b)
-    });
-    let fd_u = finite_difference(&u.clone().into_dyn(), eps, |p| {
-        loss(&x, &w, &p.clone().into_dimensionality().unwrap(), &b)
-    });
-    let fd_b = finite_difference(&b.clone().into_dyn(), eps, |p| {
-        loss(&x, &w, &u, &p.clone().into_dimensionality().unwrap())
-    });
-    let tag = if masked { "masked" } else { "unmasked" };
-    assert_close_f64(
-        &format!("rnn dx ({tag})"),
-        &grads.dx.into_dyn(),
-        &fd_x,
-        rtol,
-        atol,
-    );
-    assert_close_f64(
-        &format!("rnn dW ({tag})"),
-        &grads.dw.into_dyn(),
-        &fd_w,
-        rtol,
-        atol,
-    );
-    assert_close_f64(
-        &format!("rnn dU ({tag})"),
-        &grads.du.into_dyn(),
-        &fd_u,
-        rtol,
-        atol,
-    );
-    assert_close_f64(
-        &format!("rnn db ({tag})"),
-        &grads.db.into_dyn(),
-        &fd_b,
-        rtol,
-        atol,
-    );
-}
+// ---------------------------------------------------------------- CPU reference
 
 #[test]
 fn rnn_backward_matches_finite_differences() {
-    fd_check(false);
-    fd_check(true);
+    fd_check::<C>(false);
+    fd_check::<C>(true);
 }
 
-/// Masked steps pass gradients straight through: a sample masked at every
-/// step gets no gradient into x, and h stays at the initial 0.
 #[test]
 fn rnn_fully_masked_sample_is_inert() {
-    let dims = RecurrentDims::new(4, 5, 3, 2);
-    let case = Case::new(dims, 90);
-    let h_all = case.forward_cpu(Mask::U32);
-    // Sample 4 is all padding in mask_pattern.
-    assert!(h_all.slice(s![.., 4, ..]).iter().all(|&v| v == 0.0));
-    let mut grads = RecurrentCpuGrads::zeros(dims, 2);
-    let dh = Array3::<f64>::ones((4, 5, 2));
-    let mask = case.mask_cpu(Mask::U32).unwrap();
-    rnn_backward_cpu(
-        &mut grads,
-        &dh.view(),
-        &h_all.view(),
-        &f64v(&case.x).view(),
-        &f64v(&case.w).view(),
-        &f64v(&case.u).view(),
-        Some(&mask.view()),
-    );
-    assert!(grads.dx.slice(s![.., 4, ..]).iter().all(|&v| v == 0.0));
-    assert!(grads.dx.slice(s![.., 2, ..]).iter().any(|&v| v != 0.0));
-}
-
-// ---------------------------------------------------------------- fast CPU reference
-
-/// Nonzero gradients for the references to accumulate onto (they add, `+=`).
-fn start_grads(dims: RecurrentDims, seed: u64) -> RecurrentCpuGrads<f64> {
-    let RecurrentDims {
-        steps,
-        batch,
-        input,
-        hidden,
-    } = dims;
-    RecurrentCpuGrads {
-        dx: f64v(&arr3([steps, batch, input], seed, 1.0)),
-        dw: f64v(&arr2([input, hidden], seed + 1, 1.0)),
-        du: f64v(&arr2([hidden, hidden], seed + 2, 1.0)),
-        db: f64v(&arr1(hidden, seed + 3, 1.0)),
-    }
-}
-
-/// `rnn_forward_cpu` / `rnn_backward_cpu` (one batched input projection,
-/// steps in place, the halves of a batch of at least `CPU_SPLIT_MIN_BATCH`
-/// on two threads, weight gradients as single products over all steps)
-/// against the step-by-step `*_naive_cpu` spelling, in f64, with an
-/// incoming gradient on every h_t and gradients accumulated onto non-zero
-/// values. The forward does the same arithmetic; the gradients sum over
-/// steps in another order: rtol and atol 1e-12 cover both.
-fn check_fast_matches_naive(dims: RecurrentDims, kind: Mask, seed: u64) {
-    let RecurrentDims {
-        steps,
-        batch,
-        hidden,
-        ..
-    } = dims;
-    let case = Case::new(dims, seed);
-    let mask = case.mask_cpu(kind);
-    let mask = mask.as_ref().map(|m| m.view());
-    let mask = mask.as_ref();
-    let (x, w, u, b) = (f64v(&case.x), f64v(&case.w), f64v(&case.u), f64v(&case.b));
-    let tol = 1e-12;
-    let close = |what: &str, got: ndarray::ArrayD<f64>, want: ndarray::ArrayD<f64>| {
-        let what = format!("rnn {what}, fast vs naive, {dims:?} mask {kind:?}");
-        assert_close_f64(&what, &got, &want, tol, tol);
-    };
-
-    let fast = rnn_forward_cpu(&x.view(), &w.view(), &u.view(), &b.view(), mask);
-    let naive = rnn_forward_naive_cpu(&x.view(), &w.view(), &u.view(), &b.view(), mask);
-    close("h_all", fast.clone().into_dyn(), naive.clone().into_dyn());
-
-    let dh = f64v(&arr3([steps, batch, hidden], seed + 4, 1.0));
-    let mut got = start_grads(dims, seed + 5);
-    let mut want = got.clone();
-    let (xv, wv, uv) = (x.view(), w.view(), u.view());
-    rnn_backward_cpu(&mut got, &dh.view(), &fast.view(), &xv, &wv, &uv, mask);
-    rnn_backward_naive_cpu(&mut want, &dh.view(), &naive.view(), &xv, &wv, &uv, mask);
-    close("dx", got.dx.into_dyn(), want.dx.into_dyn());
-    close("dW", got.dw.into_dyn(), want.dw.into_dyn());
-    close("dU", got.du.into_dyn(), want.du.into_dyn());
-    close("db", got.db.into_dyn(), want.db.into_dyn());
+    fully_masked_sample_is_inert::<C>();
 }
 
 #[test]
 fn rnn_cpu_fast_matches_naive() {
-    check_fast_matches_naive(AWKWARD, Mask::None, 100);
-    check_fast_matches_naive(AWKWARD, Mask::U32, 101);
-    // B=17: halves of 8 and 9 samples on two threads.
-    const { assert!(TWO_GROUPS.batch >= CPU_SPLIT_MIN_BATCH) };
-    check_fast_matches_naive(TWO_GROUPS, Mask::None, 102);
-    check_fast_matches_naive(TWO_GROUPS, Mask::U32, 103);
-    check_fast_matches_naive(SEED, Mask::U32, 104);
+    fast_matches_naive_cases::<C>();
 }
 
-/// Inputs and gradients in another layout than standard give the same
-/// values, bit for bit (they are copied to standard layout where a product
-/// needs rows).
 #[test]
 fn rnn_cpu_any_layout() {
-    let dims = TWO_GROUPS;
-    let case = Case::new(dims, 110);
-    let mask = case.mask_cpu(Mask::U32).unwrap();
-    let mask = Some(&mask.view());
-    let (x, w, u, b) = (f64v(&case.x), f64v(&case.w), f64v(&case.u), f64v(&case.b));
-    let (wv, uv) = (w.view(), u.view());
-    // x, dh and h_all stored batch-major, viewed time-major.
-    let batch_major = |a: &Array3<f64>| {
-        a.view()
-            .permuted_axes([1, 0, 2])
-            .as_standard_layout()
-            .into_owned()
-    };
-    let x_bt = batch_major(&x);
-    let x_odd = x_bt.view().permuted_axes([1, 0, 2]);
-    assert!(!x_odd.is_standard_layout());
-    let want = rnn_forward_cpu(&x.view(), &wv, &uv, &b.view(), mask);
-    let got = rnn_forward_cpu(&x_odd, &wv, &uv, &b.view(), mask);
-    assert_eq!(got, want);
-
-    let dh = f64v(&arr3([dims.steps, dims.batch, dims.hidden], 111, 1.0));
-    let (dh_bt, h_bt) = (batch_major(&dh), batch_major(&got));
-    let mut want_g = start_grads(dims, 112);
-    let mut got_g = want_g.clone();
-    // dx in column-major order.
-    let mut dx_f = Array3::zeros(got_g.dx.raw_dim().f());
-    dx_f.assign(&got_g.dx);
-    got_g.dx = dx_f;
-    let (dh_odd, h_odd) = (
-        dh_bt.view().permuted_axes([1, 0, 2]),
-        h_bt.view().permuted_axes([1, 0, 2]),
-    );
-    rnn_backward_cpu(&mut got_g, &dh_odd, &h_odd, &x_odd, &wv, &uv, mask);
-    rnn_backward_cpu(
-        &mut want_g,
-        &dh.view(),
-        &want.view(),
-        &x.view(),
-        &wv,
-        &uv,
-        mask,
-    );
-    assert_eq!(got_g.dx, want_g.dx);
-    assert_eq!(got_g.dw, want_g.dw);
-    assert_eq!(got_g.du, want_g.du);
-    assert_eq!(got_g.db, want_g.db);
+    cpu_any_layout::<C>();
 }
 
-/// The fast CPU reference is bit-identical run to run (the two halves of
-/// the batch on two threads included), in f32 on the seed shape.
 #[test]
 fn rnn_cpu_deterministic() {
-    let dims = SEED;
-    let case = Case::new(dims, 120);
-    let mask = case.mask_cpu(Mask::U32).unwrap();
-    let mask = Some(&mask.view());
-    let (x, w, u, b) = (case.x.view(), case.w.view(), case.u.view(), case.b.view());
-    let dh = arr3([dims.steps, dims.batch, dims.hidden], 121, 1.0);
-    let run = || {
-        let h_all = rnn_forward_cpu(&x, &w, &u, &b, mask);
-        let mut g = RecurrentCpuGrads::zeros(dims, dims.hidden);
-        rnn_backward_cpu(&mut g, &dh.view(), &h_all.view(), &x, &w, &u, mask);
-        (h_all, g.dx, g.dw, g.du, g.db)
-    };
-    let first = run();
-    for _ in 0..3 {
-        let again = run();
-        assert_eq!(again.0, first.0, "h_all");
-        assert_eq!(again.1, first.1, "dx");
-        assert_eq!(again.2, first.2, "dW");
-        assert_eq!(again.3, first.3, "dU");
-        assert_eq!(again.4, first.4, "db");
-    }
+    cpu_deterministic::<C>();
 }
 
-/// Splitting the batch across threads changes no bits: each half of a
-/// B=17 batch (split at 8) gives, run alone (below `CPU_SPLIT_MIN_BATCH`,
-/// one thread), exactly the h_all and dx of its samples in the whole run
-/// (f32, masked).
 #[test]
 fn rnn_cpu_split_changes_no_bits() {
-    let dims = TWO_GROUPS;
-    let case = Case::new(dims, 130);
-    let mask = case.mask_cpu(Mask::U32).unwrap();
-    let dh = arr3([dims.steps, dims.batch, dims.hidden], 131, 1.0);
-    let (w, u, b) = (case.w.view(), case.u.view(), case.b.view());
-    let run = |x: ndarray::ArrayView3<f32>,
-               dh: ndarray::ArrayView3<f32>,
-               mask: ndarray::ArrayView2<bool>| {
-        let (steps, batch, input) = x.dim();
-        let h_all = rnn_forward_cpu(&x, &w, &u, &b, Some(&mask));
-        let dims = RecurrentDims::new(steps, batch, input, dims.hidden);
-        let mut g = RecurrentCpuGrads::zeros(dims, dims.hidden);
-        rnn_backward_cpu(&mut g, &dh, &h_all.view(), &x, &w, &u, Some(&mask));
-        (h_all, g.dx)
-    };
-    let (whole, whole_dx) = run(case.x.view(), dh.view(), mask.view());
-    let half = dims.batch / 2;
-    for samples in [0..half, half..dims.batch] {
-        let (lo, hi) = (samples.start, samples.end);
-        assert!(hi - lo < CPU_SPLIT_MIN_BATCH);
-        let (part, part_dx) = run(
-            case.x.slice(s![.., lo..hi, ..]),
-            dh.slice(s![.., lo..hi, ..]),
-            mask.slice(s![.., lo..hi]),
-        );
-        assert_eq!(part, whole.slice(s![.., lo..hi, ..]));
-        assert_eq!(part_dx, whole_dx.slice(s![.., lo..hi, ..]));
-    }
+    cpu_split_changes_no_bits::<C>();
 }

@@ -47,12 +47,13 @@ use crate::ops::conv2d::{
 };
 use crate::ops::dropout::{dropout_backward_cpu, dropout_forward_cpu, Dropout};
 use crate::ops::embedding::{embedding_backward_cpu, embedding_forward_cpu};
-use crate::ops::lstm::{lstm_backward_cpu, lstm_forward_cpu, LstmStates, RecurrentCpuGrads};
+use crate::ops::lstm::{lstm_backward_cpu, lstm_forward_cpu, LstmStates};
 use crate::ops::matmul::{matmul_backward_cpu, matmul_cpu, Layout};
 use crate::ops::pool2d::{
     avgpool_backward_cpu, avgpool_forward_cpu, maxpool_backward_cpu, maxpool_forward_cpu,
     Pool2dGeometry,
 };
+use crate::ops::recurrent::RecurrentCpuGrads;
 use crate::ops::reduce::{accuracy_count_cpu, reduce_sum_cpu};
 use crate::ops::rnn::{rnn_backward_cpu, rnn_forward_cpu};
 use crate::ops::softmax_cross_entropy::{

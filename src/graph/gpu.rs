@@ -64,16 +64,17 @@ use crate::ops::conv2d::{
 };
 use crate::ops::dropout::{dropout_backward, dropout_forward, Dropout};
 use crate::ops::embedding::{embedding_backward, embedding_forward, token_order};
-use crate::ops::lstm::{
-    lstm_backward_sequence, lstm_forward_sequence, HiddenGrad, LstmBuffers, RecurrentDims,
-    RecurrentGrads, RecurrentWeights,
-};
+use crate::ops::lstm::LstmState;
 use crate::ops::matmul::{matmul, Layout, MatmulParams};
 use crate::ops::pool2d::{
     avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward, Pool2dGeometry,
 };
+use crate::ops::recurrent::{
+    recurrent_backward_sequence, recurrent_forward_sequence, HiddenGrad, RecurrentBuffers,
+    RecurrentDims, RecurrentGrads, RecurrentWeights,
+};
 use crate::ops::reduce::{accuracy_count, reduce_sum, SumOptions};
-use crate::ops::rnn::{rnn_backward_sequence, rnn_forward_sequence, RnnBuffers};
+use crate::ops::rnn::RnnState;
 use crate::ops::softmax_cross_entropy::{
     softmax_cross_entropy_backward, softmax_cross_entropy_forward, softmax_forward,
     weighted_softmax_cross_entropy_backward, weighted_softmax_cross_entropy_forward,
@@ -822,29 +823,25 @@ fn forward_dispatches(
             // Backward scratch is not bound by forward; without a backward
             // it does not exist and z stands in.
             let scratch = |t: Option<TensorId>| b.unbound(t.unwrap_or(r.z));
+            let bufs = RecurrentBuffers {
+                dims: r.dims,
+                z: b.id(r.z)?,
+                h_all: b.id(r.h_all)?,
+                h_last: b.id(r.h_last)?,
+                dz: scratch(r.dz),
+                dh_carry: scratch(r.dh_carry),
+                cell: (),
+            };
             let mut d = if matches!(node.op, Op::Lstm { .. }) {
-                let bufs = LstmBuffers {
-                    dims: r.dims,
-                    z: b.id(r.z)?,
+                let bufs = bufs.with_cell(LstmState {
                     gates: b.id(r.gates.expect("LSTM gates"))?,
-                    h_all: b.id(r.h_all)?,
                     c_all: b.id(r.c_all.expect("LSTM c_all"))?,
-                    h_last: b.id(r.h_last)?,
-                    dz: scratch(r.dz),
-                    dh_carry: scratch(r.dh_carry),
                     dc_carry: scratch(r.dc_carry),
-                };
-                lstm_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
+                });
+                recurrent_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
             } else {
-                let bufs = RnnBuffers {
-                    dims: r.dims,
-                    z: b.id(r.z)?,
-                    h_all: b.id(r.h_all)?,
-                    h_last: b.id(r.h_last)?,
-                    dz: scratch(r.dz),
-                    dh_carry: scratch(r.dh_carry),
-                };
-                rnn_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
+                let bufs = bufs.with_cell(RnnState);
+                recurrent_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
             };
             if *return_sequences {
                 // out = h_all[1..=T]: the split (concat backward) of h_all
@@ -1046,30 +1043,26 @@ fn backward_dispatches(
                     Error::graph(&node.name, "internal error: no backward scratch")
                 })?)
             };
+            let bufs = RecurrentBuffers {
+                dims: r.dims,
+                // z and h_last are not bound by backward.
+                z: b.unbound(r.z),
+                h_all: b.id(r.h_all)?,
+                h_last: b.unbound(r.h_last),
+                dz: scratch(r.dz)?,
+                dh_carry: scratch(r.dh_carry)?,
+                cell: (),
+            };
             if matches!(node.op, Op::Lstm { .. }) {
-                let bufs = LstmBuffers {
-                    dims: r.dims,
-                    // z and h_last are not bound by backward.
-                    z: b.unbound(r.z),
+                let bufs = bufs.with_cell(LstmState {
                     gates: b.id(r.gates.expect("LSTM gates"))?,
-                    h_all: b.id(r.h_all)?,
                     c_all: b.id(r.c_all.expect("LSTM c_all"))?,
-                    h_last: b.unbound(r.h_last),
-                    dz: scratch(r.dz)?,
-                    dh_carry: scratch(r.dh_carry)?,
                     dc_carry: scratch(r.dc_carry)?,
-                };
-                lstm_backward_sequence(ctx, &grads, dh, &bufs, &xs, &weights, mask.as_ref())?
+                });
+                recurrent_backward_sequence(ctx, &grads, dh, &bufs, &xs, &weights, mask.as_ref())?
             } else {
-                let bufs = RnnBuffers {
-                    dims: r.dims,
-                    z: b.unbound(r.z),
-                    h_all: b.id(r.h_all)?,
-                    h_last: b.unbound(r.h_last),
-                    dz: scratch(r.dz)?,
-                    dh_carry: scratch(r.dh_carry)?,
-                };
-                rnn_backward_sequence(ctx, &grads, dh, &bufs, &xs, &weights, mask.as_ref())?
+                let bufs = bufs.with_cell(RnnState);
+                recurrent_backward_sequence(ctx, &grads, dh, &bufs, &xs, &weights, mask.as_ref())?
             }
         }
         Op::Conv2d { .. } => {

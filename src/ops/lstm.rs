@@ -14,81 +14,55 @@
 //! - z, gates, dz `[T,B,4H]`; h_all, c_all `[T+1,B,H]` with slot 0 the zero
 //!   initial state; h_last `[B,H]` = h_all slot T (Keras `return_sequences=False`).
 //!
-//! GPU forward: one batched input projection `Z = X·W` over all `T*B` rows,
-//! then the recurrence, in one of two ways:
-//! - persistent ([`lstm_forward_persistent`]): [`lstm_sequence_forward`]
+//! GPU: [`LstmBuffers`] (= `RecurrentBuffers<LstmState>`) run through the
+//! drivers of `ops::recurrent`. Forward: one batched input projection
+//! `Z = X·W` over all `T*B` rows, then the recurrence, in one of two ways:
+//! - persistent (`recurrent_forward_persistent`): `lstm_sequence_forward`
 //!   runs every step in one dispatch (samples are independent, so
-//!   workgroups never wait on each other), for H ≤ [`PERSISTENT_MAX_HIDDEN`]:
+//!   workgroups never wait on each other), for H ≤ `PERSISTENT_MAX_HIDDEN`:
 //!   2 dispatches in all. Its [`PersistentForm`] depends on H: for H a
 //!   multiple of 4 up to [`BLOCKED_MAX_HIDDEN`] (the seed's 64) a workgroup
 //!   carries 8 samples with the units split across its lanes and h shared in
 //!   workgroup memory ("blocked", register-blocked like the matmul);
 //!   otherwise each invocation carries two samples with their h and c in
 //!   private arrays ("pair");
-//! - per step ([`lstm_forward_stepwise`], any H, the readable reference):
-//!   `z_t += h_{t-1}·U` (a matmul into the step's slice of Z) and the fused
-//!   gate kernel [`lstm_gates_forward`] (adds b): 2T dispatches.
+//! - per step (`recurrent_forward_stepwise`, any H, the readable
+//!   reference): `z_t += h_{t-1}·U` (a matmul into the step's slice of Z)
+//!   and the fused gate kernel `lstm_gates_forward` (adds b): 2T dispatches.
 //!
-//! Backward: the recurrence in one dispatch ([`lstm_sequence_backward`]) or
-//! per step, last to first ([`lstm_gates_backward`] then
+//! Backward: the recurrence in one dispatch (`lstm_sequence_backward`) or
+//! per step, last to first (`lstm_gates_backward` then
 //! `dh_{t-1} += dz_t·Uᵀ`), writing dz of every step; then the weight
-//! gradients as batched matmuls over all `T*B` rows: `dW += Xᵀ·dZ`,
-//! `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ` (`ops::bias::bias_backward`),
-//! `dx += dZ·Wᵀ`. Both paths save the same state (gates, c_all, h_all), so
-//! either backward follows either forward. [`lstm_forward_sequence`] and
-//! [`lstm_backward_sequence`] take the persistent path wherever
-//! [`lstm_persistent_support`] allows it.
+//! gradients as batched matmuls over all `T*B` rows. Both paths save the
+//! same state (gates, c_all, h_all), so either backward follows either
+//! forward.
 //!
 //! CPU reference: [`lstm_forward_cpu`] and [`lstm_backward_cpu`] follow
 //! the same plan (one input projection over all `T*B` rows; per step only
 //! `h_{t-1}·U` or `dz_t·Uᵀ` and the gates, in place on contiguous rows;
 //! the weight gradients as single products after the reverse loop), with
-//! the two halves of a batch of at least [`CPU_SPLIT_MIN_BATCH`] samples
+//! the two halves of a batch of at least `CPU_SPLIT_MIN_BATCH` samples
 //! on two threads. [`lstm_forward_naive_cpu`] and
 //! [`lstm_backward_naive_cpu`] spell the same computation step by step with
 //! the cell functions; tests/lstm.rs holds the fast ones to them.
-//!
-//! The sizes, weight and gradient bundles, the weight-gradient plumbing and
-//! the CPU helpers are shared with `ops::rnn`.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
-    s, Array, Array1, Array2, Array3, ArrayRef2, ArrayRef3, ArrayView1, ArrayView2, ArrayView3,
-    ArrayViewMut2, ArrayViewMut3, Axis, CowArray, Dimension, Ix2, NdFloat,
+    s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut3, Axis, NdFloat,
 };
 
-use crate::error::{Error, Result};
-use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
-use crate::ops::bias::bias_backward;
-use crate::ops::matmul::{matmul, Layout, MatmulParams};
-use crate::tensor::{expect_numel, DType};
-
-/// Uniform parameters, mirrored by `Params` in `shaders/lstm.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct LstmParams {
-    pub batch: u32,
-    pub hidden: u32,
-    /// The timestep this dispatch handles.
-    pub step: u32,
-    pub steps: u32,
-    /// 0: no mask, 1: u32 mask, 2: f32 mask.
-    pub mask_kind: u32,
-    /// Backward: an incoming gradient for every h_t (`return_sequences`).
-    pub has_seq: u32,
-    /// Backward: an incoming gradient for h_T.
-    pub has_last: u32,
-    pub _pad: u32,
-}
+use crate::error::Result;
+use crate::gpu::{Access, GpuContext, GpuTensor, KernelSpec, Shader};
+use crate::ops::recurrent::{
+    impl_split_batch, is_real, on_batch_halves, persistent_groups, row, row_mut, step_rows,
+    PersistentKernel, RecurrentBuffers, RecurrentCell, RecurrentCpuGrads, RecurrentDims,
+};
+use crate::tensor::DType;
 
 // ---------------------------------------------------------------- CPU reference
 
 fn sigmoid<A: NdFloat>(v: A) -> A {
     A::one() / (A::one() + (-v).exp())
-}
-
-fn is_real(mask: Option<&ArrayView1<bool>>, n: usize) -> bool {
-    mask.is_none_or(|m| m[n])
 }
 
 /// One step's outputs: activated gates `[B,4H]`, `c_t` and `h_t` `[B,H]`.
@@ -195,84 +169,6 @@ pub struct LstmStates<A> {
     pub h_all: Array3<A>,
 }
 
-/// Batches at least this large run their recurrence as two halves on two
-/// threads (samples are independent); smaller ones are not worth a thread.
-pub const CPU_SPLIT_MIN_BATCH: usize = 16;
-
-/// Runs `run` on the two halves of a batch of `batch` samples at once (the
-/// second half on a scoped thread), or on the whole batch when it is
-/// smaller than [`CPU_SPLIT_MIN_BATCH`]. `split(part, at)` cuts `part` at
-/// sample `at`. Samples are independent (each one's arithmetic is the same
-/// in a half as in the whole batch; the tests check it bit for bit) and
-/// the split depends only on `batch`, so results are bit-identical from run
-/// to run.
-pub(crate) fn on_batch_halves<P: Send>(
-    batch: usize,
-    part: P,
-    split: impl FnOnce(P, usize) -> (P, P),
-    run: impl Fn(P) + Sync,
-) {
-    if batch < CPU_SPLIT_MIN_BATCH {
-        return run(part);
-    }
-    let (first, second) = split(part, batch / 2);
-    std::thread::scope(|s| {
-        s.spawn(|| run(second));
-        run(first);
-    });
-}
-
-/// `[T,B,K]` as its `T·B` rows `[T·B,K]` (copied only when not in
-/// standard layout).
-pub(crate) fn step_rows<A: NdFloat>(a: &ArrayRef3<A>) -> CowArray<'_, A, Ix2> {
-    let (steps, batch, k) = a.dim();
-    a.as_standard_layout()
-        .into_shape_with_order((steps * batch, k))
-        .expect("standard layout")
-}
-
-/// `[T,B,K]` in standard layout as its `T·B` rows, writable.
-pub(crate) fn step_rows_mut<A: NdFloat>(a: ArrayViewMut3<'_, A>) -> ArrayViewMut2<'_, A> {
-    let (steps, batch, k) = a.dim();
-    a.into_shape_with_order((steps * batch, k))
-        .expect("standard layout")
-}
-
-/// `a` itself, or a copy in standard layout when it is not.
-pub(crate) fn standard<A: NdFloat, D: Dimension>(a: &mut Array<A, D>) {
-    if !a.is_standard_layout() {
-        *a = a.as_standard_layout().into_owned();
-    }
-}
-
-/// A contiguous row of a standard-layout array.
-pub(crate) fn row<A>(a: &ArrayRef2<A>, n: usize) -> &[A] {
-    a.row(n)
-        .to_slice()
-        .expect("rows of standard-layout arrays are contiguous")
-}
-
-/// A contiguous row of a standard-layout array, writable.
-pub(crate) fn row_mut<A>(a: &mut ArrayRef2<A>, n: usize) -> &mut [A] {
-    a.row_mut(n)
-        .into_slice()
-        .expect("rows of standard-layout arrays are contiguous")
-}
-
-/// A `[T,B]` mask cut at sample `at`.
-pub(crate) fn split_mask(
-    mask: Option<ArrayView2<'_, bool>>,
-    at: usize,
-) -> (Option<ArrayView2<'_, bool>>, Option<ArrayView2<'_, bool>>) {
-    match mask {
-        Some(m) => {
-            let (m0, m1) = m.split_at(Axis(1), at);
-            (Some(m0), Some(m1))
-        }
-        None => (None, None),
-    }
-}
-
 /// What the forward recurrence of a group of samples (`b` of the batch's
 /// `B`) reads and writes: gates `[T,b,4H]` (X·W on entry), c_all and
 /// h_all `[T+1,b,H]`, mask `[T,b]`.
@@ -283,28 +179,12 @@ struct LstmForwardGroup<'a, A> {
     mask: Option<ArrayView2<'a, bool>>,
 }
 
-impl<A> LstmForwardGroup<'_, A> {
-    fn split(self, at: usize) -> (Self, Self) {
-        let (g0, g1) = self.gates.split_at(Axis(1), at);
-        let (c0, c1) = self.c_all.split_at(Axis(1), at);
-        let (h0, h1) = self.h_all.split_at(Axis(1), at);
-        let (m0, m1) = split_mask(self.mask, at);
-        (
-            Self {
-                gates: g0,
-                c_all: c0,
-                h_all: h0,
-                mask: m0,
-            },
-            Self {
-                gates: g1,
-                c_all: c1,
-                h_all: h1,
-                mask: m1,
-            },
-        )
-    }
-}
+impl_split_batch!(LstmForwardGroup {
+    gates,
+    c_all,
+    h_all,
+    mask
+});
 
 /// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step).
 ///
@@ -424,58 +304,6 @@ pub fn lstm_forward_naive_cpu<A: NdFloat>(
     states
 }
 
-/// Gradients of a recurrent layer (LSTM or RNN) on the host: dx `[T,B,D]`,
-/// dW, dU, db.
-#[derive(Clone, Debug)]
-pub struct RecurrentCpuGrads<A> {
-    pub dx: Array3<A>,
-    pub dw: Array2<A>,
-    pub du: Array2<A>,
-    pub db: Array1<A>,
-}
-
-impl<A: NdFloat> RecurrentCpuGrads<A> {
-    /// Zero gradients; `gates` is the width of z (4H for the LSTM, H for the RNN).
-    pub fn zeros(dims: RecurrentDims, gates: usize) -> Self {
-        let RecurrentDims {
-            steps,
-            batch,
-            input,
-            hidden,
-        } = dims;
-        Self {
-            dx: Array3::zeros((steps, batch, input)),
-            dw: Array2::zeros((input, gates)),
-            du: Array2::zeros((hidden, gates)),
-            db: Array1::zeros(gates),
-        }
-    }
-
-    /// Accumulates the gradients that follow from dz of every step at once
-    /// (`T·B` rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
-    /// `dx += dZ·Wᵀ`; `h_prev` `[T,B,H]` holds h_{t-1} of every step. dU
-    /// (the largest product) runs on a second thread; each product is
-    /// computed whole by one thread, so the split changes no bits.
-    pub(crate) fn add_from_dz(
-        &mut self,
-        dz: &ArrayView3<A>,
-        x: &ArrayView3<A>,
-        h_prev: &ArrayView3<A>,
-        w: &ArrayView2<A>,
-    ) {
-        let one = A::one();
-        let dz = step_rows(dz);
-        standard(&mut self.dx);
-        let Self { dx, dw, du, db } = self;
-        std::thread::scope(|s| {
-            s.spawn(|| general_mat_mul(one, &step_rows(h_prev).t(), &dz, one, du));
-            general_mat_mul(one, &step_rows(x).t(), &dz, one, dw);
-            *db += &dz.sum_axis(Axis(0));
-            general_mat_mul(one, &dz, &w.t(), one, &mut step_rows_mut(dx.view_mut()));
-        });
-    }
-}
-
 /// What the backward recurrence of a group of samples reads and writes:
 /// dz `[T,b,4H]` (written), dh_seq `[T,b,H]`, gates `[T,b,4H]`, c_all
 /// `[T+1,b,H]`, mask `[T,b]`.
@@ -487,31 +315,13 @@ struct LstmBackwardGroup<'a, A> {
     mask: Option<ArrayView2<'a, bool>>,
 }
 
-impl<A> LstmBackwardGroup<'_, A> {
-    fn split(self, at: usize) -> (Self, Self) {
-        let (dz0, dz1) = self.dz.split_at(Axis(1), at);
-        let (s0, s1) = self.dh_seq.split_at(Axis(1), at);
-        let (g0, g1) = self.gates.split_at(Axis(1), at);
-        let (c0, c1) = self.c_all.split_at(Axis(1), at);
-        let (m0, m1) = split_mask(self.mask, at);
-        (
-            Self {
-                dz: dz0,
-                dh_seq: s0,
-                gates: g0,
-                c_all: c0,
-                mask: m0,
-            },
-            Self {
-                dz: dz1,
-                dh_seq: s1,
-                gates: g1,
-                c_all: c1,
-                mask: m1,
-            },
-        )
-    }
-}
+impl_split_batch!(LstmBackwardGroup {
+    dz,
+    dh_seq,
+    gates,
+    c_all,
+    mask
+});
 
 /// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
 /// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
@@ -651,7 +461,6 @@ pub fn lstm_backward_naive_cpu<A: NdFloat>(
 // ---------------------------------------------------------------- GPU
 
 static SHADER: Shader = crate::shader!("lstm");
-const WORKGROUP: u32 = 64;
 
 static GATES_FORWARD: KernelSpec = KernelSpec {
     shader: &SHADER,
@@ -721,107 +530,30 @@ static SEQUENCE_BACKWARD_BLOCKED: KernelSpec = KernelSpec {
     ..SEQUENCE_BACKWARD
 };
 
-/// Sizes of a recurrent layer: T, B, D (input features), H (units).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RecurrentDims {
-    pub steps: usize,
-    pub batch: usize,
-    pub input: usize,
-    pub hidden: usize,
-}
-
-impl RecurrentDims {
-    pub fn new(steps: usize, batch: usize, input: usize, hidden: usize) -> Self {
-        Self {
-            steps,
-            batch,
-            input,
-            hidden,
-        }
-    }
-
-    pub(crate) fn check(&self, op: &str) -> Result<()> {
-        if self.steps == 0 || self.batch == 0 || self.input == 0 || self.hidden == 0 {
-            return Err(Error::shape(
-                op,
-                format!("every size must be > 0: {self:?}"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The weights of a recurrent layer on the device: W `[D,G]`, U `[H,G]`,
-/// b `[G]`, with G = 4H (LSTM) or H (RNN).
-#[derive(Clone, Copy, Debug)]
-pub struct RecurrentWeights<'a> {
-    pub w: &'a GpuTensor,
-    pub u: &'a GpuTensor,
-    pub b: &'a GpuTensor,
-}
-
-/// Gradient buffers a recurrent backward accumulates into; `dx` `[T,B,D]`
-/// may be left out when the input needs no gradient.
-#[derive(Clone, Copy, Debug)]
-pub struct RecurrentGrads<'a> {
-    pub dx: Option<&'a GpuTensor>,
-    pub dw: &'a GpuTensor,
-    pub du: &'a GpuTensor,
-    pub db: &'a GpuTensor,
-}
-
-/// The incoming gradient of a recurrent layer's output: of every h_t
-/// (`seq`, `[T,B,H]`, `return_sequences`), of h_T (`last`, `[B,H]`), or both.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HiddenGrad<'a> {
-    pub seq: Option<&'a GpuTensor>,
-    pub last: Option<&'a GpuTensor>,
-}
-
-/// The mask's kind for the shaders (0 none, 1 u32, 2 f32), after checking
-/// that it holds `steps * batch` values.
-pub(crate) fn mask_kind(op: &str, mask: Option<&GpuTensor>, dims: RecurrentDims) -> Result<u32> {
-    let Some(m) = mask else { return Ok(0) };
-    expect_numel(op, "mask", &m.shape, dims.steps * dims.batch)?;
-    Ok(match m.dtype {
-        DType::U32 => 1,
-        DType::F32 => 2,
-    })
-}
-
-pub(crate) fn check_step(op: &str, step: usize, dims: RecurrentDims) -> Result<()> {
-    if step >= dims.steps {
-        return Err(Error::shape(
-            op,
-            format!("step {step} is outside a sequence of {} steps", dims.steps),
-        ));
-    }
-    Ok(())
-}
-
-/// The device buffers of one LSTM layer, allocated once; the dispatches
-/// built over them are recorded again every training step.
+/// What an LSTM layer keeps on the device besides h (see
+/// `RecurrentBuffers`).
 #[derive(Debug)]
-pub struct LstmBuffers {
-    pub dims: RecurrentDims,
-    /// Pre-activations `[T,B,4H]`: `X·W`, then `+ h_{t-1}·U` per step.
-    pub z: GpuTensor,
+pub struct LstmState {
     /// Activated gates `[T,B,4H]` (i, f, g, o), saved for backward.
     pub gates: GpuTensor,
     /// `[T+1,B,H]`, slot 0 the zero initial state.
-    pub h_all: GpuTensor,
     pub c_all: GpuTensor,
-    /// h_T `[B,H]`, written by the last step's gate kernel.
-    pub h_last: GpuTensor,
-    /// Backward scratch: dz `[T,B,4H]` and the carries into step t-1 `[B,H]`.
-    pub dz: GpuTensor,
-    pub dh_carry: GpuTensor,
+    /// Backward scratch: the dc carry into step t-1 `[B,H]`.
     pub dc_carry: GpuTensor,
 }
 
-impl LstmBuffers {
-    pub fn new(ctx: &GpuContext, dims: RecurrentDims) -> Result<Self> {
-        dims.check("lstm")?;
+/// The device buffers of one LSTM layer.
+pub type LstmBuffers = RecurrentBuffers<LstmState>;
+
+impl RecurrentCell for LstmState {
+    const NAME: &'static str = "lstm";
+    const GATES: usize = 4;
+    const CELL_FORWARD: &'static KernelSpec = &GATES_FORWARD;
+    const CELL_BACKWARD: &'static KernelSpec = &GATES_BACKWARD;
+    const SEQUENCE_FORWARD: &'static KernelSpec = &SEQUENCE_FORWARD;
+    const SEQUENCE_BACKWARD: &'static KernelSpec = &SEQUENCE_BACKWARD;
+
+    fn new(ctx: &GpuContext, dims: RecurrentDims) -> Result<Self> {
         let RecurrentDims {
             steps: t,
             batch: b,
@@ -830,147 +562,52 @@ impl LstmBuffers {
         } = dims;
         let f32 = DType::F32;
         Ok(Self {
-            dims,
-            z: ctx.zeros(&[t, b, 4 * h], f32)?,
             gates: ctx.zeros(&[t, b, 4 * h], f32)?,
-            h_all: ctx.zeros(&[t + 1, b, h], f32)?,
             c_all: ctx.zeros(&[t + 1, b, h], f32)?,
-            h_last: ctx.zeros(&[b, h], f32)?,
-            dz: ctx.zeros(&[t, b, 4 * h], f32)?,
-            dh_carry: ctx.zeros(&[b, h], f32)?,
             dc_carry: ctx.zeros(&[b, h], f32)?,
         })
     }
-}
 
-fn params(dims: RecurrentDims, step: usize, mask_kind: u32) -> LstmParams {
-    LstmParams {
-        batch: dims.batch as u32,
-        hidden: dims.hidden as u32,
-        step: step as u32,
-        steps: dims.steps as u32,
-        mask_kind,
-        ..LstmParams::default()
+    fn forward_state(&self) -> Vec<&GpuTensor> {
+        vec![&self.gates, &self.c_all]
     }
-}
 
-/// The gate kernel of step `step`: reads `z_t` (projection and recurrent
-/// part summed), adds `bias` `[4H]`, writes gates_t, c_t, h_t (slot t+1 of
-/// c_all, h_all), and h_last on the final step. Reads slot t of c_all
-/// (and of h_all on masked steps).
-pub fn lstm_gates_forward(
-    ctx: &GpuContext,
-    bufs: &LstmBuffers,
-    bias: &GpuTensor,
-    mask: Option<&GpuTensor>,
-    step: usize,
-) -> Result<Dispatch> {
-    let op = GATES_FORWARD.entry;
-    let dims = bufs.dims;
-    check_step(op, step, dims)?;
-    expect_numel(op, "bias", &bias.shape, 4 * dims.hidden)?;
-    let kind = mask_kind(op, mask, dims)?;
-    // Without a mask the binding is never read; any read-only buffer fills it.
-    let mask = mask.unwrap_or(bias);
-    ctx.prepare(
-        &GATES_FORWARD,
-        &[],
-        &params(dims, step, kind),
-        &[
-            &bufs.z,
-            bias,
-            mask,
-            &bufs.gates,
-            &bufs.c_all,
-            &bufs.h_all,
-            &bufs.h_last,
-        ],
-        Grid::linear(dims.batch * dims.hidden, WORKGROUP),
-    )
-}
-
-/// The gate backward kernel of step `step`: from the incoming `dh` (plus
-/// the carry from step t+1, except on the last step) and the dc carry,
-/// writes dz_t into `bufs.dz` and the carries into step t-1
-/// (`bufs.dh_carry` gets only the masked carry; `dz_t·Uᵀ` is added after).
-pub fn lstm_gates_backward(
-    ctx: &GpuContext,
-    bufs: &LstmBuffers,
-    dh: HiddenGrad,
-    mask: Option<&GpuTensor>,
-    step: usize,
-) -> Result<Dispatch> {
-    let op = GATES_BACKWARD.entry;
-    let dims = bufs.dims;
-    check_step(op, step, dims)?;
-    let (b, h) = (dims.batch, dims.hidden);
-    if let Some(seq) = dh.seq {
-        expect_numel(op, "dh_seq", &seq.shape, dims.steps * b * h)?;
+    fn carries(&self) -> Vec<&GpuTensor> {
+        vec![&self.dc_carry]
     }
-    if let Some(last) = dh.last {
-        expect_numel(op, "dh_last", &last.shape, b * h)?;
-    }
-    let kind = mask_kind(op, mask, dims)?;
-    let mut p = params(dims, step, kind);
-    p.has_seq = dh.seq.is_some() as u32;
-    p.has_last = dh.last.is_some() as u32;
-    // Absent inputs are never read; the read-only gates buffer fills them.
-    let stand_in = &bufs.gates;
-    ctx.prepare(
-        &GATES_BACKWARD,
-        &[],
-        &p,
-        &[
-            &bufs.dz,
-            &bufs.dh_carry,
-            &bufs.dc_carry,
-            dh.seq.unwrap_or(stand_in),
-            dh.last.unwrap_or(stand_in),
-            &bufs.gates,
-            &bufs.c_all,
-            mask.unwrap_or(stand_in),
-        ],
-        Grid::linear(b * h, WORKGROUP),
-    )
-}
 
-/// Largest H of the persistent kernels (`MAX_H` in lstm.wgsl and rnn.wgsl:
-/// the size of their per-invocation arrays).
-pub const PERSISTENT_MAX_HIDDEN: usize = 256;
-/// Lanes of a persistent workgroup (`PLANES`); each lane owns two samples.
-const PERSISTENT_LANES: usize = 8;
-
-/// Whether a persistent kernel (the whole recurrence in one dispatch) handles
-/// `dims` on this device; checked for the pair form, which every `dims` that
-/// passes can fall back to.
-pub(crate) fn persistent_support(ctx: &GpuContext, op: &str, dims: RecurrentDims) -> Result<()> {
-    dims.check(op)?;
-    let unsupported = |why: String| Error::Unsupported {
-        op: op.to_string(),
-        what: format!("the one-dispatch recurrence for {dims:?}"),
-        why,
-    };
-    if dims.hidden > PERSISTENT_MAX_HIDDEN {
-        return Err(unsupported(format!(
-            "H = {} exceeds the {PERSISTENT_MAX_HIDDEN} units its per-invocation state \
-             holds (use the per-step path)",
-            dims.hidden
-        )));
+    fn saved(bufs: &LstmBuffers) -> Vec<&GpuTensor> {
+        vec![&bufs.cell.gates, &bufs.cell.c_all]
     }
-    let groups = persistent_groups(dims);
-    let max = ctx.limits.max_compute_workgroups_per_dimension;
-    if groups > max {
-        return Err(unsupported(format!(
-            "batch {} needs {groups} workgroups, the adapter allows {max}",
-            dims.batch
-        )));
-    }
-    Ok(())
-}
 
-/// Workgroups of a pair-form persistent kernel (LSTM and RNN): `PERSISTENT_LANES` lanes of two samples each.
-pub(crate) fn persistent_groups(dims: RecurrentDims) -> u32 {
-    dims.batch.div_ceil(2).div_ceil(PERSISTENT_LANES) as u32
+    /// The kernel of the [`persistent_form`] for `dims`.
+    fn sequence_kernel(ctx: &GpuContext, dims: RecurrentDims, backward: bool) -> PersistentKernel {
+        let h = dims.hidden;
+        // Forward has no pair4 kernel: it runs the pair one.
+        let [pair, pair4, blocked] = if backward {
+            [
+                &SEQUENCE_BACKWARD,
+                &SEQUENCE_BACKWARD4,
+                &SEQUENCE_BACKWARD_BLOCKED,
+            ]
+        } else {
+            [
+                &SEQUENCE_FORWARD,
+                &SEQUENCE_FORWARD,
+                &SEQUENCE_FORWARD_BLOCKED,
+            ]
+        };
+        let (spec, groups) = match persistent_form(ctx, dims) {
+            PersistentForm::Pair => (pair, persistent_groups(dims)),
+            PersistentForm::Pair4 => (pair4, persistent_groups(dims)),
+            PersistentForm::Blocked => (blocked, dims.batch.div_ceil(BLOCKED_SAMPLES) as u32),
+        };
+        PersistentKernel {
+            spec,
+            constants: vec![("HIDDEN", h as f64), ("H4", (h / 4) as f64)],
+            groups,
+        }
+    }
 }
 
 /// Samples per workgroup of the blocked persistent kernels (`SB`).
@@ -993,7 +630,7 @@ pub enum PersistentForm {
 }
 
 /// The persistent form for `dims` on this device (given that
-/// [`lstm_persistent_support`] accepts it).
+/// `recurrent_persistent_support` accepts it).
 pub fn persistent_form(ctx: &GpuContext, dims: RecurrentDims) -> PersistentForm {
     let h = dims.hidden;
     let groups = dims.batch.div_ceil(BLOCKED_SAMPLES) as u32;
@@ -1006,452 +643,10 @@ pub fn persistent_form(ctx: &GpuContext, dims: RecurrentDims) -> PersistentForm 
     }
 }
 
-/// The persistent kernel of `form` among `[pair, pair4, blocked]` (forward
-/// has no pair4 kernel: pass the pair one), its override constants and
-/// workgroup count.
-fn persistent_kernel(
-    form: PersistentForm,
-    kernels: [&'static KernelSpec; 3],
-    dims: RecurrentDims,
-) -> (&'static KernelSpec, [(&'static str, f64); 2], u32) {
-    let h = dims.hidden;
-    let constants = [("HIDDEN", h as f64), ("H4", (h / 4) as f64)];
-    let [pair, pair4, blocked] = kernels;
-    match form {
-        PersistentForm::Pair => (pair, constants, persistent_groups(dims)),
-        PersistentForm::Pair4 => (pair4, constants, persistent_groups(dims)),
-        PersistentForm::Blocked => (
-            blocked,
-            constants,
-            dims.batch.div_ceil(BLOCKED_SAMPLES) as u32,
-        ),
-    }
-}
-
-/// Whether [`lstm_sequence_forward`] and [`lstm_sequence_backward`] handle
-/// `dims` on this device: H ≤ [`PERSISTENT_MAX_HIDDEN`], and
-/// ceil(B/16) workgroups (the pair form's) within the adapter's limit.
-pub fn lstm_persistent_support(ctx: &GpuContext, dims: RecurrentDims) -> Result<()> {
-    persistent_support(ctx, "lstm_persistent", dims)
-}
-
-/// The whole forward recurrence in one dispatch (in the
-/// [`persistent_form`] for `dims`): from `bufs.z` holding `X·W` (left as it
-/// is), writes gates, c_all, h_all (slots 1..=T; slot 0 is the initial
-/// state, read here) and h_last as the per-step [`lstm_gates_forward`]
-/// sequence does.
-pub fn lstm_sequence_forward(
-    ctx: &GpuContext,
-    bufs: &LstmBuffers,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Dispatch> {
-    let op = SEQUENCE_FORWARD.entry;
-    let dims = bufs.dims;
-    persistent_support(ctx, op, dims)?;
-    let h = dims.hidden;
-    expect_numel(op, "U", &weights.u.shape, h * 4 * h)?;
-    expect_numel(op, "bias", &weights.b.shape, 4 * h)?;
-    let kind = mask_kind(op, mask, dims)?;
-    let (spec, constants, groups) = persistent_kernel(
-        persistent_form(ctx, dims),
-        [
-            &SEQUENCE_FORWARD,
-            &SEQUENCE_FORWARD,
-            &SEQUENCE_FORWARD_BLOCKED,
-        ],
-        dims,
-    );
-    ctx.prepare(
-        spec,
-        &constants,
-        &params(dims, 0, kind),
-        &[
-            &bufs.z,
-            weights.b,
-            weights.u,
-            // Without a mask the binding is never read.
-            mask.unwrap_or(weights.b),
-            &bufs.gates,
-            &bufs.c_all,
-            &bufs.h_all,
-            &bufs.h_last,
-        ],
-        Grid::Workgroups([groups, 1, 1]),
-    )
-}
-
-/// The whole backward recurrence in one dispatch (in the [`persistent_form`]
-/// for `dims`, last step to first): writes dz of every step into
-/// `bufs.dz` from the incoming `dh` and the gates and c_all forward saved.
-/// The weight gradients follow as matmuls over dz.
-pub fn lstm_sequence_backward(
-    ctx: &GpuContext,
-    bufs: &LstmBuffers,
-    dh: HiddenGrad,
-    u: &GpuTensor,
-    mask: Option<&GpuTensor>,
-) -> Result<Dispatch> {
-    let op = SEQUENCE_BACKWARD.entry;
-    let dims = bufs.dims;
-    persistent_support(ctx, op, dims)?;
-    let (b, h) = (dims.batch, dims.hidden);
-    expect_numel(op, "U", &u.shape, h * 4 * h)?;
-    if let Some(seq) = dh.seq {
-        expect_numel(op, "dh_seq", &seq.shape, dims.steps * b * h)?;
-    }
-    if let Some(last) = dh.last {
-        expect_numel(op, "dh_last", &last.shape, b * h)?;
-    }
-    let kind = mask_kind(op, mask, dims)?;
-    let mut p = params(dims, 0, kind);
-    p.has_seq = dh.seq.is_some() as u32;
-    p.has_last = dh.last.is_some() as u32;
-    // Absent inputs are never read; the read-only gates buffer fills them.
-    let stand_in = &bufs.gates;
-    let (spec, constants, groups) = persistent_kernel(
-        persistent_form(ctx, dims),
-        [
-            &SEQUENCE_BACKWARD,
-            &SEQUENCE_BACKWARD4,
-            &SEQUENCE_BACKWARD_BLOCKED,
-        ],
-        dims,
-    );
-    ctx.prepare(
-        spec,
-        &constants,
-        &p,
-        &[
-            &bufs.dz,
-            dh.seq.unwrap_or(stand_in),
-            dh.last.unwrap_or(stand_in),
-            &bufs.gates,
-            &bufs.c_all,
-            u,
-            mask.unwrap_or(stand_in),
-        ],
-        Grid::Workgroups([groups, 1, 1]),
-    )
-}
-
-/// Checks x, W, U, b for a recurrent layer whose z is `gates` wide.
-pub(crate) fn check_weights(
-    op: &str,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    dims: RecurrentDims,
-    gates: usize,
-) -> Result<()> {
-    let RecurrentDims {
-        steps,
-        batch,
-        input,
-        hidden,
-    } = dims;
-    expect_numel(op, "x", &x.shape, steps * batch * input)?;
-    expect_numel(op, "W", &weights.w.shape, input * gates)?;
-    expect_numel(op, "U", &weights.u.shape, hidden * gates)?;
-    expect_numel(op, "b", &weights.b.shape, gates)
-}
-
-/// `Z = X·W` over all `T*B` rows at once (overwrites z).
-pub(crate) fn input_projection(
-    ctx: &GpuContext,
-    z: &GpuTensor,
-    x: &GpuTensor,
-    w: &GpuTensor,
-    dims: RecurrentDims,
-    gates: usize,
-) -> Result<Dispatch> {
-    let rows = dims.steps * dims.batch;
-    matmul(
-        ctx,
-        Layout::AB,
-        z,
-        x,
-        w,
-        MatmulParams::new(rows, gates, dims.input),
-    )
-}
-
-/// `z_t += h_{t-1}·U` into step t's slice of z; `h_all` slot t is h_{t-1}.
-pub(crate) fn recurrent_projection(
-    ctx: &GpuContext,
-    z: &GpuTensor,
-    h_all: &GpuTensor,
-    u: &GpuTensor,
-    dims: RecurrentDims,
-    gates: usize,
-    step: usize,
-) -> Result<Dispatch> {
-    let (b, h) = (dims.batch, dims.hidden);
-    matmul(
-        ctx,
-        Layout::AB,
-        z,
-        h_all,
-        u,
-        MatmulParams::new(b, gates, h)
-            .accumulate()
-            .offsets(step * b * h, 0, step * b * gates),
-    )
-}
-
-/// `dh_{t-1} += dz_t·Uᵀ` into the dh carry.
-pub(crate) fn recurrent_backward(
-    ctx: &GpuContext,
-    dh_carry: &GpuTensor,
-    dz: &GpuTensor,
-    u: &GpuTensor,
-    dims: RecurrentDims,
-    gates: usize,
-    step: usize,
-) -> Result<Dispatch> {
-    let (b, h) = (dims.batch, dims.hidden);
-    matmul(
-        ctx,
-        Layout::ABt,
-        dh_carry,
-        dz,
-        u,
-        MatmulParams::new(b, h, gates)
-            .accumulate()
-            .offsets(step * b * gates, 0, 0),
-    )
-}
-
-/// The weight and input gradients of a recurrent layer from dz of every
-/// step at once (K = T*B rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`,
-/// `db += Σ dZ`, `dx += dZ·Wᵀ`. dz is `[T,B,gates]` with gates = b's length;
-/// `bias_backward` sums every row of it, i.e. exactly the T*B rows.
-pub(crate) fn weight_gradients(
-    ctx: &GpuContext,
-    grads: &RecurrentGrads,
-    dz: &GpuTensor,
-    x: &GpuTensor,
-    h_all: &GpuTensor,
-    w: &GpuTensor,
-    dims: RecurrentDims,
-) -> Result<Vec<Dispatch>> {
-    let op = "recurrent_weight_gradients";
-    let rows = dims.steps * dims.batch;
-    let gates = dz.numel() / rows;
-    expect_numel(op, "dz", &dz.shape, rows * gates)?;
-    expect_numel(op, "dW", &grads.dw.shape, dims.input * gates)?;
-    expect_numel(op, "dU", &grads.du.shape, dims.hidden * gates)?;
-    let mut d = vec![
-        matmul(
-            ctx,
-            Layout::AtB,
-            grads.dw,
-            x,
-            dz,
-            MatmulParams::new(dims.input, gates, rows).accumulate(),
-        )?,
-        matmul(
-            ctx,
-            Layout::AtB,
-            grads.du,
-            h_all,
-            dz,
-            MatmulParams::new(dims.hidden, gates, rows).accumulate(),
-        )?,
-    ];
-    d.extend(bias_backward(ctx, grads.db, dz)?);
-    if let Some(dx) = grads.dx {
-        expect_numel(op, "dx", &dx.shape, rows * dims.input)?;
-        d.push(matmul(
-            ctx,
-            Layout::ABt,
-            dx,
-            dz,
-            w,
-            MatmulParams::new(rows, dims.input, gates).accumulate(),
-        )?);
-    }
-    Ok(d)
-}
-
-/// The whole forward pass over x `[T,B,D]`: fills `bufs.gates`, `c_all`,
-/// `h_all` and `h_last` (and `bufs.z`, see below) in the fewest dispatches
-/// the device allows: [`lstm_forward_persistent`] (2 dispatches) when
-/// [`lstm_persistent_support`] says it fits, else [`lstm_forward_stepwise`]
-/// (2T). Record the returned dispatches in order, in one `ctx.run`. Slot 0
-/// of h_all and c_all must hold the zero initial state (as
-/// [`LstmBuffers::new`] leaves it; nothing writes it).
-pub fn lstm_forward_sequence(
-    ctx: &GpuContext,
-    bufs: &LstmBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    if lstm_persistent_support(ctx, bufs.dims).is_ok() {
-        lstm_forward_persistent(ctx, bufs, x, weights, mask)
-    } else {
-        lstm_forward_stepwise(ctx, bufs, x, weights, mask)
-    }
-}
-
-/// The forward pass in two dispatches: `Z = X·W` (bufs.z keeps it), then
-/// [`lstm_sequence_forward`].
-pub fn lstm_forward_persistent(
-    ctx: &GpuContext,
-    bufs: &LstmBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    let op = "lstm_forward_persistent";
-    let dims = bufs.dims;
-    let gates = 4 * dims.hidden;
-    check_weights(op, x, weights, dims, gates)?;
-    Ok(vec![
-        input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?,
-        lstm_sequence_forward(ctx, bufs, weights, mask)?,
-    ])
-}
-
-/// The forward pass one step at a time (any H; the readable reference):
-/// `Z = X·W`, then per step `z_t += h_{t-1}·U` and [`lstm_gates_forward`].
-/// bufs.z ends up holding the full pre-activations.
-pub fn lstm_forward_stepwise(
-    ctx: &GpuContext,
-    bufs: &LstmBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    let op = "lstm_forward_stepwise";
-    let dims = bufs.dims;
-    let gates = 4 * dims.hidden;
-    check_weights(op, x, weights, dims, gates)?;
-    let mut d = Vec::with_capacity(2 * dims.steps + 1);
-    d.push(input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?);
-    for t in 0..dims.steps {
-        // h_0 = 0: the first step has no recurrent term.
-        if t > 0 {
-            d.push(recurrent_projection(
-                ctx,
-                &bufs.z,
-                &bufs.h_all,
-                weights.u,
-                dims,
-                gates,
-                t,
-            )?);
-        }
-        d.push(lstm_gates_forward(ctx, bufs, weights.b, mask, t)?);
-    }
-    Ok(d)
-}
-
-/// The whole backward pass: accumulates dx (if given), dW, dU and db from
-/// the incoming gradient of the hidden states and what forward left in
-/// `bufs` (either forward path), in the fewest dispatches the device
-/// allows: [`lstm_backward_persistent`] when [`lstm_persistent_support`]
-/// says it fits, else [`lstm_backward_stepwise`]. Record the returned
-/// dispatches in order, in one `ctx.run`, after the forward ones.
-pub fn lstm_backward_sequence(
-    ctx: &GpuContext,
-    grads: &RecurrentGrads,
-    dh: HiddenGrad,
-    bufs: &LstmBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    if lstm_persistent_support(ctx, bufs.dims).is_ok() {
-        lstm_backward_persistent(ctx, grads, dh, bufs, x, weights, mask)
-    } else {
-        lstm_backward_stepwise(ctx, grads, dh, bufs, x, weights, mask)
-    }
-}
-
-/// The backward pass with the recurrence in one dispatch:
-/// [`lstm_sequence_backward`] (dz of every step), then the weight gradients
-/// as matmuls over all `T*B` rows (4 or 5 dispatches).
-pub fn lstm_backward_persistent(
-    ctx: &GpuContext,
-    grads: &RecurrentGrads,
-    dh: HiddenGrad,
-    bufs: &LstmBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    let op = "lstm_backward_persistent";
-    let dims = bufs.dims;
-    let gates = 4 * dims.hidden;
-    check_weights(op, x, weights, dims, gates)?;
-    if dh.seq.is_none() && dh.last.is_none() {
-        return Err(Error::shape(op, "no incoming gradient (seq or last)"));
-    }
-    let mut d = vec![lstm_sequence_backward(ctx, bufs, dh, weights.u, mask)?];
-    d.extend(weight_gradients(
-        ctx,
-        grads,
-        &bufs.dz,
-        x,
-        &bufs.h_all,
-        weights.w,
-        dims,
-    )?);
-    Ok(d)
-}
-
-/// The backward pass one step at a time (any H; the readable reference):
-/// per step, last to first, [`lstm_gates_backward`] then
-/// `dh_{t-1} += dz_t·Uᵀ`; then the weight gradients.
-pub fn lstm_backward_stepwise(
-    ctx: &GpuContext,
-    grads: &RecurrentGrads,
-    dh: HiddenGrad,
-    bufs: &LstmBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    let op = "lstm_backward_stepwise";
-    let dims = bufs.dims;
-    let gates = 4 * dims.hidden;
-    check_weights(op, x, weights, dims, gates)?;
-    if dh.seq.is_none() && dh.last.is_none() {
-        return Err(Error::shape(op, "no incoming gradient (seq or last)"));
-    }
-    let mut d = Vec::with_capacity(2 * dims.steps + 4);
-    for t in (0..dims.steps).rev() {
-        d.push(lstm_gates_backward(ctx, bufs, dh, mask, t)?);
-        // dh_0 is not needed: h_0 is the constant initial state.
-        if t > 0 {
-            d.push(recurrent_backward(
-                ctx,
-                &bufs.dh_carry,
-                &bufs.dz,
-                weights.u,
-                dims,
-                gates,
-                t,
-            )?);
-        }
-    }
-    d.extend(weight_gradients(
-        ctx,
-        grads,
-        &bufs.dz,
-        x,
-        &bufs.h_all,
-        weights.w,
-        dims,
-    )?);
-    Ok(d)
-}
-
 // ---------------------------------------------------------------- autograd rule
 //
 // Saves: x (the layer's input), and in `LstmBuffers` the gates, c_all and
-// h_all of the forward pass. Backward: `lstm_backward_sequence`, i.e.
+// h_all of the forward pass. Backward: `recurrent_backward_sequence`, i.e.
 // `lstm_sequence_backward` (or per step `lstm_gates_backward` +
 // `matmul_abt` for the dh carry), then `matmul_atb` (dW, dU),
 // `bias_backward` (db) and `matmul_abt` (dx). Outputs: `h_last`

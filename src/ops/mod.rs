@@ -12,6 +12,7 @@ pub mod lstm;
 pub mod matmul;
 pub mod peak;
 pub mod pool2d;
+pub mod recurrent;
 pub mod reduce;
 pub mod rnn;
 pub mod softmax_cross_entropy;

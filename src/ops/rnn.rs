@@ -6,64 +6,36 @@
 //! unchanged, forward and backward), z and dz `[T,B,H]`, h_all `[T+1,B,H]`
 //! with slot 0 the zero initial state, h_last `[B,H]`.
 //!
-//! GPU forward: one batched input projection `Z = X·W`, then the
-//! recurrence either in one dispatch ([`rnn_sequence_forward`], each
+//! GPU: [`RnnBuffers`] (= `RecurrentBuffers<RnnState>`) run through the
+//! drivers of `ops::recurrent`: one batched input projection `Z = X·W`,
+//! then the recurrence either in one dispatch (`rnn_sequence_forward`, each
 //! invocation carrying two samples with their h in private arrays, for
-//! H ≤ `ops::lstm::PERSISTENT_MAX_HIDDEN`; [`rnn_forward_persistent`]) or
-//! per step (`z_t += h_{t-1}·U` and [`rnn_cell_forward`], which adds b and
-//! applies tanh; [`rnn_forward_stepwise`], any H). Backward: the recurrence
-//! in one dispatch ([`rnn_sequence_backward`]) or per step, last to first
-//! ([`rnn_cell_backward`] then `dh_{t-1} += dz_t·Uᵀ`), writing dz of every
-//! step; then `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`
-//! (`ops::bias::bias_backward`), `dx += dZ·Wᵀ` over all `T*B` rows.
-//! [`rnn_forward_sequence`] and [`rnn_backward_sequence`] take the
-//! persistent path wherever [`rnn_persistent_support`] allows it.
+//! H ≤ `PERSISTENT_MAX_HIDDEN`) or per step (`z_t += h_{t-1}·U` and
+//! `rnn_cell_forward`, which adds b and applies tanh; any H). Backward: the
+//! recurrence in one dispatch (`rnn_sequence_backward`) or per step, last
+//! to first (`rnn_cell_backward` then `dh_{t-1} += dz_t·Uᵀ`), writing dz of
+//! every step; then `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
+//! `dx += dZ·Wᵀ` over all `T*B` rows.
 //! CPU reference: [`rnn_forward_cpu`] and [`rnn_backward_cpu`] follow the
 //! plan of `ops::lstm`'s (one input projection, per step only the
 //! recurrent product and the cell in place, batched weight gradients, the
 //! halves of a large batch on two threads); [`rnn_forward_naive_cpu`] and
 //! [`rnn_backward_naive_cpu`] spell the same computation step by step.
-//! The sizes, weight and gradient bundles and the CPU helpers come from
-//! `ops::lstm`.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
     s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut3, Axis, NdFloat,
 };
 
-use crate::error::{Error, Result};
-use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
-use crate::ops::lstm::{
-    check_step, check_weights, input_projection, mask_kind, on_batch_halves, persistent_groups,
-    persistent_support, recurrent_backward, recurrent_projection, row, row_mut, split_mask,
-    step_rows, step_rows_mut, weight_gradients, HiddenGrad, RecurrentCpuGrads, RecurrentDims,
-    RecurrentGrads, RecurrentWeights,
+use crate::error::Result;
+use crate::gpu::{Access, GpuContext, GpuTensor, KernelSpec, Shader};
+use crate::ops::recurrent::{
+    impl_split_batch, is_real, on_batch_halves, persistent_groups, row, row_mut, step_rows,
+    step_rows_mut, PersistentKernel, RecurrentBuffers, RecurrentCell, RecurrentCpuGrads,
+    RecurrentDims,
 };
-use crate::tensor::{expect_numel, DType};
-
-/// Uniform parameters, mirrored by `Params` in `shaders/rnn.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct RnnParams {
-    pub batch: u32,
-    pub hidden: u32,
-    /// The timestep this dispatch handles.
-    pub step: u32,
-    pub steps: u32,
-    /// 0: no mask, 1: u32 mask, 2: f32 mask.
-    pub mask_kind: u32,
-    /// Backward: an incoming gradient for every h_t (`return_sequences`).
-    pub has_seq: u32,
-    /// Backward: an incoming gradient for h_T.
-    pub has_last: u32,
-    pub _pad: u32,
-}
 
 // ---------------------------------------------------------------- CPU reference
-
-fn is_real(mask: Option<&ArrayView1<bool>>, n: usize) -> bool {
-    mask.is_none_or(|m| m[n])
-}
 
 /// One step of the cell kernel: `z` `[B,H]` holds `x_t·W + h_{t-1}·U`
 /// (bias not yet added); `mask` `[B]`, true = real step. Returns h_t.
@@ -117,22 +89,7 @@ struct RnnForwardGroup<'a, A> {
     mask: Option<ArrayView2<'a, bool>>,
 }
 
-impl<A> RnnForwardGroup<'_, A> {
-    fn split(self, at: usize) -> (Self, Self) {
-        let (h0, h1) = self.h_all.split_at(Axis(1), at);
-        let (m0, m1) = split_mask(self.mask, at);
-        (
-            Self {
-                h_all: h0,
-                mask: m0,
-            },
-            Self {
-                h_all: h1,
-                mask: m1,
-            },
-        )
-    }
-}
+impl_split_batch!(RnnForwardGroup { h_all, mask });
 
 /// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step).
 /// Returns h_all `[T+1,B,H]`, slot 0 the zero initial state.
@@ -218,28 +175,12 @@ struct RnnBackwardGroup<'a, A> {
     mask: Option<ArrayView2<'a, bool>>,
 }
 
-impl<A> RnnBackwardGroup<'_, A> {
-    fn split(self, at: usize) -> (Self, Self) {
-        let (dz0, dz1) = self.dz.split_at(Axis(1), at);
-        let (s0, s1) = self.dh_seq.split_at(Axis(1), at);
-        let (h0, h1) = self.h_all.split_at(Axis(1), at);
-        let (m0, m1) = split_mask(self.mask, at);
-        (
-            Self {
-                dz: dz0,
-                dh_seq: s0,
-                h_all: h0,
-                mask: m0,
-            },
-            Self {
-                dz: dz1,
-                dh_seq: s1,
-                h_all: h1,
-                mask: m1,
-            },
-        )
-    }
-}
+impl_split_batch!(RnnBackwardGroup {
+    dz,
+    dh_seq,
+    h_all,
+    mask
+});
 
 /// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
 /// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
@@ -345,7 +286,6 @@ pub fn rnn_backward_naive_cpu<A: NdFloat>(
 // ---------------------------------------------------------------- GPU
 
 static SHADER: Shader = crate::shader!("rnn");
-const WORKGROUP: u32 = 64;
 
 static CELL_FORWARD: KernelSpec = KernelSpec {
     shader: &SHADER,
@@ -396,387 +336,55 @@ static SEQUENCE_BACKWARD: KernelSpec = KernelSpec {
     ],
 };
 
-/// The device buffers of one RNN layer, allocated once; the dispatches
-/// built over them are recorded again every training step.
-#[derive(Debug)]
-pub struct RnnBuffers {
-    pub dims: RecurrentDims,
-    /// Pre-activations `[T,B,H]`: `X·W`, then `+ h_{t-1}·U` per step.
-    pub z: GpuTensor,
-    /// `[T+1,B,H]`, slot 0 the zero initial state; saved for backward.
-    pub h_all: GpuTensor,
-    /// h_T `[B,H]`, written by the last step's cell kernel.
-    pub h_last: GpuTensor,
-    /// Backward scratch: dz `[T,B,H]` and the carry into step t-1 `[B,H]`.
-    pub dz: GpuTensor,
-    pub dh_carry: GpuTensor,
-}
+/// The RNN keeps nothing on the device besides h: its backward reads h_all.
+#[derive(Clone, Copy, Debug)]
+pub struct RnnState;
 
-impl RnnBuffers {
-    pub fn new(ctx: &GpuContext, dims: RecurrentDims) -> Result<Self> {
-        dims.check("rnn")?;
-        let RecurrentDims {
-            steps: t,
-            batch: b,
-            hidden: h,
-            ..
-        } = dims;
-        let f32 = DType::F32;
-        Ok(Self {
-            dims,
-            z: ctx.zeros(&[t, b, h], f32)?,
-            h_all: ctx.zeros(&[t + 1, b, h], f32)?,
-            h_last: ctx.zeros(&[b, h], f32)?,
-            dz: ctx.zeros(&[t, b, h], f32)?,
-            dh_carry: ctx.zeros(&[b, h], f32)?,
-        })
+/// The device buffers of one RNN layer.
+pub type RnnBuffers = RecurrentBuffers<RnnState>;
+
+impl RecurrentCell for RnnState {
+    const NAME: &'static str = "rnn";
+    const GATES: usize = 1;
+    const CELL_FORWARD: &'static KernelSpec = &CELL_FORWARD;
+    const CELL_BACKWARD: &'static KernelSpec = &CELL_BACKWARD;
+    const SEQUENCE_FORWARD: &'static KernelSpec = &SEQUENCE_FORWARD;
+    const SEQUENCE_BACKWARD: &'static KernelSpec = &SEQUENCE_BACKWARD;
+
+    fn new(_: &GpuContext, _: RecurrentDims) -> Result<Self> {
+        Ok(Self)
     }
-}
 
-fn params(dims: RecurrentDims, step: usize, mask_kind: u32) -> RnnParams {
-    RnnParams {
-        batch: dims.batch as u32,
-        hidden: dims.hidden as u32,
-        step: step as u32,
-        steps: dims.steps as u32,
-        mask_kind,
-        ..RnnParams::default()
+    fn forward_state(&self) -> Vec<&GpuTensor> {
+        Vec::new()
     }
-}
 
-/// The cell kernel of step `step`: `h_t = tanh(z_t + bias)` into slot t+1 of
-/// h_all (slot t carried on masked steps), and h_last on the final step.
-pub fn rnn_cell_forward(
-    ctx: &GpuContext,
-    bufs: &RnnBuffers,
-    bias: &GpuTensor,
-    mask: Option<&GpuTensor>,
-    step: usize,
-) -> Result<Dispatch> {
-    let op = CELL_FORWARD.entry;
-    let dims = bufs.dims;
-    check_step(op, step, dims)?;
-    expect_numel(op, "bias", &bias.shape, dims.hidden)?;
-    let kind = mask_kind(op, mask, dims)?;
-    // Without a mask the binding is never read; any read-only buffer fills it.
-    let mask = mask.unwrap_or(bias);
-    ctx.prepare(
-        &CELL_FORWARD,
-        &[],
-        &params(dims, step, kind),
-        &[&bufs.z, bias, mask, &bufs.h_all, &bufs.h_last],
-        Grid::linear(dims.batch * dims.hidden, WORKGROUP),
-    )
-}
-
-/// The cell backward kernel of step `step`: from the incoming `dh` (plus the
-/// carry from step t+1, except on the last step) writes dz_t into `bufs.dz`
-/// and the masked carry into `bufs.dh_carry` (`dz_t·Uᵀ` is added after).
-pub fn rnn_cell_backward(
-    ctx: &GpuContext,
-    bufs: &RnnBuffers,
-    dh: HiddenGrad,
-    mask: Option<&GpuTensor>,
-    step: usize,
-) -> Result<Dispatch> {
-    let op = CELL_BACKWARD.entry;
-    let dims = bufs.dims;
-    check_step(op, step, dims)?;
-    let (b, h) = (dims.batch, dims.hidden);
-    if let Some(seq) = dh.seq {
-        expect_numel(op, "dh_seq", &seq.shape, dims.steps * b * h)?;
+    fn carries(&self) -> Vec<&GpuTensor> {
+        Vec::new()
     }
-    if let Some(last) = dh.last {
-        expect_numel(op, "dh_last", &last.shape, b * h)?;
+
+    fn saved(bufs: &RnnBuffers) -> Vec<&GpuTensor> {
+        vec![&bufs.h_all]
     }
-    let kind = mask_kind(op, mask, dims)?;
-    let mut p = params(dims, step, kind);
-    p.has_seq = dh.seq.is_some() as u32;
-    p.has_last = dh.last.is_some() as u32;
-    // Absent inputs are never read; the read-only h_all fills them.
-    let stand_in = &bufs.h_all;
-    ctx.prepare(
-        &CELL_BACKWARD,
-        &[],
-        &p,
-        &[
-            &bufs.dz,
-            &bufs.dh_carry,
-            dh.seq.unwrap_or(stand_in),
-            dh.last.unwrap_or(stand_in),
-            &bufs.h_all,
-            mask.unwrap_or(stand_in),
-        ],
-        Grid::linear(b * h, WORKGROUP),
-    )
-}
 
-/// Whether [`rnn_sequence_forward`] and [`rnn_sequence_backward`] handle
-/// `dims` on this device: H ≤ [`PERSISTENT_MAX_HIDDEN`], and ceil(B/16)
-/// workgroups within the adapter's limit.
-///
-/// [`PERSISTENT_MAX_HIDDEN`]: crate::ops::lstm::PERSISTENT_MAX_HIDDEN
-pub fn rnn_persistent_support(ctx: &GpuContext, dims: RecurrentDims) -> Result<()> {
-    persistent_support(ctx, "rnn_persistent", dims)
-}
-
-/// The whole forward recurrence in one dispatch (each invocation runs two
-/// samples through every step): from `bufs.z` holding `X·W` (left as it
-/// is), writes h_all (slots 1..=T; slot 0 is the initial state, read here)
-/// and h_last as the per-step [`rnn_cell_forward`] sequence does.
-pub fn rnn_sequence_forward(
-    ctx: &GpuContext,
-    bufs: &RnnBuffers,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Dispatch> {
-    let op = SEQUENCE_FORWARD.entry;
-    let dims = bufs.dims;
-    persistent_support(ctx, op, dims)?;
-    let h = dims.hidden;
-    expect_numel(op, "U", &weights.u.shape, h * h)?;
-    expect_numel(op, "bias", &weights.b.shape, h)?;
-    let kind = mask_kind(op, mask, dims)?;
-    ctx.prepare(
-        &SEQUENCE_FORWARD,
-        &[("HIDDEN", h as f64)],
-        &params(dims, 0, kind),
-        &[
-            &bufs.z,
-            weights.b,
-            weights.u,
-            // Without a mask the binding is never read.
-            mask.unwrap_or(weights.b),
-            &bufs.h_all,
-            &bufs.h_last,
-        ],
-        Grid::Workgroups([persistent_groups(dims), 1, 1]),
-    )
-}
-
-/// The whole backward recurrence in one dispatch (each invocation runs two
-/// samples from the last step to the first): writes dz of every step into
-/// `bufs.dz` from the incoming `dh` and h_all forward saved. The weight
-/// gradients follow as matmuls over dz.
-pub fn rnn_sequence_backward(
-    ctx: &GpuContext,
-    bufs: &RnnBuffers,
-    dh: HiddenGrad,
-    u: &GpuTensor,
-    mask: Option<&GpuTensor>,
-) -> Result<Dispatch> {
-    let op = SEQUENCE_BACKWARD.entry;
-    let dims = bufs.dims;
-    persistent_support(ctx, op, dims)?;
-    let (b, h) = (dims.batch, dims.hidden);
-    expect_numel(op, "U", &u.shape, h * h)?;
-    if let Some(seq) = dh.seq {
-        expect_numel(op, "dh_seq", &seq.shape, dims.steps * b * h)?;
-    }
-    if let Some(last) = dh.last {
-        expect_numel(op, "dh_last", &last.shape, b * h)?;
-    }
-    let kind = mask_kind(op, mask, dims)?;
-    let mut p = params(dims, 0, kind);
-    p.has_seq = dh.seq.is_some() as u32;
-    p.has_last = dh.last.is_some() as u32;
-    // Absent inputs are never read; the read-only h_all fills them.
-    let stand_in = &bufs.h_all;
-    ctx.prepare(
-        &SEQUENCE_BACKWARD,
-        &[("HIDDEN", h as f64)],
-        &p,
-        &[
-            &bufs.dz,
-            dh.seq.unwrap_or(stand_in),
-            dh.last.unwrap_or(stand_in),
-            &bufs.h_all,
-            u,
-            mask.unwrap_or(stand_in),
-        ],
-        Grid::Workgroups([persistent_groups(dims), 1, 1]),
-    )
-}
-
-/// The whole forward pass over x `[T,B,D]`: fills `bufs.h_all` and
-/// `h_last` (and `bufs.z`, see below) in the fewest dispatches the device
-/// allows: [`rnn_forward_persistent`] (2 dispatches) when
-/// [`rnn_persistent_support`] says it fits, else [`rnn_forward_stepwise`]
-/// (2T). Record the returned dispatches in order, in one `ctx.run`. Slot 0
-/// of h_all must hold the zero initial state (as [`RnnBuffers::new`]
-/// leaves it; nothing writes it).
-pub fn rnn_forward_sequence(
-    ctx: &GpuContext,
-    bufs: &RnnBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    if rnn_persistent_support(ctx, bufs.dims).is_ok() {
-        rnn_forward_persistent(ctx, bufs, x, weights, mask)
-    } else {
-        rnn_forward_stepwise(ctx, bufs, x, weights, mask)
-    }
-}
-
-/// The forward pass in two dispatches: `Z = X·W` (bufs.z keeps it), then
-/// [`rnn_sequence_forward`].
-pub fn rnn_forward_persistent(
-    ctx: &GpuContext,
-    bufs: &RnnBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    let op = "rnn_forward_persistent";
-    let dims = bufs.dims;
-    let gates = dims.hidden;
-    check_weights(op, x, weights, dims, gates)?;
-    Ok(vec![
-        input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?,
-        rnn_sequence_forward(ctx, bufs, weights, mask)?,
-    ])
-}
-
-/// The forward pass one step at a time (any H; the readable reference):
-/// `Z = X·W`, then per step `z_t += h_{t-1}·U` and [`rnn_cell_forward`].
-/// bufs.z ends up holding the full pre-activations.
-pub fn rnn_forward_stepwise(
-    ctx: &GpuContext,
-    bufs: &RnnBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    let op = "rnn_forward_stepwise";
-    let dims = bufs.dims;
-    let gates = dims.hidden;
-    check_weights(op, x, weights, dims, gates)?;
-    let mut d = Vec::with_capacity(2 * dims.steps + 1);
-    d.push(input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?);
-    for t in 0..dims.steps {
-        // h_0 = 0: the first step has no recurrent term.
-        if t > 0 {
-            d.push(recurrent_projection(
-                ctx,
-                &bufs.z,
-                &bufs.h_all,
-                weights.u,
-                dims,
-                gates,
-                t,
-            )?);
-        }
-        d.push(rnn_cell_forward(ctx, bufs, weights.b, mask, t)?);
-    }
-    Ok(d)
-}
-
-/// The whole backward pass: accumulates dx (if given), dW, dU and db from
-/// the incoming gradient of the hidden states and what forward left in
-/// `bufs` (either forward path), in the fewest dispatches the device
-/// allows: [`rnn_backward_persistent`] when [`rnn_persistent_support`]
-/// says it fits, else [`rnn_backward_stepwise`]. Record the returned
-/// dispatches in order, in one `ctx.run`, after the forward ones.
-pub fn rnn_backward_sequence(
-    ctx: &GpuContext,
-    grads: &RecurrentGrads,
-    dh: HiddenGrad,
-    bufs: &RnnBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    if rnn_persistent_support(ctx, bufs.dims).is_ok() {
-        rnn_backward_persistent(ctx, grads, dh, bufs, x, weights, mask)
-    } else {
-        rnn_backward_stepwise(ctx, grads, dh, bufs, x, weights, mask)
-    }
-}
-
-/// The backward pass with the recurrence in one dispatch:
-/// [`rnn_sequence_backward`] (dz of every step), then the weight gradients
-/// as matmuls over all `T*B` rows (4 or 5 dispatches).
-pub fn rnn_backward_persistent(
-    ctx: &GpuContext,
-    grads: &RecurrentGrads,
-    dh: HiddenGrad,
-    bufs: &RnnBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    let op = "rnn_backward_persistent";
-    let dims = bufs.dims;
-    let gates = dims.hidden;
-    check_weights(op, x, weights, dims, gates)?;
-    if dh.seq.is_none() && dh.last.is_none() {
-        return Err(Error::shape(op, "no incoming gradient (seq or last)"));
-    }
-    let mut d = vec![rnn_sequence_backward(ctx, bufs, dh, weights.u, mask)?];
-    d.extend(weight_gradients(
-        ctx,
-        grads,
-        &bufs.dz,
-        x,
-        &bufs.h_all,
-        weights.w,
-        dims,
-    )?);
-    Ok(d)
-}
-
-/// The backward pass one step at a time (any H; the readable reference):
-/// per step, last to first, [`rnn_cell_backward`] then
-/// `dh_{t-1} += dz_t·Uᵀ`; then the weight gradients.
-pub fn rnn_backward_stepwise(
-    ctx: &GpuContext,
-    grads: &RecurrentGrads,
-    dh: HiddenGrad,
-    bufs: &RnnBuffers,
-    x: &GpuTensor,
-    weights: &RecurrentWeights,
-    mask: Option<&GpuTensor>,
-) -> Result<Vec<Dispatch>> {
-    let op = "rnn_backward_stepwise";
-    let dims = bufs.dims;
-    let gates = dims.hidden;
-    check_weights(op, x, weights, dims, gates)?;
-    if dh.seq.is_none() && dh.last.is_none() {
-        return Err(Error::shape(op, "no incoming gradient (seq or last)"));
-    }
-    let mut d = Vec::with_capacity(2 * dims.steps + 4);
-    for t in (0..dims.steps).rev() {
-        d.push(rnn_cell_backward(ctx, bufs, dh, mask, t)?);
-        // dh_0 is not needed: h_0 is the constant initial state.
-        if t > 0 {
-            d.push(recurrent_backward(
-                ctx,
-                &bufs.dh_carry,
-                &bufs.dz,
-                weights.u,
-                dims,
-                gates,
-                t,
-            )?);
+    /// The pair form only (each invocation two samples, any H).
+    fn sequence_kernel(_: &GpuContext, dims: RecurrentDims, backward: bool) -> PersistentKernel {
+        PersistentKernel {
+            spec: if backward {
+                &SEQUENCE_BACKWARD
+            } else {
+                &SEQUENCE_FORWARD
+            },
+            constants: vec![("HIDDEN", dims.hidden as f64)],
+            groups: persistent_groups(dims),
         }
     }
-    d.extend(weight_gradients(
-        ctx,
-        grads,
-        &bufs.dz,
-        x,
-        &bufs.h_all,
-        weights.w,
-        dims,
-    )?);
-    Ok(d)
 }
 
 // ---------------------------------------------------------------- autograd rule
 //
 // Saves: x (the layer's input) and, in `RnnBuffers`, h_all. Backward:
-// `rnn_backward_sequence`, i.e. `rnn_sequence_backward` (or per step
+// `recurrent_backward_sequence`, i.e. `rnn_sequence_backward` (or per step
 // `rnn_cell_backward` + `matmul_abt` for the dh carry), then `matmul_atb`
-// (dW, dU), `bias_backward` (db) and `matmul_abt` (dx). Outputs: `h_last` (`return_sequences=False`) or h_all
-// slots 1..=T.
+// (dW, dU), `bias_backward` (db) and `matmul_abt` (dx). Outputs: `h_last`
+// (`return_sequences=False`) or h_all slots 1..=T.

@@ -49,6 +49,7 @@ use crate::ops::lstm::*;
 use crate::ops::matmul::*;
 use crate::ops::peak::{measure_bandwidth, measure_fma_peak};
 use crate::ops::pool2d::*;
+use crate::ops::recurrent::*;
 use crate::ops::reduce::*;
 use crate::ops::rnn::*;
 use crate::ops::softmax_cross_entropy::*;
@@ -513,7 +514,7 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
         // dispatches and the two CPU references (the rest is shared).
         type CpuFn = Box<dyn FnMut()>;
         let (names, persistent, fwd, bwd, cpu_fwd, cpu_bwd): (_, _, _, _, CpuFn, CpuFn) = if lstm {
-            let bufs = LstmBuffers::new(ctx, dims)?;
+            let bufs = RecurrentBuffers::<LstmState>::new(ctx, dims)?;
             let states = lstm_forward_cpu(
                 &x.view(),
                 &w.view(),
@@ -523,9 +524,9 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
             );
             (
                 ["lstm_forward", "lstm_backward"],
-                lstm_persistent_support(ctx, dims).is_ok(),
-                lstm_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?,
-                lstm_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?,
+                recurrent_persistent_support::<LstmState>(ctx, dims).is_ok(),
+                recurrent_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?,
+                recurrent_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?,
                 Box::new(move || {
                     std::hint::black_box(lstm_forward_cpu(
                         &x1.view(),
@@ -548,7 +549,7 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
                 }),
             )
         } else {
-            let bufs = RnnBuffers::new(ctx, dims)?;
+            let bufs = RecurrentBuffers::<RnnState>::new(ctx, dims)?;
             let h_all = rnn_forward_cpu(
                 &x.view(),
                 &w.view(),
@@ -558,9 +559,9 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
             );
             (
                 ["rnn_forward", "rnn_backward"],
-                rnn_persistent_support(ctx, dims).is_ok(),
-                rnn_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?,
-                rnn_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?,
+                recurrent_persistent_support::<RnnState>(ctx, dims).is_ok(),
+                recurrent_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?,
+                recurrent_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?,
                 Box::new(move || {
                     std::hint::black_box(rnn_forward_cpu(
                         &x1.view(),

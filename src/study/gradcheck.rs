@@ -65,20 +65,18 @@ use crate::ops::dropout::{dropout_backward, dropout_backward_cpu, dropout_forwar
 use crate::ops::embedding::{
     embedding_backward, embedding_backward_cpu, embedding_forward_cpu, token_order,
 };
-use crate::ops::lstm::{
-    lstm_backward_cpu, lstm_backward_sequence, lstm_backward_stepwise, lstm_forward_cpu,
-    lstm_forward_sequence, lstm_forward_stepwise, HiddenGrad, LstmBuffers, RecurrentCpuGrads,
-    RecurrentDims, RecurrentGrads, RecurrentWeights,
-};
+use crate::ops::lstm::{lstm_backward_cpu, lstm_forward_cpu, LstmState};
 use crate::ops::matmul::{matmul, matmul_backward_cpu, matmul_cpu, Layout, MatmulParams};
 use crate::ops::pool2d::{
     avgpool_backward, avgpool_backward_cpu, avgpool_forward_cpu, maxpool_backward,
     maxpool_backward_cpu, maxpool_forward, maxpool_forward_cpu, windows_disjoint, Pool2dGeometry,
 };
-use crate::ops::rnn::{
-    rnn_backward_cpu, rnn_backward_sequence, rnn_backward_stepwise, rnn_forward_cpu,
-    rnn_forward_sequence, rnn_forward_stepwise, RnnBuffers,
+use crate::ops::recurrent::{
+    recurrent_backward_sequence, recurrent_backward_stepwise, recurrent_forward_sequence,
+    recurrent_forward_stepwise, HiddenGrad, RecurrentBuffers, RecurrentCell, RecurrentCpuGrads,
+    RecurrentDims, RecurrentGrads, RecurrentWeights,
 };
+use crate::ops::rnn::{rnn_backward_cpu, rnn_forward_cpu, RnnState};
 use crate::ops::softmax_cross_entropy::{
     softmax_cross_entropy_backward, softmax_cross_entropy_backward_cpu,
     softmax_cross_entropy_forward, softmax_cross_entropy_forward_cpu,
@@ -1055,37 +1053,13 @@ fn recurrent_case(c: RecurrentCase, seed: u64) -> OpCase {
                 }
             };
             let m = gmask.as_ref();
-            let mut ds = Vec::new();
+            let run = |ds: &[Dispatch]| dev.run(ds);
             match c.cell {
                 Cell::Lstm => {
-                    let bufs = LstmBuffers::new(ctx, c.dims)?;
-                    if c.stepwise {
-                        ds.extend(lstm_forward_stepwise(ctx, &bufs, &gx, &weights, m)?);
-                        ds.extend(lstm_backward_stepwise(
-                            ctx, &grads, dh, &bufs, &gx, &weights, m,
-                        )?);
-                    } else {
-                        ds.extend(lstm_forward_sequence(ctx, &bufs, &gx, &weights, m)?);
-                        ds.extend(lstm_backward_sequence(
-                            ctx, &grads, dh, &bufs, &gx, &weights, m,
-                        )?);
-                    }
-                    dev.run(&ds)?;
+                    recurrent_passes::<LstmState>(ctx, &c, &grads, dh, &gx, &weights, m, run)?
                 }
                 Cell::Rnn => {
-                    let bufs = RnnBuffers::new(ctx, c.dims)?;
-                    if c.stepwise {
-                        ds.extend(rnn_forward_stepwise(ctx, &bufs, &gx, &weights, m)?);
-                        ds.extend(rnn_backward_stepwise(
-                            ctx, &grads, dh, &bufs, &gx, &weights, m,
-                        )?);
-                    } else {
-                        ds.extend(rnn_forward_sequence(ctx, &bufs, &gx, &weights, m)?);
-                        ds.extend(rnn_backward_sequence(
-                            ctx, &grads, dh, &bufs, &gx, &weights, m,
-                        )?);
-                    }
-                    dev.run(&ds)?;
+                    recurrent_passes::<RnnState>(ctx, &c, &grads, dh, &gx, &weights, m, run)?
                 }
             }
             Ok(vec![
@@ -1096,6 +1070,35 @@ fn recurrent_case(c: RecurrentCase, seed: u64) -> OpCase {
             ])
         })),
     }
+}
+
+/// Runs forward and backward of one cell on the path `c` names (through
+/// `run`, while the layer's buffers live).
+#[allow(clippy::too_many_arguments)]
+fn recurrent_passes<C: RecurrentCell>(
+    ctx: &GpuContext,
+    c: &RecurrentCase,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    gx: &GpuTensor,
+    weights: &RecurrentWeights,
+    m: Option<&GpuTensor>,
+    run: impl FnOnce(&[Dispatch]) -> Result<()>,
+) -> Result<()> {
+    let bufs = RecurrentBuffers::<C>::new(ctx, c.dims)?;
+    let mut ds = Vec::new();
+    if c.stepwise {
+        ds.extend(recurrent_forward_stepwise(ctx, &bufs, gx, weights, m)?);
+        ds.extend(recurrent_backward_stepwise(
+            ctx, grads, dh, &bufs, gx, weights, m,
+        )?);
+    } else {
+        ds.extend(recurrent_forward_sequence(ctx, &bufs, gx, weights, m)?);
+        ds.extend(recurrent_backward_sequence(
+            ctx, grads, dh, &bufs, gx, weights, m,
+        )?);
+    }
+    run(&ds)
 }
 
 fn concat_case(widths: &[usize], rows: usize, seed: u64) -> OpCase {

@@ -1,0 +1,952 @@
+//! What the recurrent cells (`ops::lstm`, `ops::rnn`) share: sizes, the
+//! weight and gradient bundles, the device buffers, the shape checks, the
+//! launchers of the per-step and one-dispatch (persistent) kernels, the
+//! forward and backward drivers (input projection, recurrence, weight
+//! gradients as batched matmuls), and the CPU helpers of the references.
+//!
+//! A cell states only what differs ([`RecurrentCell`]): the width of z per
+//! unit (4 gates or 1), its kernels, the state it keeps besides h and which
+//! persistent kernel runs a shape. Both cells' kernels share one binding
+//! layout: forward `[z, bias, (U), mask, <cell state>, h_all, h_last]`,
+//! per-step backward `[dz, dh_carry, <carries>, dh_seq, dh_last, <saved>,
+//! mask]`, persistent backward `[dz, dh_seq, dh_last, <saved>, U, mask]`,
+//! and one `Params` (mirrored in `shaders/lstm.wgsl` and `shaders/rnn.wgsl`).
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{
+    Array, Array1, Array2, Array3, ArrayRef2, ArrayRef3, ArrayView1, ArrayView2, ArrayView3,
+    ArrayViewMut2, ArrayViewMut3, Axis, CowArray, Dimension, Ix2, NdFloat,
+};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, GpuContext, GpuTensor, Grid, KernelSpec};
+use crate::ops::bias::bias_backward;
+use crate::ops::matmul::{matmul, Layout, MatmulParams};
+use crate::tensor::{expect_numel, DType};
+
+/// Uniform parameters of every recurrent kernel, mirrored by `Params` in
+/// `shaders/lstm.wgsl` and `shaders/rnn.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RecurrentParams {
+    pub batch: u32,
+    pub hidden: u32,
+    /// The timestep this dispatch handles.
+    pub step: u32,
+    pub steps: u32,
+    /// 0: no mask, 1: u32 mask, 2: f32 mask.
+    pub mask_kind: u32,
+    /// Backward: an incoming gradient for every h_t (`return_sequences`).
+    pub has_seq: u32,
+    /// Backward: an incoming gradient for h_T.
+    pub has_last: u32,
+    pub _pad: u32,
+}
+
+impl RecurrentParams {
+    fn new(dims: RecurrentDims, step: usize, mask_kind: u32) -> Self {
+        Self {
+            batch: dims.batch as u32,
+            hidden: dims.hidden as u32,
+            step: step as u32,
+            steps: dims.steps as u32,
+            mask_kind,
+            ..Self::default()
+        }
+    }
+
+    /// With the flags saying which incoming gradients exist.
+    fn incoming(self, dh: HiddenGrad) -> Self {
+        Self {
+            has_seq: dh.seq.is_some() as u32,
+            has_last: dh.last.is_some() as u32,
+            ..self
+        }
+    }
+}
+
+// ---------------------------------------------------------------- CPU helpers
+
+/// Whether sample `n` of a step's `[B]` mask is real (no mask: all are).
+pub(crate) fn is_real(mask: Option<&ArrayView1<bool>>, n: usize) -> bool {
+    mask.is_none_or(|m| m[n])
+}
+
+/// Batches at least this large run their recurrence as two halves on two
+/// threads (samples are independent); smaller ones are not worth a thread.
+pub const CPU_SPLIT_MIN_BATCH: usize = 16;
+
+/// Runs `run` on the two halves of a batch of `batch` samples at once (the
+/// second half on a scoped thread), or on the whole batch when it is
+/// smaller than [`CPU_SPLIT_MIN_BATCH`]. `split(part, at)` cuts `part` at
+/// sample `at`. Samples are independent (each one's arithmetic is the same
+/// in a half as in the whole batch; the tests check it bit for bit) and
+/// the split depends only on `batch`, so results are bit-identical from run
+/// to run.
+pub(crate) fn on_batch_halves<P: Send>(
+    batch: usize,
+    part: P,
+    split: impl FnOnce(P, usize) -> (P, P),
+    run: impl Fn(P) + Sync,
+) {
+    if batch < CPU_SPLIT_MIN_BATCH {
+        return run(part);
+    }
+    let (first, second) = split(part, batch / 2);
+    std::thread::scope(|s| {
+        s.spawn(|| run(second));
+        run(first);
+    });
+}
+
+/// A view of time-major arrays (`[T,B,..]`, mask `[T,B]`) that can be cut
+/// at sample `at` (axis 1), so that a group of such views can be split for
+/// [`on_batch_halves`] by [`impl_split_batch`].
+pub(crate) trait SplitBatch: Sized {
+    fn split_batch(self, at: usize) -> (Self, Self);
+}
+
+impl<A> SplitBatch for ArrayViewMut3<'_, A> {
+    fn split_batch(self, at: usize) -> (Self, Self) {
+        self.split_at(Axis(1), at)
+    }
+}
+
+impl<A> SplitBatch for ArrayView3<'_, A> {
+    fn split_batch(self, at: usize) -> (Self, Self) {
+        self.split_at(Axis(1), at)
+    }
+}
+
+impl SplitBatch for Option<ArrayView2<'_, bool>> {
+    fn split_batch(self, at: usize) -> (Self, Self) {
+        match self {
+            Some(m) => {
+                let (m0, m1) = m.split_at(Axis(1), at);
+                (Some(m0), Some(m1))
+            }
+            None => (None, None),
+        }
+    }
+}
+
+/// Gives a struct of [`SplitBatch`] views (`Group<'a, A> { field, .. }`) a
+/// `split(self, at)` that cuts every field at sample `at`: the recurrences'
+/// groups of samples, each cell listing its own fields.
+macro_rules! impl_split_batch {
+    ($group:ident { $($field:ident),+ $(,)? }) => {
+        impl<A> $group<'_, A> {
+            fn split(self, at: usize) -> (Self, Self) {
+                $(let $field = $crate::ops::recurrent::SplitBatch::split_batch(self.$field, at);)+
+                (Self { $($field: $field.0),+ }, Self { $($field: $field.1),+ })
+            }
+        }
+    };
+}
+pub(crate) use impl_split_batch;
+
+/// `[T,B,K]` as its `T·B` rows `[T·B,K]` (copied only when not in
+/// standard layout).
+pub(crate) fn step_rows<A: NdFloat>(a: &ArrayRef3<A>) -> CowArray<'_, A, Ix2> {
+    let (steps, batch, k) = a.dim();
+    a.as_standard_layout()
+        .into_shape_with_order((steps * batch, k))
+        .expect("standard layout")
+}
+
+/// `[T,B,K]` in standard layout as its `T·B` rows, writable.
+pub(crate) fn step_rows_mut<A: NdFloat>(a: ArrayViewMut3<'_, A>) -> ArrayViewMut2<'_, A> {
+    let (steps, batch, k) = a.dim();
+    a.into_shape_with_order((steps * batch, k))
+        .expect("standard layout")
+}
+
+/// `a` itself, or a copy in standard layout when it is not.
+pub(crate) fn standard<A: NdFloat, D: Dimension>(a: &mut Array<A, D>) {
+    if !a.is_standard_layout() {
+        *a = a.as_standard_layout().into_owned();
+    }
+}
+
+/// A contiguous row of a standard-layout array.
+pub(crate) fn row<A>(a: &ArrayRef2<A>, n: usize) -> &[A] {
+    a.row(n)
+        .to_slice()
+        .expect("rows of standard-layout arrays are contiguous")
+}
+
+/// A contiguous row of a standard-layout array, writable.
+pub(crate) fn row_mut<A>(a: &mut ArrayRef2<A>, n: usize) -> &mut [A] {
+    a.row_mut(n)
+        .into_slice()
+        .expect("rows of standard-layout arrays are contiguous")
+}
+
+/// Gradients of a recurrent layer (LSTM or RNN) on the host: dx `[T,B,D]`,
+/// dW, dU, db.
+#[derive(Clone, Debug)]
+pub struct RecurrentCpuGrads<A> {
+    pub dx: Array3<A>,
+    pub dw: Array2<A>,
+    pub du: Array2<A>,
+    pub db: Array1<A>,
+}
+
+impl<A: NdFloat> RecurrentCpuGrads<A> {
+    /// Zero gradients; `gates` is the width of z (4H for the LSTM, H for the RNN).
+    pub fn zeros(dims: RecurrentDims, gates: usize) -> Self {
+        let RecurrentDims {
+            steps,
+            batch,
+            input,
+            hidden,
+        } = dims;
+        Self {
+            dx: Array3::zeros((steps, batch, input)),
+            dw: Array2::zeros((input, gates)),
+            du: Array2::zeros((hidden, gates)),
+            db: Array1::zeros(gates),
+        }
+    }
+
+    /// Accumulates the gradients that follow from dz of every step at once
+    /// (`T·B` rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
+    /// `dx += dZ·Wᵀ`; `h_prev` `[T,B,H]` holds h_{t-1} of every step. dU
+    /// (the largest product) runs on a second thread; each product is
+    /// computed whole by one thread, so the split changes no bits.
+    pub(crate) fn add_from_dz(
+        &mut self,
+        dz: &ArrayView3<A>,
+        x: &ArrayView3<A>,
+        h_prev: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+    ) {
+        let one = A::one();
+        let dz = step_rows(dz);
+        standard(&mut self.dx);
+        let Self { dx, dw, du, db } = self;
+        std::thread::scope(|s| {
+            s.spawn(|| general_mat_mul(one, &step_rows(h_prev).t(), &dz, one, du));
+            general_mat_mul(one, &step_rows(x).t(), &dz, one, dw);
+            *db += &dz.sum_axis(Axis(0));
+            general_mat_mul(one, &dz, &w.t(), one, &mut step_rows_mut(dx.view_mut()));
+        });
+    }
+}
+
+// ---------------------------------------------------------------- sizes and bundles
+
+/// Sizes of a recurrent layer: T, B, D (input features), H (units).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecurrentDims {
+    pub steps: usize,
+    pub batch: usize,
+    pub input: usize,
+    pub hidden: usize,
+}
+
+impl RecurrentDims {
+    pub fn new(steps: usize, batch: usize, input: usize, hidden: usize) -> Self {
+        Self {
+            steps,
+            batch,
+            input,
+            hidden,
+        }
+    }
+
+    pub(crate) fn check(&self, op: &str) -> Result<()> {
+        if self.steps == 0 || self.batch == 0 || self.input == 0 || self.hidden == 0 {
+            return Err(Error::shape(
+                op,
+                format!("every size must be > 0: {self:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The weights of a recurrent layer on the device: W `[D,G]`, U `[H,G]`,
+/// b `[G]`, with G = 4H (LSTM) or H (RNN).
+#[derive(Clone, Copy, Debug)]
+pub struct RecurrentWeights<'a> {
+    pub w: &'a GpuTensor,
+    pub u: &'a GpuTensor,
+    pub b: &'a GpuTensor,
+}
+
+/// Gradient buffers a recurrent backward accumulates into; `dx` `[T,B,D]`
+/// may be left out when the input needs no gradient.
+#[derive(Clone, Copy, Debug)]
+pub struct RecurrentGrads<'a> {
+    pub dx: Option<&'a GpuTensor>,
+    pub dw: &'a GpuTensor,
+    pub du: &'a GpuTensor,
+    pub db: &'a GpuTensor,
+}
+
+/// The incoming gradient of a recurrent layer's output: of every h_t
+/// (`seq`, `[T,B,H]`, `return_sequences`), of h_T (`last`, `[B,H]`), or both.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HiddenGrad<'a> {
+    pub seq: Option<&'a GpuTensor>,
+    pub last: Option<&'a GpuTensor>,
+}
+
+// ---------------------------------------------------------------- cells
+
+/// What a recurrent cell adds to the shared plumbing; implemented by the
+/// state the cell keeps on the device besides h (`RecurrentBuffers::cell`).
+pub trait RecurrentCell: Sized {
+    /// Names the cell's composite launches in errors (`lstm`, `rnn`).
+    const NAME: &'static str;
+    /// Columns of z per unit: 4 gates (LSTM) or 1 (RNN).
+    const GATES: usize;
+    /// The per-step kernels, forward and backward.
+    const CELL_FORWARD: &'static KernelSpec;
+    const CELL_BACKWARD: &'static KernelSpec;
+    /// The persistent kernels' pair forms, which name them in errors.
+    const SEQUENCE_FORWARD: &'static KernelSpec;
+    const SEQUENCE_BACKWARD: &'static KernelSpec;
+
+    /// Allocates the state (zeroed, as the initial state must be).
+    fn new(ctx: &GpuContext, dims: RecurrentDims) -> Result<Self>;
+    /// What the forward kernels write besides h, bound between the mask
+    /// and h_all.
+    fn forward_state(&self) -> Vec<&GpuTensor>;
+    /// Backward carries into step t-1 besides dh's, bound after dh_carry.
+    fn carries(&self) -> Vec<&GpuTensor>;
+    /// What the backward kernels read of forward's saved state, bound after
+    /// the incoming gradients; the first one (read-only there) fills the
+    /// bindings of absent inputs.
+    fn saved(bufs: &RecurrentBuffers<Self>) -> Vec<&GpuTensor>;
+    /// The persistent kernel that runs `dims` on this device.
+    fn sequence_kernel(ctx: &GpuContext, dims: RecurrentDims, backward: bool) -> PersistentKernel;
+}
+
+/// A persistent kernel chosen for a shape: the entry point, its override
+/// constants and the workgroup count.
+#[derive(Clone, Debug)]
+pub struct PersistentKernel {
+    pub spec: &'static KernelSpec,
+    pub constants: Vec<(&'static str, f64)>,
+    pub groups: u32,
+}
+
+/// The device buffers of one recurrent layer, allocated once; the
+/// dispatches built over them are recorded again every training step.
+#[derive(Debug)]
+pub struct RecurrentBuffers<C> {
+    pub dims: RecurrentDims,
+    /// Pre-activations `[T,B,G]`: `X·W`, then `+ h_{t-1}·U` per step.
+    pub z: GpuTensor,
+    /// `[T+1,B,H]`, slot 0 the zero initial state; saved for backward.
+    pub h_all: GpuTensor,
+    /// h_T `[B,H]`, written by the last step's cell kernel.
+    pub h_last: GpuTensor,
+    /// Backward scratch: dz `[T,B,G]` and the dh carry into step t-1 `[B,H]`.
+    pub dz: GpuTensor,
+    pub dh_carry: GpuTensor,
+    /// What the cell keeps besides h (the LSTM's gates, c_all, dc carry).
+    pub cell: C,
+}
+
+impl<C: RecurrentCell> RecurrentBuffers<C> {
+    pub fn new(ctx: &GpuContext, dims: RecurrentDims) -> Result<Self> {
+        dims.check(C::NAME)?;
+        let RecurrentDims {
+            steps: t,
+            batch: b,
+            hidden: h,
+            ..
+        } = dims;
+        let (g, f32) = (C::GATES * h, DType::F32);
+        Ok(Self {
+            dims,
+            z: ctx.zeros(&[t, b, g], f32)?,
+            h_all: ctx.zeros(&[t + 1, b, h], f32)?,
+            h_last: ctx.zeros(&[b, h], f32)?,
+            dz: ctx.zeros(&[t, b, g], f32)?,
+            dh_carry: ctx.zeros(&[b, h], f32)?,
+            cell: C::new(ctx, dims)?,
+        })
+    }
+}
+
+impl<C> RecurrentBuffers<C> {
+    /// The same shared buffers with `cell`'s state: callers that bind
+    /// buffers they allocated themselves fill the shared part once.
+    pub fn with_cell<D>(self, cell: D) -> RecurrentBuffers<D> {
+        let Self {
+            dims,
+            z,
+            h_all,
+            h_last,
+            dz,
+            dh_carry,
+            ..
+        } = self;
+        RecurrentBuffers {
+            dims,
+            z,
+            h_all,
+            h_last,
+            dz,
+            dh_carry,
+            cell,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- checks
+
+/// The mask's kind for the shaders (0 none, 1 u32, 2 f32), after checking
+/// that it holds `steps * batch` values.
+fn mask_kind(op: &str, mask: Option<&GpuTensor>, dims: RecurrentDims) -> Result<u32> {
+    let Some(m) = mask else { return Ok(0) };
+    expect_numel(op, "mask", &m.shape, dims.steps * dims.batch)?;
+    Ok(match m.dtype {
+        DType::U32 => 1,
+        DType::F32 => 2,
+    })
+}
+
+fn check_step(op: &str, step: usize, dims: RecurrentDims) -> Result<()> {
+    if step >= dims.steps {
+        return Err(Error::shape(
+            op,
+            format!("step {step} is outside a sequence of {} steps", dims.steps),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the incoming gradients that are given.
+fn check_hidden_grad(op: &str, dh: HiddenGrad, dims: RecurrentDims) -> Result<()> {
+    let (b, h) = (dims.batch, dims.hidden);
+    if let Some(seq) = dh.seq {
+        expect_numel(op, "dh_seq", &seq.shape, dims.steps * b * h)?;
+    }
+    if let Some(last) = dh.last {
+        expect_numel(op, "dh_last", &last.shape, b * h)?;
+    }
+    Ok(())
+}
+
+/// Checks x, W, U, b for a recurrent layer whose z is `gates` wide.
+fn check_weights(
+    op: &str,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    dims: RecurrentDims,
+    gates: usize,
+) -> Result<()> {
+    let RecurrentDims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = dims;
+    expect_numel(op, "x", &x.shape, steps * batch * input)?;
+    expect_numel(op, "W", &weights.w.shape, input * gates)?;
+    expect_numel(op, "U", &weights.u.shape, hidden * gates)?;
+    expect_numel(op, "b", &weights.b.shape, gates)
+}
+
+/// The checks of a whole backward pass: the weights, and an incoming
+/// gradient to start from.
+fn check_backward(
+    op: &str,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    dims: RecurrentDims,
+    gates: usize,
+    dh: HiddenGrad,
+) -> Result<()> {
+    check_weights(op, x, weights, dims, gates)?;
+    if dh.seq.is_none() && dh.last.is_none() {
+        return Err(Error::shape(op, "no incoming gradient (seq or last)"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- kernels
+
+const WORKGROUP: u32 = 64;
+
+/// The cell kernel of step `step`: reads `z_t` (projection and recurrent
+/// part summed), adds `bias` `[G]`, writes h_t (slot t+1 of h_all; slot t
+/// carried on masked steps), the cell's state of step t, and h_last on
+/// the final step (`lstm_gates_forward`, `rnn_cell_forward`).
+pub fn recurrent_cell_forward<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    bias: &GpuTensor,
+    mask: Option<&GpuTensor>,
+    step: usize,
+) -> Result<Dispatch> {
+    let op = C::CELL_FORWARD.entry;
+    let dims = bufs.dims;
+    check_step(op, step, dims)?;
+    expect_numel(op, "bias", &bias.shape, C::GATES * dims.hidden)?;
+    let kind = mask_kind(op, mask, dims)?;
+    // Without a mask the binding is never read; any read-only buffer fills it.
+    let mut bind = vec![&bufs.z, bias, mask.unwrap_or(bias)];
+    bind.extend(bufs.cell.forward_state());
+    bind.extend([&bufs.h_all, &bufs.h_last]);
+    ctx.prepare(
+        C::CELL_FORWARD,
+        &[],
+        &RecurrentParams::new(dims, step, kind),
+        &bind,
+        Grid::linear(dims.batch * dims.hidden, WORKGROUP),
+    )
+}
+
+/// The cell backward kernel of step `step`: from the incoming `dh` (plus
+/// the carries from step t+1, except on the last step) writes dz_t into
+/// `bufs.dz` and the carries into step t-1 (`bufs.dh_carry` gets only the
+/// masked carry; `dz_t·Uᵀ` is added after) (`lstm_gates_backward`,
+/// `rnn_cell_backward`).
+pub fn recurrent_cell_backward<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    dh: HiddenGrad,
+    mask: Option<&GpuTensor>,
+    step: usize,
+) -> Result<Dispatch> {
+    let op = C::CELL_BACKWARD.entry;
+    let dims = bufs.dims;
+    check_step(op, step, dims)?;
+    check_hidden_grad(op, dh, dims)?;
+    let kind = mask_kind(op, mask, dims)?;
+    let saved = C::saved(bufs);
+    // Absent inputs are never read; a read-only saved buffer fills them.
+    let stand_in = saved[0];
+    let mut bind = vec![&bufs.dz, &bufs.dh_carry];
+    bind.extend(bufs.cell.carries());
+    bind.extend([dh.seq.unwrap_or(stand_in), dh.last.unwrap_or(stand_in)]);
+    bind.extend(saved);
+    bind.push(mask.unwrap_or(stand_in));
+    ctx.prepare(
+        C::CELL_BACKWARD,
+        &[],
+        &RecurrentParams::new(dims, step, kind).incoming(dh),
+        &bind,
+        Grid::linear(dims.batch * dims.hidden, WORKGROUP),
+    )
+}
+
+/// Largest H of the persistent kernels (`MAX_H` in lstm.wgsl and rnn.wgsl:
+/// the size of their per-invocation arrays).
+pub const PERSISTENT_MAX_HIDDEN: usize = 256;
+/// Lanes of a persistent workgroup (`PLANES`); each lane owns two samples.
+const PERSISTENT_LANES: usize = 8;
+
+/// Whether a persistent kernel (the whole recurrence in one dispatch) handles
+/// `dims` on this device; checked for the pair form, which every `dims` that
+/// passes can fall back to.
+fn persistent_support_for(ctx: &GpuContext, op: &str, dims: RecurrentDims) -> Result<()> {
+    dims.check(op)?;
+    let unsupported = |why: String| Error::Unsupported {
+        op: op.to_string(),
+        what: format!("the one-dispatch recurrence for {dims:?}"),
+        why,
+    };
+    if dims.hidden > PERSISTENT_MAX_HIDDEN {
+        return Err(unsupported(format!(
+            "H = {} exceeds the {PERSISTENT_MAX_HIDDEN} units its per-invocation state \
+             holds (use the per-step path)",
+            dims.hidden
+        )));
+    }
+    let groups = persistent_groups(dims);
+    let max = ctx.limits.max_compute_workgroups_per_dimension;
+    if groups > max {
+        return Err(unsupported(format!(
+            "batch {} needs {groups} workgroups, the adapter allows {max}",
+            dims.batch
+        )));
+    }
+    Ok(())
+}
+
+/// Whether [`recurrent_sequence_forward`] and [`recurrent_sequence_backward`]
+/// handle `dims` for cell `C` on this device: H ≤ [`PERSISTENT_MAX_HIDDEN`],
+/// and ceil(B/16) workgroups (the pair form's) within the adapter's limit.
+pub fn recurrent_persistent_support<C: RecurrentCell>(
+    ctx: &GpuContext,
+    dims: RecurrentDims,
+) -> Result<()> {
+    persistent_support_for(ctx, &format!("{}_persistent", C::NAME), dims)
+}
+
+/// Workgroups of a pair-form persistent kernel: `PERSISTENT_LANES` lanes of
+/// two samples each.
+pub(crate) fn persistent_groups(dims: RecurrentDims) -> u32 {
+    dims.batch.div_ceil(2).div_ceil(PERSISTENT_LANES) as u32
+}
+
+/// The whole forward recurrence in one dispatch (in the form
+/// [`RecurrentCell::sequence_kernel`] picks): from `bufs.z` holding `X·W`
+/// (left as it is), writes h_all (slots 1..=T; slot 0 is the initial
+/// state, read here), the cell's state and h_last as the per-step
+/// [`recurrent_cell_forward`] sequence does (`lstm_sequence_forward`,
+/// `rnn_sequence_forward`).
+pub fn recurrent_sequence_forward<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let op = C::SEQUENCE_FORWARD.entry;
+    let dims = bufs.dims;
+    persistent_support_for(ctx, op, dims)?;
+    let (h, g) = (dims.hidden, C::GATES * dims.hidden);
+    expect_numel(op, "U", &weights.u.shape, h * g)?;
+    expect_numel(op, "bias", &weights.b.shape, g)?;
+    let kind = mask_kind(op, mask, dims)?;
+    let k = C::sequence_kernel(ctx, dims, false);
+    // Without a mask the binding is never read.
+    let mut bind = vec![&bufs.z, weights.b, weights.u, mask.unwrap_or(weights.b)];
+    bind.extend(bufs.cell.forward_state());
+    bind.extend([&bufs.h_all, &bufs.h_last]);
+    ctx.prepare(
+        k.spec,
+        &k.constants,
+        &RecurrentParams::new(dims, 0, kind),
+        &bind,
+        Grid::Workgroups([k.groups, 1, 1]),
+    )
+}
+
+/// The whole backward recurrence in one dispatch (last step to first):
+/// writes dz of every step into `bufs.dz` from the incoming `dh` and the
+/// state forward saved. The weight gradients follow as matmuls over dz
+/// (`lstm_sequence_backward`, `rnn_sequence_backward`).
+pub fn recurrent_sequence_backward<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    dh: HiddenGrad,
+    u: &GpuTensor,
+    mask: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let op = C::SEQUENCE_BACKWARD.entry;
+    let dims = bufs.dims;
+    persistent_support_for(ctx, op, dims)?;
+    let h = dims.hidden;
+    expect_numel(op, "U", &u.shape, h * C::GATES * h)?;
+    check_hidden_grad(op, dh, dims)?;
+    let kind = mask_kind(op, mask, dims)?;
+    let k = C::sequence_kernel(ctx, dims, true);
+    let saved = C::saved(bufs);
+    // Absent inputs are never read; a read-only saved buffer fills them.
+    let stand_in = saved[0];
+    let mut bind = vec![
+        &bufs.dz,
+        dh.seq.unwrap_or(stand_in),
+        dh.last.unwrap_or(stand_in),
+    ];
+    bind.extend(saved);
+    bind.extend([u, mask.unwrap_or(stand_in)]);
+    ctx.prepare(
+        k.spec,
+        &k.constants,
+        &RecurrentParams::new(dims, 0, kind).incoming(dh),
+        &bind,
+        Grid::Workgroups([k.groups, 1, 1]),
+    )
+}
+
+// ---------------------------------------------------------------- matmuls
+
+/// `Z = X·W` over all `T*B` rows at once (overwrites z).
+fn input_projection(
+    ctx: &GpuContext,
+    z: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    dims: RecurrentDims,
+    gates: usize,
+) -> Result<Dispatch> {
+    let rows = dims.steps * dims.batch;
+    matmul(
+        ctx,
+        Layout::AB,
+        z,
+        x,
+        w,
+        MatmulParams::new(rows, gates, dims.input),
+    )
+}
+
+/// `z_t += h_{t-1}·U` into step t's slice of z; `h_all` slot t is h_{t-1}.
+fn recurrent_projection(
+    ctx: &GpuContext,
+    z: &GpuTensor,
+    h_all: &GpuTensor,
+    u: &GpuTensor,
+    dims: RecurrentDims,
+    gates: usize,
+    step: usize,
+) -> Result<Dispatch> {
+    let (b, h) = (dims.batch, dims.hidden);
+    matmul(
+        ctx,
+        Layout::AB,
+        z,
+        h_all,
+        u,
+        MatmulParams::new(b, gates, h)
+            .accumulate()
+            .offsets(step * b * h, 0, step * b * gates),
+    )
+}
+
+/// `dh_{t-1} += dz_t·Uᵀ` into the dh carry.
+fn recurrent_backward(
+    ctx: &GpuContext,
+    dh_carry: &GpuTensor,
+    dz: &GpuTensor,
+    u: &GpuTensor,
+    dims: RecurrentDims,
+    gates: usize,
+    step: usize,
+) -> Result<Dispatch> {
+    let (b, h) = (dims.batch, dims.hidden);
+    matmul(
+        ctx,
+        Layout::ABt,
+        dh_carry,
+        dz,
+        u,
+        MatmulParams::new(b, h, gates)
+            .accumulate()
+            .offsets(step * b * gates, 0, 0),
+    )
+}
+
+/// The weight and input gradients of a recurrent layer from dz of every
+/// step at once (K = T*B rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`,
+/// `db += Σ dZ`, `dx += dZ·Wᵀ`. dz is `[T,B,gates]` with gates = b's length;
+/// `bias_backward` sums every row of it, i.e. exactly the T*B rows.
+fn weight_gradients(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dz: &GpuTensor,
+    x: &GpuTensor,
+    h_all: &GpuTensor,
+    w: &GpuTensor,
+    dims: RecurrentDims,
+) -> Result<Vec<Dispatch>> {
+    let op = "recurrent_weight_gradients";
+    let rows = dims.steps * dims.batch;
+    let gates = dz.numel() / rows;
+    expect_numel(op, "dz", &dz.shape, rows * gates)?;
+    expect_numel(op, "dW", &grads.dw.shape, dims.input * gates)?;
+    expect_numel(op, "dU", &grads.du.shape, dims.hidden * gates)?;
+    let mut d = vec![
+        matmul(
+            ctx,
+            Layout::AtB,
+            grads.dw,
+            x,
+            dz,
+            MatmulParams::new(dims.input, gates, rows).accumulate(),
+        )?,
+        matmul(
+            ctx,
+            Layout::AtB,
+            grads.du,
+            h_all,
+            dz,
+            MatmulParams::new(dims.hidden, gates, rows).accumulate(),
+        )?,
+    ];
+    d.extend(bias_backward(ctx, grads.db, dz)?);
+    if let Some(dx) = grads.dx {
+        expect_numel(op, "dx", &dx.shape, rows * dims.input)?;
+        d.push(matmul(
+            ctx,
+            Layout::ABt,
+            dx,
+            dz,
+            w,
+            MatmulParams::new(rows, dims.input, gates).accumulate(),
+        )?);
+    }
+    Ok(d)
+}
+
+// ---------------------------------------------------------------- drivers
+
+/// The whole forward pass over x `[T,B,D]`: fills `bufs.h_all`, `h_last`
+/// and the cell's state (and `bufs.z`, see below) in the fewest dispatches
+/// the device allows: [`recurrent_forward_persistent`] (2 dispatches) when
+/// [`recurrent_persistent_support`] says it fits, else
+/// [`recurrent_forward_stepwise`] (2T). Record the returned dispatches in
+/// order, in one `ctx.run`. Slot 0 of h_all (and the LSTM's c_all) must
+/// hold the zero initial state (as [`RecurrentBuffers::new`] leaves it;
+/// nothing writes it).
+pub fn recurrent_forward_sequence<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    if recurrent_persistent_support::<C>(ctx, bufs.dims).is_ok() {
+        recurrent_forward_persistent(ctx, bufs, x, weights, mask)
+    } else {
+        recurrent_forward_stepwise(ctx, bufs, x, weights, mask)
+    }
+}
+
+/// The forward pass in two dispatches: `Z = X·W` (bufs.z keeps it), then
+/// [`recurrent_sequence_forward`].
+pub fn recurrent_forward_persistent<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = format!("{}_forward_persistent", C::NAME);
+    let dims = bufs.dims;
+    let gates = C::GATES * dims.hidden;
+    check_weights(&op, x, weights, dims, gates)?;
+    Ok(vec![
+        input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?,
+        recurrent_sequence_forward(ctx, bufs, weights, mask)?,
+    ])
+}
+
+/// The forward pass one step at a time (any H; the readable reference):
+/// `Z = X·W`, then per step `z_t += h_{t-1}·U` and
+/// [`recurrent_cell_forward`]. bufs.z ends up holding the full
+/// pre-activations.
+pub fn recurrent_forward_stepwise<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = format!("{}_forward_stepwise", C::NAME);
+    let dims = bufs.dims;
+    let gates = C::GATES * dims.hidden;
+    check_weights(&op, x, weights, dims, gates)?;
+    let mut d = Vec::with_capacity(2 * dims.steps + 1);
+    d.push(input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?);
+    for t in 0..dims.steps {
+        // h_0 = 0: the first step has no recurrent term.
+        if t > 0 {
+            d.push(recurrent_projection(
+                ctx,
+                &bufs.z,
+                &bufs.h_all,
+                weights.u,
+                dims,
+                gates,
+                t,
+            )?);
+        }
+        d.push(recurrent_cell_forward(ctx, bufs, weights.b, mask, t)?);
+    }
+    Ok(d)
+}
+
+/// The whole backward pass: accumulates dx (if given), dW, dU and db from
+/// the incoming gradient of the hidden states and what forward left in
+/// `bufs` (either forward path), in the fewest dispatches the device
+/// allows: [`recurrent_backward_persistent`] when
+/// [`recurrent_persistent_support`] says it fits, else
+/// [`recurrent_backward_stepwise`]. Record the returned dispatches in
+/// order, in one `ctx.run`, after the forward ones.
+pub fn recurrent_backward_sequence<C: RecurrentCell>(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &RecurrentBuffers<C>,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    if recurrent_persistent_support::<C>(ctx, bufs.dims).is_ok() {
+        recurrent_backward_persistent(ctx, grads, dh, bufs, x, weights, mask)
+    } else {
+        recurrent_backward_stepwise(ctx, grads, dh, bufs, x, weights, mask)
+    }
+}
+
+/// The backward pass with the recurrence in one dispatch:
+/// [`recurrent_sequence_backward`] (dz of every step), then the weight
+/// gradients as matmuls over all `T*B` rows (4 or 5 dispatches).
+pub fn recurrent_backward_persistent<C: RecurrentCell>(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &RecurrentBuffers<C>,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = format!("{}_backward_persistent", C::NAME);
+    let dims = bufs.dims;
+    check_backward(&op, x, weights, dims, C::GATES * dims.hidden, dh)?;
+    let mut d = vec![recurrent_sequence_backward(ctx, bufs, dh, weights.u, mask)?];
+    d.extend(weight_gradients(
+        ctx,
+        grads,
+        &bufs.dz,
+        x,
+        &bufs.h_all,
+        weights.w,
+        dims,
+    )?);
+    Ok(d)
+}
+
+/// The backward pass one step at a time (any H; the readable reference):
+/// per step, last to first, [`recurrent_cell_backward`] then
+/// `dh_{t-1} += dz_t·Uᵀ`; then the weight gradients.
+pub fn recurrent_backward_stepwise<C: RecurrentCell>(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &RecurrentBuffers<C>,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = format!("{}_backward_stepwise", C::NAME);
+    let dims = bufs.dims;
+    let gates = C::GATES * dims.hidden;
+    check_backward(&op, x, weights, dims, gates, dh)?;
+    let mut d = Vec::with_capacity(2 * dims.steps + 4);
+    for t in (0..dims.steps).rev() {
+        d.push(recurrent_cell_backward(ctx, bufs, dh, mask, t)?);
+        // dh_0 is not needed: h_0 is the constant initial state.
+        if t > 0 {
+            d.push(recurrent_backward(
+                ctx,
+                &bufs.dh_carry,
+                &bufs.dz,
+                weights.u,
+                dims,
+                gates,
+                t,
+            )?);
+        }
+    }
+    d.extend(weight_gradients(
+        ctx,
+        grads,
+        &bufs.dz,
+        x,
+        &bufs.h_all,
+        weights.w,
+        dims,
+    )?);
+    Ok(d)
+}
