@@ -33,6 +33,7 @@ use ndarray::{
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
+use crate::ops::activation::tanh_cpu as tanh;
 use crate::ops::lstm::{
     check_step, check_weights, input_projection, mask_kind, on_batch_halves, persistent_groups,
     persistent_support, recurrent_backward, recurrent_projection, row, row_mut, split_mask,
@@ -75,7 +76,7 @@ pub fn rnn_cell_forward_cpu<A: NdFloat>(
 ) -> Array2<A> {
     Array2::from_shape_fn(h_prev.raw_dim(), |(n, j)| {
         if is_real(mask, n) {
-            (z[[n, j]] + b[j]).tanh()
+            tanh(z[[n, j]] + b[j])
         } else {
             h_prev[[n, j]]
         }
@@ -181,7 +182,7 @@ fn rnn_forward_group<A: NdFloat>(group: RnnForwardGroup<A>, u: &ArrayView2<A>, b
                 continue;
             }
             for (v, &b) in h.iter_mut().zip(b) {
-                *v = (*v + b).tanh();
+                *v = tanh(*v + b);
             }
         }
     }
