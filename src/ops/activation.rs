@@ -151,11 +151,15 @@ pub fn tanh_slice_cpu<A: NdFloat>(v: &mut [A]) {
 }
 
 pub fn activation_forward_cpu<A: NdFloat>(act: Activation, x: &ArrayViewD<A>) -> ArrayD<A> {
-    x.mapv(|v| match act {
-        Activation::Relu => v.max(A::zero()),
-        Activation::Sigmoid => sigmoid_cpu(v),
-        Activation::Tanh => tanh_cpu(v),
-    })
+    let mut y = x.as_standard_layout().into_owned();
+    // One plain loop per activation over the contiguous values (vectorises).
+    let v = y.as_slice_mut().expect("standard layout");
+    match act {
+        Activation::Relu => v.iter_mut().for_each(|v| *v = v.max(A::zero())),
+        Activation::Sigmoid => sigmoid_slice_cpu(v),
+        Activation::Tanh => tanh_slice_cpu(v),
+    }
+    y
 }
 
 /// `dx += dy * f'`, where `saved` is x for ReLU and y for sigmoid/tanh.
@@ -165,6 +169,30 @@ pub fn activation_backward_cpu<A: NdFloat>(
     dy: &ArrayViewD<A>,
     saved: &ArrayViewD<A>,
 ) {
+    // Contiguous operands (the usual case) as slices: a plain loop that
+    // vectorises; the same arithmetic as the Zip.
+    if let (Some(dx), Some(dy), Some(saved)) = (dx.as_slice_mut(), dy.as_slice(), saved.as_slice())
+    {
+        let n = dx.len();
+        let (dy, saved) = (&dy[..n], &saved[..n]);
+        match act {
+            Activation::Relu => (0..n).for_each(|i| {
+                dx[i] += dy[i]
+                    * if saved[i] > A::zero() {
+                        A::one()
+                    } else {
+                        A::zero()
+                    }
+            }),
+            Activation::Sigmoid => {
+                (0..n).for_each(|i| dx[i] += dy[i] * (saved[i] * (A::one() - saved[i])))
+            }
+            Activation::Tanh => {
+                (0..n).for_each(|i| dx[i] += dy[i] * (A::one() - saved[i] * saved[i]))
+            }
+        }
+        return;
+    }
     Zip::from(dx).and(dy).and(saved).for_each(|dx, &g, &s| {
         *dx += g * match act {
             Activation::Relu => {
