@@ -120,3 +120,39 @@ fn activation_backward_matches_finite_differences() {
         assert_close_f64(&format!("{act:?} gradient"), &dx, &fd, 1e-6, 1e-8);
     }
 }
+
+/// The f32 sigmoid and tanh of the CPU references (fast approximations)
+/// against the exact f64 formulas: within 3e-7 relative (2-3 ulp) over
+/// [-90, 90] (dense near 0, where tanh switches formula at 0.625), exact
+/// saturation far out, and NaN passed through.
+#[test]
+fn fast_f32_sigmoid_tanh_match_f64() {
+    let mut xs: Vec<f32> = (-900_000..=900_000).map(|i| i as f32 * 1e-4).collect();
+    xs.extend((-2000..=2000).map(|i| i as f32 * 1e-6));
+    xs.extend([0.625, -0.625, 0.624_999_9, 1e-30, -1e-30, 0.0, -0.0]);
+    let (mut worst_s, mut worst_t) = (0.0f64, 0.0f64);
+    for &x in &xs {
+        let s = sigmoid_cpu(x) as f64;
+        let s64 = 1.0 / (1.0 + (-(x as f64)).exp());
+        // Below e^-87 the f32 sigmoid is ~1e-38 (the exp clamps): compare
+        // absolutely there.
+        let rel = |got: f64, want: f64| (got - want).abs() / want.abs().max(1e-30);
+        if x > -80.0 {
+            worst_s = worst_s.max(rel(s, s64));
+        } else {
+            assert!(s < 1e-34, "sigmoid({x}) = {s}");
+        }
+        let t = tanh_cpu(x) as f64;
+        let t64 = (x as f64).tanh();
+        worst_t = worst_t.max(if t64 == 0.0 { t.abs() } else { rel(t, t64) });
+    }
+    assert!(worst_s < 3e-7, "sigmoid: worst relative error {worst_s:e}");
+    assert!(worst_t < 3e-7, "tanh: worst relative error {worst_t:e}");
+    assert_eq!(tanh_cpu(100.0f32), 1.0);
+    assert_eq!(tanh_cpu(-100.0f32), -1.0);
+    assert_eq!(sigmoid_cpu(100.0f32), 1.0);
+    assert!(sigmoid_cpu(f32::NAN).is_nan() && tanh_cpu(f32::NAN).is_nan());
+    // f64 keeps the exact formulas.
+    assert_eq!(tanh_cpu(0.3f64), 0.3f64.tanh());
+    assert_eq!(sigmoid_cpu(0.3f64), 1.0 / (1.0 + (-0.3f64).exp()));
+}

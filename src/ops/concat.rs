@@ -6,7 +6,7 @@
 //! its gradient (backward); [`concat_forward_all`] and
 //! [`concat_backward_all`] build the dispatches for all inputs.
 
-use ndarray::{concatenate, ArrayD, ArrayViewD, Axis, NdFloat, Slice};
+use ndarray::{ArrayD, ArrayViewD, Axis, NdFloat, Slice};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
@@ -33,10 +33,26 @@ pub struct ConcatParams {
 /// # Panics
 /// If `inputs` is empty or the leading axes differ.
 pub fn concat_forward_cpu<A: NdFloat>(inputs: &[ArrayViewD<A>]) -> ArrayD<A> {
-    let axis = Axis(inputs[0].ndim() - 1);
-    let out = concatenate(axis, inputs).expect("concat_forward_cpu: leading axes differ");
-    // concatenate may pick a column-major layout; callers expect row-major.
-    out.as_standard_layout().into_owned()
+    let lead = &inputs[0].shape()[..inputs[0].ndim() - 1];
+    assert!(
+        inputs.iter().all(|x| &x.shape()[..x.ndim() - 1] == lead),
+        "concat_forward_cpu: leading axes differ"
+    );
+    // Row by row, each input's row copied in turn, straight into the
+    // row-major result (ndarray's concatenate may pick a column-major
+    // layout, which then cost a second copy).
+    let rows: usize = lead.iter().product();
+    let parts: Vec<_> = inputs.iter().map(|x| x.as_standard_layout()).collect();
+    let widths: Vec<usize> = inputs.iter().map(|x| x.shape()[x.ndim() - 1]).collect();
+    let mut out = Vec::with_capacity(rows * widths.iter().sum::<usize>());
+    for r in 0..rows {
+        for (x, &f) in parts.iter().zip(&widths) {
+            out.extend_from_slice(&x.as_slice().expect("standard layout")[r * f..][..f]);
+        }
+    }
+    let mut shape = lead.to_vec();
+    shape.push(widths.iter().sum());
+    ArrayD::from_shape_vec(shape, out).expect("rows of ΣF values")
 }
 
 /// `dxs[i] += dy[..., block i]`, the blocks in order along the last axis.

@@ -53,6 +53,10 @@ use ndarray::{
 
 use crate::error::Result;
 use crate::gpu::{Access, GpuContext, GpuTensor, KernelSpec, Shader};
+use crate::ops::activation::{
+    sigmoid_cpu as sigmoid, sigmoid_slice_cpu as sigmoid_slice, tanh_cpu as tanh,
+    tanh_slice_cpu as tanh_slice,
+};
 use crate::ops::recurrent::{
     impl_split_batch, is_real, on_batch_halves, persistent_groups, row, row_mut, step_rows,
     PersistentKernel, RecurrentBuffers, RecurrentCell, RecurrentCpuGrads, RecurrentDims,
@@ -60,10 +64,6 @@ use crate::ops::recurrent::{
 use crate::tensor::DType;
 
 // ---------------------------------------------------------------- CPU reference
-
-fn sigmoid<A: NdFloat>(v: A) -> A {
-    A::one() / (A::one() + (-v).exp())
-}
 
 /// One step's outputs: activated gates `[B,4H]`, `c_t` and `h_t` `[B,H]`.
 #[derive(Clone, Debug)]
@@ -92,7 +92,7 @@ pub fn lstm_cell_forward_cpu<A: NdFloat>(
             let (i, f, g, o) = (
                 sigmoid(pre(0)),
                 sigmoid(pre(1)),
-                pre(2).tanh(),
+                tanh(pre(2)),
                 sigmoid(pre(3)),
             );
             for (k, v) in [i, f, g, o].into_iter().enumerate() {
@@ -100,7 +100,7 @@ pub fn lstm_cell_forward_cpu<A: NdFloat>(
             }
             if is_real(mask, n) {
                 c[[n, j]] = f * c_prev[[n, j]] + i * g;
-                h[[n, j]] = o * c[[n, j]].tanh();
+                h[[n, j]] = o * tanh(c[[n, j]]);
             } else {
                 c[[n, j]] = c_prev[[n, j]];
                 h[[n, j]] = h_prev[[n, j]];
@@ -144,7 +144,7 @@ pub fn lstm_cell_backward_cpu<A: NdFloat>(
             }
             let gate = |k: usize| gates[[n, k * hidden + j]];
             let (i, f, g, o) = (gate(0), gate(1), gate(2), gate(3));
-            let tc = c[[n, j]].tanh();
+            let tc = tanh(c[[n, j]]);
             let dct = dc + dh * o * (one - tc * tc);
             dz[[n, j]] = dct * g * i * (one - i);
             dz[[n, hidden + j]] = dct * c_prev[[n, j]] * f * (one - f);
@@ -243,16 +243,14 @@ fn lstm_forward_group<A: NdFloat>(group: LstmForwardGroup<A>, u: &ArrayView2<A>,
         general_mat_mul(A::one(), &h_prev, u, A::one(), &mut gates_t);
         for n in 0..batch {
             let z = row_mut(&mut gates_t, n);
-            // Gate order i, f, g, o: g (the third quarter) is tanh.
-            for (k, (z, b)) in z.chunks_mut(hidden).zip(b.chunks(hidden)).enumerate() {
-                for (v, &b) in z.iter_mut().zip(b) {
-                    *v = if k == 2 {
-                        (*v + b).tanh()
-                    } else {
-                        sigmoid(*v + b)
-                    };
-                }
-            }
+            // Gate order i, f, g, o: g (the third quarter) is tanh. Whole
+            // slices at a time, so that the activations vectorise.
+            z.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
+            let (ifg, o) = z.split_at_mut(3 * hidden);
+            let (if_, g) = ifg.split_at_mut(2 * hidden);
+            sigmoid_slice(if_);
+            tanh_slice(g);
+            sigmoid_slice(o);
             let (c_prev, h_prev) = (row(&c_prev, n), row(&h_prev, n));
             let (c, h) = (row_mut(&mut c, n), row_mut(&mut h, n));
             if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
@@ -261,10 +259,15 @@ fn lstm_forward_group<A: NdFloat>(group: LstmForwardGroup<A>, u: &ArrayView2<A>,
                 continue;
             }
             for j in 0..hidden {
-                let (i, f, g, o) = (z[j], z[hidden + j], z[2 * hidden + j], z[3 * hidden + j]);
+                let (i, f, g) = (z[j], z[hidden + j], z[2 * hidden + j]);
                 c[j] = f * c_prev[j] + i * g;
-                h[j] = o * c[j].tanh();
             }
+            // h = o * tanh(c), the tanh over the whole row (vectorised).
+            h.copy_from_slice(c);
+            tanh_slice(h);
+            h.iter_mut()
+                .zip(&z[3 * hidden..])
+                .for_each(|(h, &o)| *h *= o);
         }
     }
 }
@@ -379,6 +382,8 @@ fn lstm_backward_group<A: NdFloat>(group: LstmBackwardGroup<A>, u: &ArrayView2<A
     let mut dh = Array2::<A>::zeros((batch, hidden));
     let mut dc = Array2::<A>::zeros((batch, hidden));
     let (mut dh_v, mut dc_v) = (dh.view_mut(), dc.view_mut());
+    // tanh(c_t) of one sample, computed a row at a time (vectorised).
+    let mut tanh_c = vec![zero; hidden];
     for t in (0..steps).rev() {
         dh_v += &dh_seq.index_axis(Axis(0), t);
         let mut dz_t = dz.index_axis_mut(Axis(0), t);
@@ -398,6 +403,8 @@ fn lstm_backward_group<A: NdFloat>(group: LstmBackwardGroup<A>, u: &ArrayView2<A
                 row_mut(&mut dc_v, n),
                 row_mut(&mut dz_t, n),
             );
+            tanh_c.copy_from_slice(c);
+            tanh_slice(&mut tanh_c);
             for j in 0..hidden {
                 let (i, f, g, o) = (
                     gate[j],
@@ -405,7 +412,7 @@ fn lstm_backward_group<A: NdFloat>(group: LstmBackwardGroup<A>, u: &ArrayView2<A
                     gate[2 * hidden + j],
                     gate[3 * hidden + j],
                 );
-                let tc = c[j].tanh();
+                let tc = tanh_c[j];
                 let dct = dc[j] + dh[j] * o * (one - tc * tc);
                 dz[j] = dct * g * i * (one - i);
                 dz[hidden + j] = dct * c_prev[j] * f * (one - f);

@@ -171,10 +171,51 @@ fn unflat(shape: [usize; 4], i: usize) -> [usize; 4] {
     [t / shape[1], t % shape[1], w, c]
 }
 
+/// `next = x > best ? x : best` and `next_tap = x > best ? tap : best_tap`
+/// per element (IEEE `>`: a NaN in x never wins). In f32 the selects are
+/// written as bit masks: the same result, but LLVM's cost model only
+/// vectorises them in that form (SSE2 has no blend).
+fn take_greater<A: NdFloat>(
+    x: &[A],
+    best: &[A],
+    best_tap: &[u32],
+    tap: u32,
+    next: &mut [A],
+    next_tap: &mut [u32],
+) {
+    let c = x.len();
+    let (best, best_tap) = (&best[..c], &best_tap[..c]);
+    let (next, next_tap) = (&mut next[..c], &mut next_tap[..c]);
+    let f32_bits = |v: A| v.to_f32().unwrap_or(f32::NAN).to_bits();
+    for ch in 0..c {
+        let (v, b, bt) = (x[ch], best[ch], best_tap[ch]);
+        let greater = v > b;
+        if is_f32::<A>() {
+            let m = (greater as u32).wrapping_neg();
+            let bits = (f32_bits(v) & m) | (f32_bits(b) & !m);
+            next[ch] = A::from(f32::from_bits(bits)).unwrap_or_else(A::nan);
+            next_tap[ch] = (tap & m) | (bt & !m);
+        } else {
+            next[ch] = if greater { v } else { b };
+            next_tap[ch] = if greater { tap } else { bt };
+        }
+    }
+}
+
+fn is_f32<A: 'static>() -> bool {
+    std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>()
+}
+
 /// `(y, argmax)`: the window maxima and the flat index into x of each
 /// (first maximum in scan order). Works on whole pixels: the first tap of a
 /// window initialises all C channels, each later tap (in scan order)
 /// replaces those it strictly exceeds.
+///
+/// Shaped to vectorise (after a ReLU, branches would be unpredictable):
+/// per channel the running maximum and the number of its tap ping-pong
+/// between two scratch rows through [`take_greater`] (a select stored back
+/// where it was loaded becomes a conditional store, which LLVM scalarises);
+/// the flat index is formed once from the winning tap.
 pub fn maxpool_forward_cpu<A: NdFloat>(
     x: &ArrayView4<A>,
     g: &Pool2dGeometry,
@@ -184,37 +225,44 @@ pub fn maxpool_forward_cpu<A: NdFloat>(
     let x = x.as_slice().expect("standard layout");
     let shape = g.output_shape();
     let [batch, out_h, out_w, c] = shape;
-    let mut y = Array4::<A>::zeros(shape);
-    let mut argmax = Array4::<u32>::zeros(shape);
-    let ys = y.as_slice_mut().expect("fresh array");
-    let args = argmax.as_slice_mut().expect("fresh array");
-    let mut o = 0;
+    let mut ys = Vec::with_capacity(numel(&shape));
+    let mut args = Vec::with_capacity(numel(&shape));
+    let (mut best, mut next) = (vec![A::zero(); c], vec![A::zero(); c]);
+    let (mut best_tap, mut next_tap) = (vec![0u32; c], vec![0u32; c]);
+    // The flat index of channel 0 of each tap of the current window.
+    let mut tap_at = Vec::with_capacity(g.pool[0] * g.pool[1]);
     for n in 0..batch {
         for oh in 0..out_h {
             for ow in 0..out_w {
-                let (yo, ao) = (&mut ys[o..o + c], &mut args[o..o + c]);
+                tap_at.clear();
                 for kh in 0..g.pool[0] {
                     for kw in 0..g.pool[1] {
-                        let ih = oh * g.stride[0] + kh;
-                        let iw = ow * g.stride[1] + kw;
-                        let at = flat(g.input_shape(), [n, ih, iw, 0]);
-                        let xi = &x[at..at + c];
-                        let first = kh == 0 && kw == 0;
-                        for (ch, ((yv, av), &v)) in
-                            yo.iter_mut().zip(ao.iter_mut()).zip(xi).enumerate()
-                        {
-                            if first || v > *yv {
-                                *yv = v;
-                                *av = (at + ch) as u32;
-                            }
-                        }
+                        let (ih, iw) = (oh * g.stride[0] + kh, ow * g.stride[1] + kw);
+                        tap_at.push(flat(g.input_shape(), [n, ih, iw, 0]));
                     }
                 }
-                o += c;
+                best.copy_from_slice(&x[tap_at[0]..][..c]);
+                best_tap.fill(0);
+                for (tap, &at) in tap_at.iter().enumerate().skip(1) {
+                    let xi = &x[at..][..c];
+                    take_greater(xi, &best, &best_tap, tap as u32, &mut next, &mut next_tap);
+                    std::mem::swap(&mut best, &mut next);
+                    std::mem::swap(&mut best_tap, &mut next_tap);
+                }
+                ys.extend_from_slice(&best);
+                args.extend(
+                    best_tap
+                        .iter()
+                        .enumerate()
+                        .map(|(ch, &tap)| (tap_at[tap as usize] + ch) as u32),
+                );
             }
         }
     }
-    (y, argmax)
+    (
+        Array4::from_shape_vec(shape, ys).expect("one value per output"),
+        Array4::from_shape_vec(shape, args).expect("one index per output"),
+    )
 }
 
 /// `dx[argmax[o]] += dy[o]` for every output element o.

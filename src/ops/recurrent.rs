@@ -228,7 +228,13 @@ impl<A: NdFloat> RecurrentCpuGrads<A> {
         std::thread::scope(|s| {
             s.spawn(|| general_mat_mul(one, &step_rows(h_prev).t(), &dz, one, du));
             general_mat_mul(one, &step_rows(x).t(), &dz, one, dw);
-            *db += &dz.sum_axis(Axis(0));
+            // Σ over the rows in order, then added (as `sum_axis(Axis(0))`,
+            // whose lane-by-lane walk was 10x slower than these row adds).
+            let mut sum = Array1::zeros(db.len());
+            for row in dz.rows() {
+                sum += &row;
+            }
+            *db += &sum;
             general_mat_mul(one, &dz, &w.t(), one, &mut step_rows_mut(dx.view_mut()));
         });
     }

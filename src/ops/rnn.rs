@@ -29,6 +29,7 @@ use ndarray::{
 
 use crate::error::Result;
 use crate::gpu::{Access, GpuContext, GpuTensor, KernelSpec, Shader};
+use crate::ops::activation::tanh_cpu as tanh;
 use crate::ops::recurrent::{
     impl_split_batch, is_real, on_batch_halves, persistent_groups, row, row_mut, step_rows,
     step_rows_mut, PersistentKernel, RecurrentBuffers, RecurrentCell, RecurrentCpuGrads,
@@ -47,7 +48,7 @@ pub fn rnn_cell_forward_cpu<A: NdFloat>(
 ) -> Array2<A> {
     Array2::from_shape_fn(h_prev.raw_dim(), |(n, j)| {
         if is_real(mask, n) {
-            (z[[n, j]] + b[j]).tanh()
+            tanh(z[[n, j]] + b[j])
         } else {
             h_prev[[n, j]]
         }
@@ -138,7 +139,7 @@ fn rnn_forward_group<A: NdFloat>(group: RnnForwardGroup<A>, u: &ArrayView2<A>, b
                 continue;
             }
             for (v, &b) in h.iter_mut().zip(b) {
-                *v = (*v + b).tanh();
+                *v = tanh(*v + b);
             }
         }
     }

@@ -138,11 +138,31 @@ pub fn adam_update_cpu<A: NdFloat>(
     let c1 = cast(1.0 - config.beta_1);
     let c2 = cast(1.0 - config.beta_2);
     let eps = cast(config.epsilon);
-    Zip::from(w).and(g).and(m).and(v).for_each(|w, &g, m, v| {
+    let update = |w: &mut A, g: A, m: &mut A, v: &mut A| {
         *m += (g - *m) * c1;
         *v += (g * g - *v) * c2;
         *w -= (*m * alpha) / (v.sqrt() + eps);
-    });
+    };
+    // Contiguous operands (always, in the CPU backend) as slices of one
+    // length: a plain loop that vectorises, unlike the 4-way dynamic Zip.
+    if let (Some(ws), Some(gs), Some(ms), Some(vs)) = (
+        w.as_slice_mut(),
+        g.as_slice(),
+        m.as_slice_mut(),
+        v.as_slice_mut(),
+    ) {
+        let n = ws.len();
+        let (gs, ms, vs) = (&gs[..n], &mut ms[..n], &mut vs[..n]);
+        for i in 0..n {
+            update(&mut ws[i], gs[i], &mut ms[i], &mut vs[i]);
+        }
+        return;
+    }
+    Zip::from(w)
+        .and(g)
+        .and(m)
+        .and(v)
+        .for_each(|w, &g, m, v| update(w, g, m, v));
 }
 
 // ---------------------------------------------------------------- GPU
