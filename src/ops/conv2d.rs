@@ -269,9 +269,32 @@ fn im2col<A: NdFloat>(x: &ArrayView4<A>, g: &Conv2dGeometry) -> Array2<A> {
     let mut cols = Array2::zeros((batch * out_h * out_w, taps));
     let dst = cols.as_slice_mut().expect("fresh array");
     for_each_run(g, |row, col, at, len| {
-        dst[row * taps + col..][..len].copy_from_slice(&x[at..][..len]);
+        copy_run(&mut dst[row * taps + col..][..len], &x[at..][..len]);
     });
     cols
+}
+
+/// Copies one run of im2col. Runs are a kernel row's taps times Cin (3
+/// floats for the seed's 3x3 conv on one channel): a `memcpy` call per run
+/// cost more than the copy itself, so short runs are copied in place by a
+/// fixed-size copy per length.
+fn copy_run<A: Copy>(dst: &mut [A], src: &[A]) {
+    fn fixed<A: Copy, const N: usize>(dst: &mut [A], src: &[A]) {
+        let src: &[A; N] = src.try_into().expect("run lengths agree");
+        let dst: &mut [A; N] = dst.try_into().expect("run lengths agree");
+        *dst = *src;
+    }
+    match dst.len() {
+        1 => fixed::<A, 1>(dst, src),
+        2 => fixed::<A, 2>(dst, src),
+        3 => fixed::<A, 3>(dst, src),
+        4 => fixed::<A, 4>(dst, src),
+        5 => fixed::<A, 5>(dst, src),
+        6 => fixed::<A, 6>(dst, src),
+        7 => fixed::<A, 7>(dst, src),
+        8 => fixed::<A, 8>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
 }
 
 /// The adjoint of `im2col`: adds each column entry to the input element it
@@ -302,12 +325,15 @@ pub fn conv2d_forward_cpu<A: NdFloat>(
     check_cpu("b", b.shape(), &g.bias_shape());
     let cols = im2col(x, g);
     let w = w.as_standard_layout();
-    // y starts as the bias in every row (row copies: a broadcasting
-    // `assign` over the zeroed output cost more than the product).
-    let b = b.to_vec();
-    let mut y = Vec::with_capacity(cols.nrows() * g.out_c);
-    for _ in 0..cols.nrows() {
-        y.extend_from_slice(&b);
+    // y starts as the bias in every row: one row, then the filled part
+    // copied after itself until all rows are there (a broadcasting `assign`
+    // over the zeroed output cost more than the product, and a copy per row
+    // is one `memcpy` call per pixel).
+    let len = cols.nrows() * g.out_c;
+    let mut y = Vec::with_capacity(len);
+    y.extend(b.iter().copied().take(len));
+    while y.len() < len {
+        y.extend_from_within(..y.len().min(len - y.len()));
     }
     let mut y = Array2::from_shape_vec((cols.nrows(), g.out_c), y).expect("one row per pixel");
     general_mat_mul(A::one(), &cols, &as_matrix(&w), A::one(), &mut y);
