@@ -132,7 +132,7 @@ impl SplitBatch for Option<ArrayView2<'_, bool>> {
 
 /// Gives a struct of [`SplitBatch`] views (`Group<'a, A> { field, .. }`) a
 /// `split(self, at)` that cuts every field at sample `at`: the recurrences'
-/// groups of samples, each cell listing its own fields.
+/// groups of samples of the CPU drivers below.
 macro_rules! impl_split_batch {
     ($group:ident { $($field:ident),+ $(,)? }) => {
         impl<A> $group<'_, A> {
@@ -143,7 +143,6 @@ macro_rules! impl_split_batch {
         }
     };
 }
-pub(crate) use impl_split_batch;
 
 /// `[T,B,K]` as its `T·B` rows `[T·B,K]` (copied only when not in
 /// standard layout).
