@@ -37,12 +37,13 @@
 //! same state (gates, c_all, h_all), so either backward follows either
 //! forward.
 //!
-//! CPU reference: [`lstm_forward_cpu`] and [`lstm_backward_cpu`] follow
-//! the same plan (one input projection over all `T*B` rows; per step only
-//! `h_{t-1}·U` or `dz_t·Uᵀ` and the gates, in place on contiguous rows;
-//! the weight gradients as single products after the reverse loop), with
-//! the two halves of a batch of at least `CPU_SPLIT_MIN_BATCH` samples
-//! on two threads. [`lstm_forward_naive_cpu`] and
+//! CPU reference: [`lstm_forward_cpu`] and [`lstm_backward_cpu`] (the
+//! generic drivers of `ops::recurrent` with the gate math of this file's
+//! `CpuCell` impl) follow the same plan (one input projection over all
+//! `T*B` rows; per step only `h_{t-1}·U` or `dz_t·Uᵀ` and the gates, in
+//! place on contiguous rows; the weight gradients as single products after
+//! the reverse loop), with the two halves of a batch of at least
+//! `CPU_SPLIT_MIN_BATCH` samples on two threads. [`lstm_forward_naive_cpu`] and
 //! [`lstm_backward_naive_cpu`] spell the same computation step by step with
 //! the cell functions; tests/lstm.rs holds the fast ones to them.
 
@@ -258,10 +259,10 @@ impl CpuCell for LstmState {
 }
 
 /// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step); the
-/// fast reference (`recurrent_forward_cpu` of `ops::recurrent`: one input projection, the
-/// gates in place on contiguous rows, the halves of a large batch on two
-/// threads). [`lstm_forward_naive_cpu`] is the same computation step by
-/// step, with the same arithmetic.
+/// fast reference (`recurrent_forward_cpu` of `ops::recurrent`: one input
+/// projection, the gates in place on contiguous rows, the halves of a
+/// large batch on two threads). [`lstm_forward_naive_cpu`] is the same
+/// computation step by step, with the same arithmetic.
 pub fn lstm_forward_cpu<A: NdFloat>(
     x: &ArrayView3<A>,
     w: &ArrayView2<A>,
@@ -287,8 +288,9 @@ pub fn lstm_forward_naive_cpu<A: NdFloat>(
 /// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
 /// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
 /// zero except its last slice). The fast reference
-/// (`recurrent_backward_cpu` of `ops::recurrent`); [`lstm_backward_naive_cpu`] is the same
-/// computation step by step (its sums over steps run in another order).
+/// (`recurrent_backward_cpu` of `ops::recurrent`);
+/// [`lstm_backward_naive_cpu`] is the same computation step by step (its
+/// sums over steps run in another order).
 pub fn lstm_backward_cpu<A: NdFloat>(
     grads: &mut RecurrentCpuGrads<A>,
     dh_seq: &ArrayView3<A>,

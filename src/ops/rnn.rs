@@ -16,11 +16,13 @@
 //! to first (`rnn_cell_backward` then `dh_{t-1} += dz_t·Uᵀ`), writing dz of
 //! every step; then `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
 //! `dx += dZ·Wᵀ` over all `T*B` rows.
-//! CPU reference: [`rnn_forward_cpu`] and [`rnn_backward_cpu`] follow the
-//! plan of `ops::lstm`'s (one input projection, per step only the
-//! recurrent product and the cell in place, batched weight gradients, the
-//! halves of a large batch on two threads); [`rnn_forward_naive_cpu`] and
-//! [`rnn_backward_naive_cpu`] spell the same computation step by step.
+//! CPU reference: [`rnn_forward_cpu`] and [`rnn_backward_cpu`] are the
+//! LSTM's generic drivers (`ops::recurrent`) with this file's cell math
+//! (`CpuCell`), so they follow the plan of `ops::lstm`'s (one input
+//! projection, per step only the recurrent product and the cell in place,
+//! batched weight gradients, the halves of a large batch on two threads);
+//! [`rnn_forward_naive_cpu`] and [`rnn_backward_naive_cpu`] spell the same
+//! computation step by step.
 
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, NdFloat};
 
