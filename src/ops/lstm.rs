@@ -37,19 +37,17 @@
 //! same state (gates, c_all, h_all), so either backward follows either
 //! forward.
 //!
-//! CPU reference: [`lstm_forward_cpu`] and [`lstm_backward_cpu`] follow
-//! the same plan (one input projection over all `T*B` rows; per step only
-//! `h_{t-1}·U` or `dz_t·Uᵀ` and the gates, in place on contiguous rows;
-//! the weight gradients as single products after the reverse loop), with
-//! the two halves of a batch of at least `CPU_SPLIT_MIN_BATCH` samples
-//! on two threads. [`lstm_forward_naive_cpu`] and
+//! CPU reference: [`lstm_forward_cpu`] and [`lstm_backward_cpu`] (the
+//! generic drivers of `ops::recurrent` with the gate math of this file's
+//! `CpuCell` impl) follow the same plan (one input projection over all
+//! `T*B` rows; per step only `h_{t-1}·U` or `dz_t·Uᵀ` and the gates, in
+//! place on contiguous rows; the weight gradients as single products after
+//! the reverse loop), with the two halves of a batch of at least
+//! `CPU_SPLIT_MIN_BATCH` samples on two threads. [`lstm_forward_naive_cpu`] and
 //! [`lstm_backward_naive_cpu`] spell the same computation step by step with
 //! the cell functions; tests/lstm.rs holds the fast ones to them.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{
-    s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut3, Axis, NdFloat,
-};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayView3, NdFloat};
 
 use crate::error::Result;
 use crate::gpu::{Access, GpuContext, GpuTensor, KernelSpec, Shader};
@@ -58,8 +56,9 @@ use crate::ops::activation::{
     tanh_slice_cpu as tanh_slice,
 };
 use crate::ops::recurrent::{
-    impl_split_batch, is_real, on_batch_halves, persistent_groups, row, row_mut, step_rows,
-    PersistentKernel, RecurrentBuffers, RecurrentCell, RecurrentCpuGrads, RecurrentDims,
+    is_real, persistent_groups, recurrent_backward_cpu, recurrent_backward_naive_cpu,
+    recurrent_forward_cpu, recurrent_forward_naive_cpu, CpuCell, PersistentKernel,
+    RecurrentBuffers, RecurrentCell, RecurrentCpuGrads, RecurrentDims, RecurrentStates,
 };
 use crate::tensor::DType;
 
@@ -162,37 +161,107 @@ pub fn lstm_cell_backward_cpu<A: NdFloat>(
 
 /// Everything the forward pass keeps: gates `[T,B,4H]`, `c_all` and
 /// `h_all` `[T+1,B,H]` (slot 0 the zero initial state).
-#[derive(Clone, Debug)]
-pub struct LstmStates<A> {
-    pub gates: Array3<A>,
-    pub c_all: Array3<A>,
-    pub h_all: Array3<A>,
+pub type LstmStates<A> = RecurrentStates<A>;
+
+/// The LSTM's math for the CPU drivers of `ops::recurrent`: the gates and
+/// the cell state c.
+impl CpuCell for LstmState {
+    const CELL_STATE: usize = 1;
+
+    fn forward_row<A: NdFloat>(
+        z: &mut [A],
+        b: &[A],
+        c_prev: &[A],
+        h_prev: &[A],
+        c: &mut [A],
+        h: &mut [A],
+        real: bool,
+    ) {
+        let hidden = h.len();
+        // Gate order i, f, g, o: g (the third quarter) is tanh. Whole
+        // slices at a time, so that the activations vectorise.
+        z.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
+        let (ifg, o) = z.split_at_mut(3 * hidden);
+        let (if_, g) = ifg.split_at_mut(2 * hidden);
+        sigmoid_slice(if_);
+        tanh_slice(g);
+        sigmoid_slice(o);
+        if !real {
+            c.copy_from_slice(c_prev);
+            h.copy_from_slice(h_prev);
+            return;
+        }
+        for j in 0..hidden {
+            let (i, f, g) = (z[j], z[hidden + j], z[2 * hidden + j]);
+            c[j] = f * c_prev[j] + i * g;
+        }
+        // h = o * tanh(c), the tanh over the whole row (vectorised).
+        h.copy_from_slice(c);
+        tanh_slice(h);
+        h.iter_mut()
+            .zip(&z[3 * hidden..])
+            .for_each(|(h, &o)| *h *= o);
+    }
+
+    fn backward_row<A: NdFloat>(
+        dz: &mut [A],
+        dh: &[A],
+        dc: &mut [A],
+        gate: &[A],
+        c_prev: &[A],
+        c: &[A],
+        tanh_c: &mut [A],
+    ) {
+        let hidden = dh.len();
+        let one = A::one();
+        // tanh(c_t) a row at a time (vectorised).
+        tanh_c.copy_from_slice(c);
+        tanh_slice(tanh_c);
+        for j in 0..hidden {
+            let (i, f, g, o) = (
+                gate[j],
+                gate[hidden + j],
+                gate[2 * hidden + j],
+                gate[3 * hidden + j],
+            );
+            let tc = tanh_c[j];
+            let dct = dc[j] + dh[j] * o * (one - tc * tc);
+            dz[j] = dct * g * i * (one - i);
+            dz[hidden + j] = dct * c_prev[j] * f * (one - f);
+            dz[2 * hidden + j] = dct * i * (one - g * g);
+            dz[3 * hidden + j] = dh[j] * tc * o * (one - o);
+            dc[j] = dct * f;
+        }
+    }
+
+    fn cell_forward<A: NdFloat>(
+        z: &ArrayView2<A>,
+        b: &ArrayView1<A>,
+        c_prev: &ArrayView2<A>,
+        h_prev: &ArrayView2<A>,
+        mask: Option<&ArrayView1<bool>>,
+    ) -> (Array2<A>, Array2<A>, Array2<A>) {
+        let LstmCell { gates, c, h } = lstm_cell_forward_cpu(z, b, c_prev, h_prev, mask);
+        (gates, c, h)
+    }
+
+    fn cell_backward<A: NdFloat>(
+        dh: &ArrayView2<A>,
+        dc: &ArrayView2<A>,
+        gates: &ArrayView2<A>,
+        c_prev: &ArrayView2<A>,
+        c: &ArrayView2<A>,
+        mask: Option<&ArrayView1<bool>>,
+    ) -> (Array2<A>, Array2<A>, Array2<A>) {
+        let g = lstm_cell_backward_cpu(dh, dc, gates, c_prev, c, mask);
+        (g.dz, g.dh_prev, g.dc_prev)
+    }
 }
 
-/// What the forward recurrence of a group of samples (`b` of the batch's
-/// `B`) reads and writes: gates `[T,b,4H]` (X·W on entry), c_all and
-/// h_all `[T+1,b,H]`, mask `[T,b]`.
-struct LstmForwardGroup<'a, A> {
-    gates: ArrayViewMut3<'a, A>,
-    c_all: ArrayViewMut3<'a, A>,
-    h_all: ArrayViewMut3<'a, A>,
-    mask: Option<ArrayView2<'a, bool>>,
-}
-
-impl_split_batch!(LstmForwardGroup {
-    gates,
-    c_all,
-    h_all,
-    mask
-});
-
-/// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step).
-///
-/// The input projection `X·W` of all `T·B` rows is one product, written
-/// straight into the gates array; each step then adds `h_{t-1}·U` into its
-/// slice in place and runs the gate kernel of [`lstm_cell_forward_cpu`] on
-/// contiguous rows, allocating nothing. The two halves of a large batch run
-/// at once ([`on_batch_halves`]). [`lstm_forward_naive_cpu`] is the same
+/// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step); the
+/// fast reference (`recurrent_forward_cpu` of `ops::recurrent`: one input
+/// projection, the gates in place on contiguous rows, the halves of a
+/// large batch on two threads). [`lstm_forward_naive_cpu`] is the same
 /// computation step by step, with the same arithmetic.
 pub fn lstm_forward_cpu<A: NdFloat>(
     x: &ArrayView3<A>,
@@ -201,79 +270,11 @@ pub fn lstm_forward_cpu<A: NdFloat>(
     b: &ArrayView1<A>,
     mask: Option<&ArrayView2<bool>>,
 ) -> LstmStates<A> {
-    let (steps, batch, _) = x.dim();
-    let hidden = u.nrows();
-    let mut states = LstmStates {
-        gates: step_rows(x)
-            .dot(w)
-            .into_shape_with_order((steps, batch, 4 * hidden))
-            .expect("T·B rows"),
-        c_all: Array3::zeros((steps + 1, batch, hidden)),
-        h_all: Array3::zeros((steps + 1, batch, hidden)),
-    };
-    let b = b.as_standard_layout();
-    let b = b.as_slice().expect("standard layout");
-    let group = LstmForwardGroup {
-        gates: states.gates.view_mut(),
-        c_all: states.c_all.view_mut(),
-        h_all: states.h_all.view_mut(),
-        mask: mask.map(|m| m.view()),
-    };
-    on_batch_halves(batch, group, LstmForwardGroup::split, |g| {
-        lstm_forward_group(g, u, b)
-    });
-    states
+    recurrent_forward_cpu::<LstmState, A>(x, w, u, b, mask)
 }
 
-/// The recurrence of [`lstm_forward_cpu`] over one group of samples.
-fn lstm_forward_group<A: NdFloat>(group: LstmForwardGroup<A>, u: &ArrayView2<A>, b: &[A]) {
-    let LstmForwardGroup {
-        mut gates,
-        mut c_all,
-        mut h_all,
-        mask,
-    } = group;
-    let (steps, batch, _) = gates.dim();
-    let hidden = u.nrows();
-    for t in 0..steps {
-        let mut gates_t = gates.index_axis_mut(Axis(0), t);
-        let (h_prev, mut h) = h_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
-        let (c_prev, mut c) = c_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
-        // z_t = x_t·W + h_{t-1}·U, in place.
-        general_mat_mul(A::one(), &h_prev, u, A::one(), &mut gates_t);
-        for n in 0..batch {
-            let z = row_mut(&mut gates_t, n);
-            // Gate order i, f, g, o: g (the third quarter) is tanh. Whole
-            // slices at a time, so that the activations vectorise.
-            z.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
-            let (ifg, o) = z.split_at_mut(3 * hidden);
-            let (if_, g) = ifg.split_at_mut(2 * hidden);
-            sigmoid_slice(if_);
-            tanh_slice(g);
-            sigmoid_slice(o);
-            let (c_prev, h_prev) = (row(&c_prev, n), row(&h_prev, n));
-            let (c, h) = (row_mut(&mut c, n), row_mut(&mut h, n));
-            if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
-                c.copy_from_slice(c_prev);
-                h.copy_from_slice(h_prev);
-                continue;
-            }
-            for j in 0..hidden {
-                let (i, f, g) = (z[j], z[hidden + j], z[2 * hidden + j]);
-                c[j] = f * c_prev[j] + i * g;
-            }
-            // h = o * tanh(c), the tanh over the whole row (vectorised).
-            h.copy_from_slice(c);
-            tanh_slice(h);
-            h.iter_mut()
-                .zip(&z[3 * hidden..])
-                .for_each(|(h, &o)| *h *= o);
-        }
-    }
-}
-
-/// [`lstm_forward_cpu`] spelled step by step with the cell function: the
-/// plain reference the fast version is tested against.
+/// [`lstm_forward_cpu`] spelled step by step with [`lstm_cell_forward_cpu`]:
+/// the plain reference the fast version is tested against.
 pub fn lstm_forward_naive_cpu<A: NdFloat>(
     x: &ArrayView3<A>,
     w: &ArrayView2<A>,
@@ -281,61 +282,15 @@ pub fn lstm_forward_naive_cpu<A: NdFloat>(
     b: &ArrayView1<A>,
     mask: Option<&ArrayView2<bool>>,
 ) -> LstmStates<A> {
-    let (steps, batch, _) = x.dim();
-    let hidden = u.nrows();
-    let mut states = LstmStates {
-        gates: Array3::zeros((steps, batch, 4 * hidden)),
-        c_all: Array3::zeros((steps + 1, batch, hidden)),
-        h_all: Array3::zeros((steps + 1, batch, hidden)),
-    };
-    for t in 0..steps {
-        let h_prev = states.h_all.index_axis(Axis(0), t).to_owned();
-        let c_prev = states.c_all.index_axis(Axis(0), t).to_owned();
-        let z = x.index_axis(Axis(0), t).dot(w) + h_prev.dot(u);
-        let mask_t = mask.map(|m| m.row(t));
-        let cell = lstm_cell_forward_cpu(
-            &z.view(),
-            b,
-            &c_prev.view(),
-            &h_prev.view(),
-            mask_t.as_ref(),
-        );
-        states.gates.index_axis_mut(Axis(0), t).assign(&cell.gates);
-        states.c_all.index_axis_mut(Axis(0), t + 1).assign(&cell.c);
-        states.h_all.index_axis_mut(Axis(0), t + 1).assign(&cell.h);
-    }
-    states
+    recurrent_forward_naive_cpu::<LstmState, A>(x, w, u, b, mask)
 }
-
-/// What the backward recurrence of a group of samples reads and writes:
-/// dz `[T,b,4H]` (written), dh_seq `[T,b,H]`, gates `[T,b,4H]`, c_all
-/// `[T+1,b,H]`, mask `[T,b]`.
-struct LstmBackwardGroup<'a, A> {
-    dz: ArrayViewMut3<'a, A>,
-    dh_seq: ArrayView3<'a, A>,
-    gates: ArrayView3<'a, A>,
-    c_all: ArrayView3<'a, A>,
-    mask: Option<ArrayView2<'a, bool>>,
-}
-
-impl_split_batch!(LstmBackwardGroup {
-    dz,
-    dh_seq,
-    gates,
-    c_all,
-    mask
-});
 
 /// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
 /// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
-/// zero except its last slice).
-///
-/// The reverse recurrence (by halves of a large batch at once, as forward)
-/// writes dz of every step, running the gate backward of
-/// [`lstm_cell_backward_cpu`] on contiguous rows and `dh_{t-1} += dz_t·Uᵀ`
-/// in place; the weight and input gradients then follow from all `T·B`
-/// rows of dz in single products. [`lstm_backward_naive_cpu`] is the same
-/// computation step by step (its sums over steps run in another order).
+/// zero except its last slice). The fast reference
+/// (`recurrent_backward_cpu` of `ops::recurrent`);
+/// [`lstm_backward_naive_cpu`] is the same computation step by step (its
+/// sums over steps run in another order).
 pub fn lstm_backward_cpu<A: NdFloat>(
     grads: &mut RecurrentCpuGrads<A>,
     dh_seq: &ArrayView3<A>,
@@ -345,91 +300,12 @@ pub fn lstm_backward_cpu<A: NdFloat>(
     u: &ArrayView2<A>,
     mask: Option<&ArrayView2<bool>>,
 ) {
-    let (steps, batch, _) = x.dim();
-    let hidden = u.nrows();
-    let mut dz = Array3::zeros((steps, batch, 4 * hidden));
-    let dh_seq = dh_seq.as_standard_layout();
-    let gates = states.gates.as_standard_layout();
-    let c_all = states.c_all.as_standard_layout();
-    let group = LstmBackwardGroup {
-        dz: dz.view_mut(),
-        dh_seq: dh_seq.view(),
-        gates: gates.view(),
-        c_all: c_all.view(),
-        mask: mask.map(|m| m.view()),
-    };
-    on_batch_halves(batch, group, LstmBackwardGroup::split, |g| {
-        lstm_backward_group(g, u)
-    });
-    let h_prev = states.h_all.slice(s![..steps, .., ..]);
-    grads.add_from_dz(&dz.view(), x, &h_prev, w);
+    recurrent_backward_cpu::<LstmState, A>(grads, dh_seq, states.saved(), x, w, u, mask)
 }
 
-/// The reverse recurrence of [`lstm_backward_cpu`] over one group of
-/// samples.
-fn lstm_backward_group<A: NdFloat>(group: LstmBackwardGroup<A>, u: &ArrayView2<A>) {
-    let LstmBackwardGroup {
-        mut dz,
-        dh_seq,
-        gates,
-        c_all,
-        mask,
-    } = group;
-    let (steps, batch, _) = dz.dim();
-    let hidden = u.nrows();
-    let (zero, one) = (A::zero(), A::one());
-    // The total gradient of h_t and c_t, carried from step t+1.
-    let mut dh = Array2::<A>::zeros((batch, hidden));
-    let mut dc = Array2::<A>::zeros((batch, hidden));
-    let (mut dh_v, mut dc_v) = (dh.view_mut(), dc.view_mut());
-    // tanh(c_t) of one sample, computed a row at a time (vectorised).
-    let mut tanh_c = vec![zero; hidden];
-    for t in (0..steps).rev() {
-        dh_v += &dh_seq.index_axis(Axis(0), t);
-        let mut dz_t = dz.index_axis_mut(Axis(0), t);
-        let (gates_t, c_prev, c_t) = (
-            gates.index_axis(Axis(0), t),
-            c_all.index_axis(Axis(0), t),
-            c_all.index_axis(Axis(0), t + 1),
-        );
-        for n in 0..batch {
-            // A masked step carries dh and dc through; its dz stays 0.
-            if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
-                continue;
-            }
-            let (gate, c_prev, c) = (row(&gates_t, n), row(&c_prev, n), row(&c_t, n));
-            let (dh, dc, dz) = (
-                row_mut(&mut dh_v, n),
-                row_mut(&mut dc_v, n),
-                row_mut(&mut dz_t, n),
-            );
-            tanh_c.copy_from_slice(c);
-            tanh_slice(&mut tanh_c);
-            for j in 0..hidden {
-                let (i, f, g, o) = (
-                    gate[j],
-                    gate[hidden + j],
-                    gate[2 * hidden + j],
-                    gate[3 * hidden + j],
-                );
-                let tc = tanh_c[j];
-                let dct = dc[j] + dh[j] * o * (one - tc * tc);
-                dz[j] = dct * g * i * (one - i);
-                dz[hidden + j] = dct * c_prev[j] * f * (one - f);
-                dz[2 * hidden + j] = dct * i * (one - g * g);
-                dz[3 * hidden + j] = dh[j] * tc * o * (one - o);
-                dc[j] = dct * f;
-                // A real step passes dh back only through dz·Uᵀ (added below).
-                dh[j] = zero;
-            }
-        }
-        // dh_{t-1} = (masked carry) + dz_t·Uᵀ, in place.
-        general_mat_mul(one, &dz_t, &u.t(), one, &mut dh_v);
-    }
-}
-
-/// [`lstm_backward_cpu`] spelled step by step with the cell function: the
-/// plain reference the fast version is tested against.
+/// [`lstm_backward_cpu`] spelled step by step with
+/// [`lstm_cell_backward_cpu`]: the plain reference the fast version is
+/// tested against.
 pub fn lstm_backward_naive_cpu<A: NdFloat>(
     grads: &mut RecurrentCpuGrads<A>,
     dh_seq: &ArrayView3<A>,
@@ -439,30 +315,7 @@ pub fn lstm_backward_naive_cpu<A: NdFloat>(
     u: &ArrayView2<A>,
     mask: Option<&ArrayView2<bool>>,
 ) {
-    let (steps, batch, _) = x.dim();
-    let hidden = u.nrows();
-    let mut dh = Array2::<A>::zeros((batch, hidden));
-    let mut dc = Array2::<A>::zeros((batch, hidden));
-    for t in (0..steps).rev() {
-        dh += &dh_seq.index_axis(Axis(0), t);
-        let mask_t = mask.map(|m| m.row(t));
-        let cell = lstm_cell_backward_cpu(
-            &dh.view(),
-            &dc.view(),
-            &states.gates.index_axis(Axis(0), t),
-            &states.c_all.index_axis(Axis(0), t),
-            &states.c_all.index_axis(Axis(0), t + 1),
-            mask_t.as_ref(),
-        );
-        let dz = &cell.dz;
-        grads.dw += &x.index_axis(Axis(0), t).t().dot(dz);
-        grads.du += &states.h_all.index_axis(Axis(0), t).t().dot(dz);
-        grads.db += &dz.sum_axis(Axis(0));
-        let mut dx_t = grads.dx.slice_mut(s![t, .., ..]);
-        dx_t += &dz.dot(&w.t());
-        dh = cell.dh_prev + dz.dot(&u.t());
-        dc = cell.dc_prev;
-    }
+    recurrent_backward_naive_cpu::<LstmState, A>(grads, dh_seq, states.saved(), x, w, u, mask)
 }
 
 // ---------------------------------------------------------------- GPU

@@ -14,7 +14,7 @@
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
-    Array, Array1, Array2, Array3, ArrayRef2, ArrayRef3, ArrayView1, ArrayView2, ArrayView3,
+    s, Array, Array1, Array2, Array3, ArrayRef2, ArrayRef3, ArrayView1, ArrayView2, ArrayView3,
     ArrayViewMut2, ArrayViewMut3, Axis, CowArray, Dimension, Ix2, NdFloat,
 };
 
@@ -132,7 +132,7 @@ impl SplitBatch for Option<ArrayView2<'_, bool>> {
 
 /// Gives a struct of [`SplitBatch`] views (`Group<'a, A> { field, .. }`) a
 /// `split(self, at)` that cuts every field at sample `at`: the recurrences'
-/// groups of samples, each cell listing its own fields.
+/// groups of samples of the CPU drivers below.
 macro_rules! impl_split_batch {
     ($group:ident { $($field:ident),+ $(,)? }) => {
         impl<A> $group<'_, A> {
@@ -143,7 +143,6 @@ macro_rules! impl_split_batch {
         }
     };
 }
-pub(crate) use impl_split_batch;
 
 /// `[T,B,K]` as its `T·B` rows `[T·B,K]` (copied only when not in
 /// standard layout).
@@ -237,6 +236,360 @@ impl<A: NdFloat> RecurrentCpuGrads<A> {
             *db += &sum;
             general_mat_mul(one, &dz, &w.t(), one, &mut step_rows_mut(dx.view_mut()));
         });
+    }
+}
+
+// ---------------------------------------------------------------- CPU references
+
+/// The host math of a cell, for the CPU references below (written once for
+/// both cells): how one sample's z becomes its activations and states
+/// forward, and how dz follows from dh backward. The fast drivers call the
+/// row functions on contiguous rows; the step-by-step references call the
+/// cell functions (`lstm_cell_forward_cpu`, ..), which spell the same
+/// arithmetic on whole steps.
+pub(crate) trait CpuCell: RecurrentCell {
+    /// Columns of the carried cell state per unit: 1 (the LSTM's c) or 0
+    /// (the RNN carries only h; its c arrays are empty).
+    const CELL_STATE: usize;
+
+    /// One sample at one step: `z` `[G·H]` holds `x_t·W + h_{t-1}·U` and
+    /// becomes the activations backward reads; writes c_t and h_t (from
+    /// c_{t-1}, h_{t-1} unchanged when the step is masked, `real` false).
+    fn forward_row<A: NdFloat>(
+        z: &mut [A],
+        b: &[A],
+        c_prev: &[A],
+        h_prev: &[A],
+        c: &mut [A],
+        h: &mut [A],
+        real: bool,
+    );
+
+    /// One real sample at one step backward: writes `dz` `[G·H]` from the
+    /// total `dh` and `dc` of h_t, c_t, and turns `dc` into the carry into
+    /// c_{t-1}; `act` are the saved activations, `scratch` H free elements.
+    fn backward_row<A: NdFloat>(
+        dz: &mut [A],
+        dh: &[A],
+        dc: &mut [A],
+        act: &[A],
+        c_prev: &[A],
+        c: &[A],
+        scratch: &mut [A],
+    );
+
+    /// One whole step forward (the step-by-step reference): the
+    /// activations, c_t and h_t.
+    fn cell_forward<A: NdFloat>(
+        z: &ArrayView2<A>,
+        b: &ArrayView1<A>,
+        c_prev: &ArrayView2<A>,
+        h_prev: &ArrayView2<A>,
+        mask: Option<&ArrayView1<bool>>,
+    ) -> (Array2<A>, Array2<A>, Array2<A>);
+
+    /// One whole step backward: dz, and the masked carries into dh_{t-1}
+    /// (besides `dz·Uᵀ`) and dc_{t-1}.
+    fn cell_backward<A: NdFloat>(
+        dh: &ArrayView2<A>,
+        dc: &ArrayView2<A>,
+        act: &ArrayView2<A>,
+        c_prev: &ArrayView2<A>,
+        c: &ArrayView2<A>,
+        mask: Option<&ArrayView1<bool>>,
+    ) -> (Array2<A>, Array2<A>, Array2<A>);
+}
+
+/// Everything the CPU forward keeps: the activations `[T,B,G·H]` (the
+/// LSTM's gates; the RNN's h_1..h_T), `c_all` `[T+1,B,C·H]` (empty for the
+/// RNN) and `h_all` `[T+1,B,H]` (slot 0 the zero initial state).
+#[derive(Clone, Debug)]
+pub struct RecurrentStates<A> {
+    pub gates: Array3<A>,
+    pub c_all: Array3<A>,
+    pub h_all: Array3<A>,
+}
+
+/// What the CPU backward reads of forward's states (see
+/// [`RecurrentStates`]).
+pub(crate) struct RecurrentSaved<'a, A> {
+    pub gates: ArrayView3<'a, A>,
+    pub c_all: ArrayView3<'a, A>,
+    pub h_all: ArrayView3<'a, A>,
+}
+
+impl<A> RecurrentStates<A> {
+    pub(crate) fn saved(&self) -> RecurrentSaved<'_, A> {
+        RecurrentSaved {
+            gates: self.gates.view(),
+            c_all: self.c_all.view(),
+            h_all: self.h_all.view(),
+        }
+    }
+}
+
+/// What the forward recurrence of a group of samples (`b` of the batch's
+/// `B`) reads and writes: gates `[T,b,G·H]` (X·W on entry), c_all and
+/// h_all `[T+1,b,..]`, mask `[T,b]`.
+struct ForwardGroup<'a, A> {
+    gates: ArrayViewMut3<'a, A>,
+    c_all: ArrayViewMut3<'a, A>,
+    h_all: ArrayViewMut3<'a, A>,
+    mask: Option<ArrayView2<'a, bool>>,
+}
+
+impl_split_batch!(ForwardGroup {
+    gates,
+    c_all,
+    h_all,
+    mask
+});
+
+/// The whole sequence forward: x `[T,B,D]`, mask `[T,B]` (true = real
+/// step).
+///
+/// The input projection `X·W` of all `T·B` rows is one product, written
+/// straight into the gates array; each step then adds `h_{t-1}·U` into its
+/// slice in place and runs the cell's [`CpuCell::forward_row`] on
+/// contiguous rows, allocating nothing. The two halves of a large batch run
+/// at once ([`on_batch_halves`]). [`recurrent_forward_naive_cpu`] is the
+/// same computation step by step, with the same arithmetic.
+pub(crate) fn recurrent_forward_cpu<C: CpuCell, A: NdFloat>(
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    mask: Option<&ArrayView2<bool>>,
+) -> RecurrentStates<A> {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut states = RecurrentStates {
+        gates: step_rows(x)
+            .dot(w)
+            .into_shape_with_order((steps, batch, C::GATES * hidden))
+            .expect("T·B rows"),
+        c_all: Array3::zeros((steps + 1, batch, C::CELL_STATE * hidden)),
+        h_all: Array3::zeros((steps + 1, batch, hidden)),
+    };
+    let b = b.as_standard_layout();
+    let b = b.as_slice().expect("standard layout");
+    let group = ForwardGroup {
+        gates: states.gates.view_mut(),
+        c_all: states.c_all.view_mut(),
+        h_all: states.h_all.view_mut(),
+        mask: mask.map(|m| m.view()),
+    };
+    on_batch_halves(batch, group, ForwardGroup::split, |g| {
+        forward_group::<C, A>(g, u, b)
+    });
+    states
+}
+
+/// The recurrence of [`recurrent_forward_cpu`] over one group of samples.
+fn forward_group<C: CpuCell, A: NdFloat>(group: ForwardGroup<A>, u: &ArrayView2<A>, b: &[A]) {
+    let ForwardGroup {
+        mut gates,
+        mut c_all,
+        mut h_all,
+        mask,
+    } = group;
+    let (steps, batch, _) = gates.dim();
+    for t in 0..steps {
+        let mut z_t = gates.index_axis_mut(Axis(0), t);
+        let (h_prev, mut h) = h_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
+        let (c_prev, mut c) = c_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
+        // z_t = x_t·W + h_{t-1}·U, in place.
+        general_mat_mul(A::one(), &h_prev, u, A::one(), &mut z_t);
+        for n in 0..batch {
+            let real = mask.as_ref().is_none_or(|m| m[[t, n]]);
+            C::forward_row(
+                row_mut(&mut z_t, n),
+                b,
+                row(&c_prev, n),
+                row(&h_prev, n),
+                row_mut(&mut c, n),
+                row_mut(&mut h, n),
+                real,
+            );
+        }
+    }
+}
+
+/// [`recurrent_forward_cpu`] spelled step by step with the cell function:
+/// the plain reference the fast version is tested against.
+pub(crate) fn recurrent_forward_naive_cpu<C: CpuCell, A: NdFloat>(
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    mask: Option<&ArrayView2<bool>>,
+) -> RecurrentStates<A> {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut states = RecurrentStates {
+        gates: Array3::zeros((steps, batch, C::GATES * hidden)),
+        c_all: Array3::zeros((steps + 1, batch, C::CELL_STATE * hidden)),
+        h_all: Array3::zeros((steps + 1, batch, hidden)),
+    };
+    for t in 0..steps {
+        let h_prev = states.h_all.index_axis(Axis(0), t).to_owned();
+        let c_prev = states.c_all.index_axis(Axis(0), t).to_owned();
+        let z = x.index_axis(Axis(0), t).dot(w) + h_prev.dot(u);
+        let mask_t = mask.map(|m| m.row(t));
+        let (gates, c, h) = C::cell_forward(
+            &z.view(),
+            b,
+            &c_prev.view(),
+            &h_prev.view(),
+            mask_t.as_ref(),
+        );
+        states.gates.index_axis_mut(Axis(0), t).assign(&gates);
+        states.c_all.index_axis_mut(Axis(0), t + 1).assign(&c);
+        states.h_all.index_axis_mut(Axis(0), t + 1).assign(&h);
+    }
+    states
+}
+
+/// What the backward recurrence of a group of samples reads and writes:
+/// dz `[T,b,G·H]` (written), dh_seq `[T,b,H]`, gates `[T,b,G·H]`, c_all
+/// `[T+1,b,C·H]`, mask `[T,b]`.
+struct BackwardGroup<'a, A> {
+    dz: ArrayViewMut3<'a, A>,
+    dh_seq: ArrayView3<'a, A>,
+    gates: ArrayView3<'a, A>,
+    c_all: ArrayView3<'a, A>,
+    mask: Option<ArrayView2<'a, bool>>,
+}
+
+impl_split_batch!(BackwardGroup {
+    dz,
+    dh_seq,
+    gates,
+    c_all,
+    mask
+});
+
+/// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
+/// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
+/// zero except its last slice).
+///
+/// The reverse recurrence (by halves of a large batch at once, as forward)
+/// writes dz of every step, running the cell's [`CpuCell::backward_row`]
+/// on contiguous rows and `dh_{t-1} += dz_t·Uᵀ` in place; the weight and
+/// input gradients then follow from all `T·B` rows of dz in single
+/// products ([`RecurrentCpuGrads`]). [`recurrent_backward_naive_cpu`] is
+/// the same computation step by step (its sums over steps run in another
+/// order).
+pub(crate) fn recurrent_backward_cpu<C: CpuCell, A: NdFloat>(
+    grads: &mut RecurrentCpuGrads<A>,
+    dh_seq: &ArrayView3<A>,
+    saved: RecurrentSaved<A>,
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    mask: Option<&ArrayView2<bool>>,
+) {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut dz = Array3::zeros((steps, batch, C::GATES * hidden));
+    let dh_seq = dh_seq.as_standard_layout();
+    let gates = saved.gates.as_standard_layout();
+    let c_all = saved.c_all.as_standard_layout();
+    let group = BackwardGroup {
+        dz: dz.view_mut(),
+        dh_seq: dh_seq.view(),
+        gates: gates.view(),
+        c_all: c_all.view(),
+        mask: mask.map(|m| m.view()),
+    };
+    on_batch_halves(batch, group, BackwardGroup::split, |g| {
+        backward_group::<C, A>(g, u)
+    });
+    let h_prev = saved.h_all.slice(s![..steps, .., ..]);
+    grads.add_from_dz(&dz.view(), x, &h_prev, w);
+}
+
+/// The reverse recurrence of [`recurrent_backward_cpu`] over one group of
+/// samples.
+fn backward_group<C: CpuCell, A: NdFloat>(group: BackwardGroup<A>, u: &ArrayView2<A>) {
+    let BackwardGroup {
+        mut dz,
+        dh_seq,
+        gates,
+        c_all,
+        mask,
+    } = group;
+    let (steps, batch, _) = dz.dim();
+    let hidden = u.nrows();
+    let (zero, one) = (A::zero(), A::one());
+    // The total gradient of h_t and c_t, carried from step t+1.
+    let mut dh = Array2::<A>::zeros((batch, hidden));
+    let mut dc = Array2::<A>::zeros((batch, C::CELL_STATE * hidden));
+    let mut scratch = vec![zero; hidden];
+    for t in (0..steps).rev() {
+        dh += &dh_seq.index_axis(Axis(0), t);
+        let mut dz_t = dz.index_axis_mut(Axis(0), t);
+        let (gates_t, c_prev, c_t) = (
+            gates.index_axis(Axis(0), t),
+            c_all.index_axis(Axis(0), t),
+            c_all.index_axis(Axis(0), t + 1),
+        );
+        for n in 0..batch {
+            // A masked step carries dh and dc through; its dz stays 0.
+            if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
+                continue;
+            }
+            let dh = row_mut(&mut dh, n);
+            C::backward_row(
+                row_mut(&mut dz_t, n),
+                dh,
+                row_mut(&mut dc, n),
+                row(&gates_t, n),
+                row(&c_prev, n),
+                row(&c_t, n),
+                &mut scratch,
+            );
+            // A real step passes dh back only through dz·Uᵀ (added below).
+            dh.fill(zero);
+        }
+        // dh_{t-1} = (masked carry) + dz_t·Uᵀ, in place.
+        general_mat_mul(one, &dz_t, &u.t(), one, &mut dh);
+    }
+}
+
+/// [`recurrent_backward_cpu`] spelled step by step with the cell function:
+/// the plain reference the fast version is tested against.
+pub(crate) fn recurrent_backward_naive_cpu<C: CpuCell, A: NdFloat>(
+    grads: &mut RecurrentCpuGrads<A>,
+    dh_seq: &ArrayView3<A>,
+    saved: RecurrentSaved<A>,
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    mask: Option<&ArrayView2<bool>>,
+) {
+    let (steps, batch, _) = x.dim();
+    let hidden = u.nrows();
+    let mut dh = Array2::<A>::zeros((batch, hidden));
+    let mut dc = Array2::<A>::zeros((batch, C::CELL_STATE * hidden));
+    for t in (0..steps).rev() {
+        dh += &dh_seq.index_axis(Axis(0), t);
+        let mask_t = mask.map(|m| m.row(t));
+        let (dz, dh_prev, dc_prev) = C::cell_backward(
+            &dh.view(),
+            &dc.view(),
+            &saved.gates.index_axis(Axis(0), t),
+            &saved.c_all.index_axis(Axis(0), t),
+            &saved.c_all.index_axis(Axis(0), t + 1),
+            mask_t.as_ref(),
+        );
+        grads.dw += &x.index_axis(Axis(0), t).t().dot(&dz);
+        grads.du += &saved.h_all.index_axis(Axis(0), t).t().dot(&dz);
+        grads.db += &dz.sum_axis(Axis(0));
+        let mut dx_t = grads.dx.slice_mut(s![t, .., ..]);
+        dx_t += &dz.dot(&w.t());
+        dh = dh_prev + dz.dot(&u.t());
+        dc = dc_prev;
     }
 }
 

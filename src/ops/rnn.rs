@@ -16,24 +16,23 @@
 //! to first (`rnn_cell_backward` then `dh_{t-1} += dz_t·Uᵀ`), writing dz of
 //! every step; then `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
 //! `dx += dZ·Wᵀ` over all `T*B` rows.
-//! CPU reference: [`rnn_forward_cpu`] and [`rnn_backward_cpu`] follow the
-//! plan of `ops::lstm`'s (one input projection, per step only the
-//! recurrent product and the cell in place, batched weight gradients, the
-//! halves of a large batch on two threads); [`rnn_forward_naive_cpu`] and
-//! [`rnn_backward_naive_cpu`] spell the same computation step by step.
+//! CPU reference: [`rnn_forward_cpu`] and [`rnn_backward_cpu`] are the
+//! LSTM's generic drivers (`ops::recurrent`) with this file's cell math
+//! (`CpuCell`), so they follow the plan of `ops::lstm`'s (one input
+//! projection, per step only the recurrent product and the cell in place,
+//! batched weight gradients, the halves of a large batch on two threads);
+//! [`rnn_forward_naive_cpu`] and [`rnn_backward_naive_cpu`] spell the same
+//! computation step by step.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{
-    s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut3, Axis, NdFloat,
-};
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, NdFloat};
 
 use crate::error::Result;
 use crate::gpu::{Access, GpuContext, GpuTensor, KernelSpec, Shader};
 use crate::ops::activation::tanh_cpu as tanh;
 use crate::ops::recurrent::{
-    impl_split_batch, is_real, on_batch_halves, persistent_groups, row, row_mut, step_rows,
-    step_rows_mut, PersistentKernel, RecurrentBuffers, RecurrentCell, RecurrentCpuGrads,
-    RecurrentDims,
+    is_real, persistent_groups, recurrent_backward_cpu, recurrent_backward_naive_cpu,
+    recurrent_forward_cpu, recurrent_forward_naive_cpu, CpuCell, PersistentKernel,
+    RecurrentBuffers, RecurrentCell, RecurrentCpuGrads, RecurrentDims, RecurrentSaved,
 };
 
 // ---------------------------------------------------------------- CPU reference
@@ -82,24 +81,75 @@ pub fn rnn_cell_backward_cpu<A: NdFloat>(
     RnnCellGrads { dz, dh_prev }
 }
 
-/// What the forward recurrence of a group of samples (`b` of the batch's
-/// `B`) reads and writes: h_all `[T+1,b,H]` (slot t+1 holding `x_t·W` on
-/// entry), mask `[T,b]`.
-struct RnnForwardGroup<'a, A> {
-    h_all: ArrayViewMut3<'a, A>,
-    mask: Option<ArrayView2<'a, bool>>,
-}
+/// The RNN's math for the CPU drivers of `ops::recurrent`: z is tanh'd in
+/// place into h; the saved activations are h_1..h_T and there is no c.
+impl CpuCell for RnnState {
+    const CELL_STATE: usize = 0;
 
-impl_split_batch!(RnnForwardGroup { h_all, mask });
+    fn forward_row<A: NdFloat>(
+        z: &mut [A],
+        b: &[A],
+        _c_prev: &[A],
+        h_prev: &[A],
+        _c: &mut [A],
+        h: &mut [A],
+        real: bool,
+    ) {
+        if !real {
+            h.copy_from_slice(h_prev);
+            return;
+        }
+        for (v, &b) in z.iter_mut().zip(b) {
+            *v = tanh(*v + b);
+        }
+        h.copy_from_slice(z);
+    }
+
+    fn backward_row<A: NdFloat>(
+        dz: &mut [A],
+        dh: &[A],
+        _dc: &mut [A],
+        h: &[A],
+        _c_prev: &[A],
+        _c: &[A],
+        _scratch: &mut [A],
+    ) {
+        let one = A::one();
+        for j in 0..dh.len() {
+            dz[j] = dh[j] * (one - h[j] * h[j]);
+        }
+    }
+
+    fn cell_forward<A: NdFloat>(
+        z: &ArrayView2<A>,
+        b: &ArrayView1<A>,
+        c_prev: &ArrayView2<A>,
+        h_prev: &ArrayView2<A>,
+        mask: Option<&ArrayView1<bool>>,
+    ) -> (Array2<A>, Array2<A>, Array2<A>) {
+        let h = rnn_cell_forward_cpu(z, b, h_prev, mask);
+        (h.clone(), c_prev.to_owned(), h)
+    }
+
+    fn cell_backward<A: NdFloat>(
+        dh: &ArrayView2<A>,
+        dc: &ArrayView2<A>,
+        h: &ArrayView2<A>,
+        _c_prev: &ArrayView2<A>,
+        _c: &ArrayView2<A>,
+        mask: Option<&ArrayView1<bool>>,
+    ) -> (Array2<A>, Array2<A>, Array2<A>) {
+        let g = rnn_cell_backward_cpu(dh, h, mask);
+        (g.dz, g.dh_prev, dc.to_owned())
+    }
+}
 
 /// The whole sequence: x `[T,B,D]`, mask `[T,B]` (true = real step).
 /// Returns h_all `[T+1,B,H]`, slot 0 the zero initial state.
 ///
-/// As `ops::lstm::lstm_forward_cpu`: `X·W` of all `T·B` rows is one
-/// product, written into slots 1.. of h_all; each step adds `h_{t-1}·U`
-/// into its slot in place and applies the cell of [`rnn_cell_forward_cpu`]
-/// on contiguous rows; the halves of a large batch run at once.
-/// [`rnn_forward_naive_cpu`] is the same computation step by step.
+/// The fast reference (`recurrent_forward_cpu` of `ops::recurrent`, as
+/// the LSTM's); [`rnn_forward_naive_cpu`] is the same computation step by
+/// step.
 pub fn rnn_forward_cpu<A: NdFloat>(
     x: &ArrayView3<A>,
     w: &ArrayView2<A>,
@@ -107,46 +157,11 @@ pub fn rnn_forward_cpu<A: NdFloat>(
     b: &ArrayView1<A>,
     mask: Option<&ArrayView2<bool>>,
 ) -> Array3<A> {
-    let (steps, batch, _) = x.dim();
-    let hidden = u.nrows();
-    let mut h_all = Array3::zeros((steps + 1, batch, hidden));
-    let mut z_rows = step_rows_mut(h_all.slice_mut(s![1.., .., ..]));
-    general_mat_mul(A::one(), &step_rows(x), w, A::zero(), &mut z_rows);
-    let b = b.as_standard_layout();
-    let b = b.as_slice().expect("standard layout");
-    let group = RnnForwardGroup {
-        h_all: h_all.view_mut(),
-        mask: mask.map(|m| m.view()),
-    };
-    on_batch_halves(batch, group, RnnForwardGroup::split, |g| {
-        rnn_forward_group(g, u, b)
-    });
-    h_all
+    recurrent_forward_cpu::<RnnState, A>(x, w, u, b, mask).h_all
 }
 
-/// The recurrence of [`rnn_forward_cpu`] over one group of samples.
-fn rnn_forward_group<A: NdFloat>(group: RnnForwardGroup<A>, u: &ArrayView2<A>, b: &[A]) {
-    let RnnForwardGroup { mut h_all, mask } = group;
-    let (steps, batch) = (h_all.len_of(Axis(0)) - 1, h_all.len_of(Axis(1)));
-    for t in 0..steps {
-        let (h_prev, mut h) = h_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
-        // z_t = x_t·W + h_{t-1}·U, in place in slot t+1.
-        general_mat_mul(A::one(), &h_prev, u, A::one(), &mut h);
-        for n in 0..batch {
-            let (h_prev, h) = (row(&h_prev, n), row_mut(&mut h, n));
-            if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
-                h.copy_from_slice(h_prev);
-                continue;
-            }
-            for (v, &b) in h.iter_mut().zip(b) {
-                *v = tanh(*v + b);
-            }
-        }
-    }
-}
-
-/// [`rnn_forward_cpu`] spelled step by step with the cell function: the
-/// plain reference the fast version is tested against.
+/// [`rnn_forward_cpu`] spelled step by step with [`rnn_cell_forward_cpu`]:
+/// the plain reference the fast version is tested against.
 pub fn rnn_forward_naive_cpu<A: NdFloat>(
     x: &ArrayView3<A>,
     w: &ArrayView2<A>,
@@ -154,45 +169,25 @@ pub fn rnn_forward_naive_cpu<A: NdFloat>(
     b: &ArrayView1<A>,
     mask: Option<&ArrayView2<bool>>,
 ) -> Array3<A> {
-    let (steps, batch, _) = x.dim();
-    let hidden = u.nrows();
-    let mut h_all = Array3::zeros((steps + 1, batch, hidden));
-    for t in 0..steps {
-        let h_prev = h_all.index_axis(Axis(0), t).to_owned();
-        let z = x.index_axis(Axis(0), t).dot(w) + h_prev.dot(u);
-        let mask_t = mask.map(|m| m.row(t));
-        let h = rnn_cell_forward_cpu(&z.view(), b, &h_prev.view(), mask_t.as_ref());
-        h_all.index_axis_mut(Axis(0), t + 1).assign(&h);
+    recurrent_forward_naive_cpu::<RnnState, A>(x, w, u, b, mask).h_all
+}
+
+/// What the backward references read of forward: the activations are
+/// h_1..h_T; the RNN has no c (an empty array).
+fn saved<'a, A: NdFloat>(h_all: &'a ArrayView3<A>, no_c: &'a Array3<A>) -> RecurrentSaved<'a, A> {
+    RecurrentSaved {
+        gates: h_all.slice(s![1.., .., ..]),
+        c_all: no_c.view(),
+        h_all: h_all.view(),
     }
-    h_all
 }
-
-/// What the backward recurrence of a group of samples reads and writes:
-/// dz `[T,b,H]` (written), dh_seq `[T,b,H]`, h_all `[T+1,b,H]`, mask `[T,b]`.
-struct RnnBackwardGroup<'a, A> {
-    dz: ArrayViewMut3<'a, A>,
-    dh_seq: ArrayView3<'a, A>,
-    h_all: ArrayView3<'a, A>,
-    mask: Option<ArrayView2<'a, bool>>,
-}
-
-impl_split_batch!(RnnBackwardGroup {
-    dz,
-    dh_seq,
-    h_all,
-    mask
-});
 
 /// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
 /// `[T,B,H]` is the incoming gradient of h_1..h_T (for a loss on h_T only,
-/// zero except its last slice).
-///
-/// As `ops::lstm::lstm_backward_cpu`: the reverse recurrence (by halves of
-/// a large batch at once) writes dz of every step with the cell backward
-/// of [`rnn_cell_backward_cpu`] on contiguous rows and `dh_{t-1} += dz_t·Uᵀ`
-/// in place; dW, dU, db and dx then follow from all `T·B` rows of dz in
-/// single products. [`rnn_backward_naive_cpu`] is the same computation
-/// step by step (its sums over steps run in another order).
+/// zero except its last slice). The fast reference
+/// (`recurrent_backward_cpu` of `ops::recurrent`);
+/// [`rnn_backward_naive_cpu`] is the same computation step by step (its
+/// sums over steps run in another order).
 pub fn rnn_backward_cpu<A: NdFloat>(
     grads: &mut RecurrentCpuGrads<A>,
     dh_seq: &ArrayView3<A>,
@@ -203,57 +198,13 @@ pub fn rnn_backward_cpu<A: NdFloat>(
     mask: Option<&ArrayView2<bool>>,
 ) {
     let (steps, batch, _) = x.dim();
-    let hidden = u.nrows();
-    let mut dz = Array3::zeros((steps, batch, hidden));
-    let dh_seq = dh_seq.as_standard_layout();
-    let h_all_std = h_all.as_standard_layout();
-    let group = RnnBackwardGroup {
-        dz: dz.view_mut(),
-        dh_seq: dh_seq.view(),
-        h_all: h_all_std.view(),
-        mask: mask.map(|m| m.view()),
-    };
-    on_batch_halves(batch, group, RnnBackwardGroup::split, |g| {
-        rnn_backward_group(g, u)
-    });
-    grads.add_from_dz(&dz.view(), x, &h_all.slice(s![..steps, .., ..]), w);
+    let no_c = Array3::zeros((steps + 1, batch, 0));
+    let saved = saved(h_all, &no_c);
+    recurrent_backward_cpu::<RnnState, A>(grads, dh_seq, saved, x, w, u, mask)
 }
 
-/// The reverse recurrence of [`rnn_backward_cpu`] over one group of samples.
-fn rnn_backward_group<A: NdFloat>(group: RnnBackwardGroup<A>, u: &ArrayView2<A>) {
-    let RnnBackwardGroup {
-        mut dz,
-        dh_seq,
-        h_all,
-        mask,
-    } = group;
-    let (steps, batch, hidden) = dz.dim();
-    let (zero, one) = (A::zero(), A::one());
-    // The total gradient of h_t, carried from step t+1.
-    let mut dh = Array2::<A>::zeros((batch, hidden));
-    for t in (0..steps).rev() {
-        dh += &dh_seq.index_axis(Axis(0), t);
-        let mut dz_t = dz.index_axis_mut(Axis(0), t);
-        let h_t = h_all.index_axis(Axis(0), t + 1);
-        for n in 0..batch {
-            // A masked step carries dh through; its dz stays 0.
-            if !mask.as_ref().is_none_or(|m| m[[t, n]]) {
-                continue;
-            }
-            let (h, dh, dz) = (row(&h_t, n), row_mut(&mut dh, n), row_mut(&mut dz_t, n));
-            for j in 0..hidden {
-                dz[j] = dh[j] * (one - h[j] * h[j]);
-                // A real step passes dh back only through dz·Uᵀ (added below).
-                dh[j] = zero;
-            }
-        }
-        // dh_{t-1} = (masked carry) + dz_t·Uᵀ, in place.
-        general_mat_mul(one, &dz_t, &u.t(), one, &mut dh);
-    }
-}
-
-/// [`rnn_backward_cpu`] spelled step by step with the cell function: the
-/// plain reference the fast version is tested against.
+/// [`rnn_backward_cpu`] spelled step by step with [`rnn_cell_backward_cpu`]:
+/// the plain reference the fast version is tested against.
 pub fn rnn_backward_naive_cpu<A: NdFloat>(
     grads: &mut RecurrentCpuGrads<A>,
     dh_seq: &ArrayView3<A>,
@@ -264,24 +215,9 @@ pub fn rnn_backward_naive_cpu<A: NdFloat>(
     mask: Option<&ArrayView2<bool>>,
 ) {
     let (steps, batch, _) = x.dim();
-    let hidden = u.nrows();
-    let mut dh = Array2::<A>::zeros((batch, hidden));
-    for t in (0..steps).rev() {
-        dh += &dh_seq.index_axis(Axis(0), t);
-        let mask_t = mask.map(|m| m.row(t));
-        let cell = rnn_cell_backward_cpu(
-            &dh.view(),
-            &h_all.index_axis(Axis(0), t + 1),
-            mask_t.as_ref(),
-        );
-        let dz = &cell.dz;
-        grads.dw += &x.index_axis(Axis(0), t).t().dot(dz);
-        grads.du += &h_all.index_axis(Axis(0), t).t().dot(dz);
-        grads.db += &dz.sum_axis(Axis(0));
-        let mut dx_t = grads.dx.slice_mut(s![t, .., ..]);
-        dx_t += &dz.dot(&w.t());
-        dh = cell.dh_prev + dz.dot(&u.t());
-    }
+    let no_c = Array3::zeros((steps + 1, batch, 0));
+    let saved = saved(h_all, &no_c);
+    recurrent_backward_naive_cpu::<RnnState, A>(grads, dh_seq, saved, x, w, u, mask)
 }
 
 // ---------------------------------------------------------------- GPU
