@@ -24,12 +24,8 @@ use crossmodal::nn::{seed_model, SeedConfig, SeedModel};
 use crossmodal::optim::{adam::AdamConfig, sgd::SgdConfig};
 use graph_common::{small, SeedData};
 
-/// A fresh, empty directory for one test under Cargo's test temp dir.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("checkpoint-{name}"));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::experiments::scratch("checkpoint", name)
 }
 
 fn model(c: &SeedConfig) -> SeedModel {

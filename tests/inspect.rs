@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crossmodal::experiment::run::Experiment;
 use crossmodal::graph::gpu::GpuExecutor;
@@ -14,8 +14,7 @@ use crossmodal::study::inspect::{inspect, summarize, InspectOptions};
 use crossmodal::study::shadow::Prepared;
 
 fn tiny() -> Experiment {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_fusion.ron");
-    Experiment::load(&path).unwrap()
+    common::experiments::tiny_fixture()
 }
 
 fn out_dir(what: &str) -> PathBuf {

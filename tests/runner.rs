@@ -20,47 +20,17 @@ use crossmodal::experiment::saved::{eval_run, predict_run, Sample};
 use crossmodal::experiment::schema::{Backend, ClassWeights, EarlyStopping, LrSchedule, Monitor};
 
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    common::experiments::root()
 }
 
 /// A fresh folder for one test's runs.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("runner-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::experiments::scratch("runner", name)
 }
 
-/// The seed experiment at test size: 160 synthetic samples, batch 8, 3
-/// epochs, a dropout layer (so resume must also continue the masks).
+/// The seed experiment at test size, 3 epochs (see `common::experiments`).
 fn tiny() -> Experiment {
-    let mut exp = Experiment::load(&root().join("experiments/seed_fusion.ron")).unwrap();
-    exp = apply_overrides(
-        &exp,
-        &[
-            "data.Synthetic.samples=160".into(),
-            "training.epochs=3".into(),
-            "training.batch_size=8".into(),
-            "model.inputs.0.1.Tokens.seq_len=12".into(),
-            "model.layers.lstm.kind.Lstm.units=8".into(),
-            "model.layers.conv.kind.Conv2d.filters=4".into(),
-        ],
-    )
-    .unwrap();
-    let dropout = crossmodal::experiment::schema::LayerSpec {
-        name: "drop".into(),
-        kind: crossmodal::experiment::schema::LayerKind::Dropout { rate: 0.3 },
-        inputs: vec!["concat".into()],
-    };
-    exp.model.layers.push(dropout);
-    let dense = exp
-        .model
-        .layers
-        .iter_mut()
-        .find(|l| l.name == "dense")
-        .unwrap();
-    dense.inputs = vec!["drop".into()];
-    exp
+    common::experiments::tiny_seed(3)
 }
 
 fn options(backend: Backend) -> RunOptions<'static> {

@@ -9,15 +9,14 @@
 mod common;
 mod graph_common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{assert_close, gpu};
 use crossmodal::data::tokenizer::split_words;
-use crossmodal::experiment::overrides::apply_overrides;
 use crossmodal::experiment::prepare::load_data;
 use crossmodal::experiment::run::{run_experiment, Experiment, RunOptions};
 use crossmodal::experiment::saved::{Sample, SavedRun};
-use crossmodal::experiment::schema::{Backend, LayerKind, LayerSpec};
+use crossmodal::experiment::schema::Backend;
 use crossmodal::graph::gpu::{ExecOptions, GpuExecutor};
 use crossmodal::graph::init::init_params;
 use crossmodal::graph::{Batch, CpuExecutor, Executor, Graph, HostData, NodeId, Op, TrainConfig};
@@ -303,46 +302,14 @@ fn gpu_input_gradient_matches_the_cpu_on_late_fusion() {
 
 // ------------------------------------------------------------ explain
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("saliency-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::experiments::scratch("saliency", name)
 }
 
-/// The seed experiment at test size, with a dropout layer (which the
-/// explanation leaves out: inference), trained 2 epochs on the CPU.
+/// The seed experiment at test size with a dropout layer (which the
+/// explanation leaves out: inference), trained 2 epochs.
 fn tiny() -> Experiment {
-    let mut exp = Experiment::load(&root().join("experiments/seed_fusion.ron")).unwrap();
-    exp = apply_overrides(
-        &exp,
-        &[
-            "data.Synthetic.samples=160".into(),
-            "training.epochs=2".into(),
-            "training.batch_size=8".into(),
-            "model.inputs.0.1.Tokens.seq_len=12".into(),
-            "model.layers.lstm.kind.Lstm.units=8".into(),
-            "model.layers.conv.kind.Conv2d.filters=4".into(),
-        ],
-    )
-    .unwrap();
-    exp.model.layers.push(LayerSpec {
-        name: "drop".into(),
-        kind: LayerKind::Dropout { rate: 0.3 },
-        inputs: vec!["concat".into()],
-    });
-    let dense = exp
-        .model
-        .layers
-        .iter_mut()
-        .find(|l| l.name == "dense")
-        .unwrap();
-    dense.inputs = vec!["drop".into()];
-    exp
+    common::experiments::tiny_seed(2)
 }
 
 /// A trained tiny run, a sample text and a 28×28 PNG of a sample image.

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use crossmodal::experiment::run::Experiment;
 use crossmodal::graph::cpu::CpuExecutor;
 use crossmodal::graph::{Executor, Optimizer, TrainConfig};
@@ -15,8 +13,7 @@ use crossmodal::study::shadow::{
 };
 
 fn tiny() -> Experiment {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_fusion.ron");
-    Experiment::load(&path).unwrap()
+    common::experiments::tiny_fixture()
 }
 
 #[test]

@@ -108,3 +108,6 @@ pub fn weighted_sum(y: &ArrayD<f64>, w: &ArrayD<f64>) -> f64 {
 }
 
 pub mod recurrent;
+
+/// Experiments at test size, scratch folders.
+pub mod experiments;
