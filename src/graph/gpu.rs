@@ -2023,6 +2023,16 @@ impl<'a> GpuExecutor<'a> {
         }
     }
 
+    /// Forward and backward of the loss, no update; returns the loss and
+    /// reads nothing else back (the gradients stay on the device for
+    /// [`GpuExecutor::gradient_of`], as with the CPU executor's
+    /// `run_gradients`).
+    pub fn run_gradients(&mut self, batch: &Batch) -> Result<f32> {
+        let t = self.vid(self.loss);
+        let w = self.run(batch, Run::Gradients, Some(t))?;
+        Ok(f32::from_bits(w[0]))
+    }
+
     /// The gradient of any node after the last backward (inspection): the
     /// accumulated gradient of its value. Parameters' gradients and input
     /// gradients ([`ExecOptions::input_gradients`]) are always kept; others
@@ -2075,8 +2085,7 @@ impl Executor for GpuExecutor<'_> {
     }
 
     fn gradients(&mut self, batch: &Batch) -> Result<(f32, Vec<Vec<f32>>)> {
-        let t = self.vid(self.loss);
-        let w = self.run(batch, Run::Gradients, Some(t))?;
+        let loss = self.run_gradients(batch)?;
         let grads = self
             .graph
             .params()
@@ -2086,7 +2095,7 @@ impl Executor for GpuExecutor<'_> {
                 None => Ok(vec![0.0; self.graph.node(p).value.numel()]),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((f32::from_bits(w[0]), grads))
+        Ok((loss, grads))
     }
 
     fn param(&self, id: NodeId) -> Result<Vec<f32>> {

@@ -177,7 +177,7 @@ impl Runner<'_> {
     fn backward(&mut self, batch: &Batch) -> Result<f32> {
         match self {
             Runner::Cpu(e) => e.run_gradients(batch),
-            Runner::Gpu(e) => Ok(e.gradients(batch)?.0),
+            Runner::Gpu(e) => e.run_gradients(batch),
         }
     }
 
