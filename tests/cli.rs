@@ -2,6 +2,8 @@
 //! exit codes, and errors that name what is wrong (run on a tiny synthetic
 //! experiment, on the CPU backend unless a test says otherwise).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -15,10 +17,7 @@ fn bin() -> Command {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::experiments::scratch("cli", name)
 }
 
 fn text(o: &Output) -> String {

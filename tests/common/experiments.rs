@@ -1,5 +1,6 @@
-//! Helpers shared by the tests that run experiments: the repository root,
-//! a fresh scratch folder per test, and the experiments at test size.
+//! Helpers shared by the tests that run experiments (and the binary): the
+//! repository root, a fresh scratch folder per test, and the experiments at
+//! test size.
 
 use std::path::{Path, PathBuf};
 
