@@ -146,6 +146,20 @@ fn direct_tile(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
     return Tile(wid.y * DR, (wid.x * DL + lid.x) * DC, 0u, params.k);
 }
 
+// Whether workgroup `wid`'s whole tile of C lies past its edge: such a
+// workgroup returns at once (uniform across the workgroup, so before any
+// barrier). Callers may size the grid for the largest m or n they will
+// write into the params and lower them per run (the graph executor's
+// per-batch chunk counts); on lavapipe an idle workgroup would otherwise
+// run the whole K loop on clamped rows.
+fn direct_idle(wid: vec3<u32>) -> bool {
+    var rows = DR;
+    var cols = DC * DL;
+    if (LANES == LANES_M) { rows = DR * DL; cols = DC; }
+    if (LANES == LANES_K) { cols = DC; }
+    return wid.y * rows >= params.m || wid.x * cols >= params.n;
+}
+
 // LANES_K: every lane's partial 16×16 block, [lane][row][column group].
 var<workgroup> partial: array<vec4<f32>, 512>;
 
@@ -320,6 +334,7 @@ fn direct_scalar(t: Tile, acc: ptr<function, Block>) {
 @compute @workgroup_size(DL)
 fn matmul_direct(@builtin(workgroup_id) wid: vec3<u32>,
                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    if (direct_idle(wid)) { return; }
     let t = direct_tile(wid, lid);
     var acc: Block;
     direct_scalar(t, &acc);
@@ -329,6 +344,7 @@ fn matmul_direct(@builtin(workgroup_id) wid: vec3<u32>,
 @compute @workgroup_size(DL)
 fn matmul_direct_c4(@builtin(workgroup_id) wid: vec3<u32>,
                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    if (direct_idle(wid)) { return; }
     let t = direct_tile(wid, lid);
     var acc: Block;
     direct_scalar(t, &acc);
@@ -338,6 +354,7 @@ fn matmul_direct_c4(@builtin(workgroup_id) wid: vec3<u32>,
 @compute @workgroup_size(DL)
 fn matmul_direct_b4(@builtin(workgroup_id) wid: vec3<u32>,
                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    if (direct_idle(wid)) { return; }
     let t = direct_tile(wid, lid);
     let row0 = t.row0;
     let ia = array<u32, 16>(
@@ -367,6 +384,7 @@ fn matmul_direct_b4(@builtin(workgroup_id) wid: vec3<u32>,
 @compute @workgroup_size(DL)
 fn matmul_direct_ab4(@builtin(workgroup_id) wid: vec3<u32>,
                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    if (direct_idle(wid)) { return; }
     // AtB only: A[K,M] rows are contiguous along M.
     let t = direct_tile(wid, lid);
     let i4 = t.row0 / 4u;
@@ -403,6 +421,7 @@ var<workgroup> tile_b: array<f32, 1088>; // TK * SB: op(B)[k0.., n0..] stored [k
 @compute @workgroup_size(TT, TT)
 fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    if (wid.y * TM >= params.m || wid.x * TN >= params.n) { return; }
     let tid = lid.y * TT + lid.x;
     let m0 = wid.y * TM;
     let n0 = wid.x * TN;

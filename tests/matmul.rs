@@ -155,6 +155,44 @@ fn check_all(m: usize, n: usize, k: usize, offsets: (usize, usize, usize), accum
     }
 }
 
+/// A dispatch prepared for a large C and then given smaller m and n in its
+/// params (as the graph executor does with per-batch chunk counts; the
+/// remainders mod 4 stay, as `matmul` asks): the workgroups past the new
+/// edge must write nothing, the rest the product. Once with sizes that are
+/// multiples of 4 (the vec4 kernels), once without.
+#[test]
+fn matmul_sizes_lowered_after_prepare() {
+    let Some(ctx) = gpu() else { return };
+    let k = 29;
+    for (m_max, n_max, m, n) in [(300, 260, 36, 44), (301, 259, 37, 43)] {
+        for (i, kernel) in KERNELS.into_iter().enumerate() {
+            for (j, layout) in LAYOUTS.into_iter().enumerate() {
+                let seed = 100 + (10 * i + j) as u64;
+                let (ash, bsh) = stored_shapes(layout, m, n, k);
+                let a = random2(ash[0], ash[1], seed);
+                let b = random2(bsh[0], bsh[1], seed + 1);
+                let want = matmul_cpu(layout, &f64_of(&a).view(), &f64_of(&b).view());
+                let ga = upload_at(ctx, a.as_slice().unwrap(), 0, (m_max - m) * k);
+                let gb = upload_at(ctx, b.as_slice().unwrap(), 0, (n_max - n) * k);
+                let gc = upload_at(ctx, &[], 0, m_max * n_max);
+                let prepared = MatmulParams::new(m_max, n_max, k);
+                let d = launch(ctx, kernel, layout, &gc, &ga, &gb, prepared).unwrap();
+                d.set_params(ctx, &MatmulParams::new(m, n, k));
+                ctx.run(&[&d]).unwrap();
+                let got = ctx.read_f32(&gc).unwrap();
+                let what = format!("{kernel:?} {layout:?} prepared {m_max}x{n_max}, run {m}x{n}");
+                assert!(
+                    got[m * n..].iter().all(|&v| v == SENTINEL),
+                    "{what}: wrote past C"
+                );
+                let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+                let (rtol, atol) = tolerance(k);
+                assert_close(&what, &got[..m * n], &want32, rtol, atol);
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_odd_shape() {
     // 37×53×29: no size is a multiple of any tile or of 4.

@@ -299,10 +299,11 @@ fn direct_spec(layout: Layout, p: &MatmulParams) -> &'static KernelSpec {
 /// chosen for this adapter ([`matmul_variant`]).
 ///
 /// The kernel and the grid are chosen from `p`: a dispatch whose params are
-/// later rewritten with `Dispatch::set_params` must keep m, n, k and
-/// `accumulate`, and keep each offset's remainder modulo 4 (the direct
-/// variant reads vec4 when offsets are multiples of 4). Otherwise prepare a
-/// new dispatch.
+/// later rewritten with `Dispatch::set_params` must keep `accumulate` and
+/// the remainders modulo 4 of m, n and every offset (the direct variant
+/// reads vec4 when they are multiples of 4), and may not raise m or n (the
+/// grid covers the prepared C; workgroups wholly past a lowered edge return
+/// at once). k may change. Otherwise prepare a new dispatch.
 pub fn matmul(
     ctx: &GpuContext,
     layout: Layout,

@@ -15,4 +15,5 @@ pub mod pool2d;
 pub mod recurrent;
 pub mod reduce;
 pub mod rnn;
+pub mod segment_sum;
 pub mod softmax_cross_entropy;
