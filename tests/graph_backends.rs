@@ -233,6 +233,67 @@ fn seed_model_matches_the_cpu_executor() {
     }
 }
 
+/// The embedding feeding the LSTM alone: the GPU executor computes dW and
+/// the table's gradient per chunk of equal tokens. With 360 positions over
+/// 6 tokens the runs pass the 64-position chunk length (cut in several
+/// chunks), padding included; widths 5 (scalar kernels) and 8 (vec4), with
+/// and without the mask. Every gradient against the f64 CPU executor,
+/// which sums per position.
+#[test]
+fn chunked_embedding_gradients_match_the_cpu_executor() {
+    let Some(ctx) = gpu() else { return };
+    for (mask, embed_dim) in [(true, 5), (false, 8)] {
+        let c = SeedConfig {
+            batch: 12,
+            seq_len: 30,
+            vocab: 6,
+            embed_dim,
+            ..small(mask)
+        };
+        let m = seed_model(&c).unwrap();
+        let g = &m.graph;
+        let init = init_params(g, 4);
+        let data = SeedData::new(&c, 7);
+        let longest = (0..c.vocab as u32)
+            .map(|t| data.tokens.iter().filter(|&&v| v == t).count())
+            .max()
+            .unwrap();
+        assert!(longest > 64, "no token fills a whole chunk: {longest}");
+        let batch = data.batch(&m);
+        let what = format!("chunked embedding (mask {mask}, width {embed_dim})");
+        let mut cpu = CpuExecutor::<f64>::new(g, m.loss, &init, TrainConfig::default()).unwrap();
+        let mut ex = GpuExecutor::new(ctx, g, m.loss, &init, TrainConfig::default()).unwrap();
+        assert!(
+            ex.train_schedule()
+                .iter()
+                .any(|d| d.entry.starts_with("segment_sum")),
+            "{what}: the chunked path is not in the schedule"
+        );
+        let want_loss = cpu.run_gradients(&batch).unwrap();
+        let (loss, grads) = ex.gradients(&batch).unwrap();
+        check(
+            &format!("{what} loss"),
+            &[loss],
+            &[want_loss as f32],
+            1e-5,
+            0.0,
+        );
+        check_gradients(&what, g, &grads, &cpu);
+        // A second batch with other chunk counts reuses the dispatches.
+        let batch = SeedData::new(&c, 8).batch(&m);
+        let want_loss = cpu.run_gradients(&batch).unwrap();
+        let (loss, grads) = ex.gradients(&batch).unwrap();
+        check(
+            &format!("{what} loss, batch 2"),
+            &[loss],
+            &[want_loss as f32],
+            1e-5,
+            0.0,
+        );
+        check_gradients(&format!("{what}, batch 2"), g, &grads, &cpu);
+    }
+}
+
 /// Trains both backends for `steps` steps from the same parameters on the
 /// same batches (f32 on both); compares the loss of every step (relative),
 /// the final parameters and the probabilities after training (absolute).

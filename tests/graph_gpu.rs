@@ -286,8 +286,10 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     // input projection + T gate steps + T-1 recurrent matmuls = 2T.
     let lstm_forward = if persistent { 2 } else { 2 * t };
     // Backward LSTM: the recurrence (persistent) or T gate steps + T-1
-    // carries, then dW, dU, db, dx.
-    let lstm_backward = if persistent { 1 + 4 } else { 2 * t - 1 + 4 };
+    // carries, then dU, db; its input is the embedding alone reads, so dW
+    // and dx come per chunk of equal tokens: the chunk sums of dz, the
+    // chunks' input rows, dW, dx.
+    let lstm_backward = if persistent { 1 + 6 } else { 2 * t - 1 + 6 };
     // Forward: embedding 1; LSTM; conv 1 (the ReLU fused into it: the
     // conv's only reader), pool 1, concat 2 (one per input), dense 2
     // (matmul, bias), loss 3 (softmax-CE, mean, the correct-prediction
@@ -296,6 +298,10 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     let entries: Vec<&str> = ex.train_schedule().iter().map(|d| d.entry).collect();
     assert!(
         !entries.iter().any(|e| e.starts_with("relu_forward")),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().any(|e| e.starts_with("segment_sum")),
         "{entries:?}"
     );
     // Backward: loss 1; dense 3 (dx, dW, db); concat 2; pool 1; ReLU 1;

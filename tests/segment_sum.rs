@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use crossmodal::ops::segment_sum::{
-    self as op, segment_sum_cpu, segment_sum_params, token_chunks, MAX_CHUNK,
+    self as op, segment_sum_cpu, token_chunks, SegmentSumParams, MAX_CHUNK,
 };
 use crossmodal::DType;
 use ndarray::Ix2;
@@ -71,7 +71,7 @@ fn check(rows: usize, width: usize, segments: Option<usize>, seed: u64) {
     let gstart = ctx.upload_u32(&c.start, &[c.start.len()]).unwrap();
     let gout = ctx.zeros(&[rows.max(1), width], DType::F32).unwrap();
     let d = op::segment_sum(ctx, &gout, &gx, &gorder, &gstart, c.chunks()).unwrap();
-    d.set_params(ctx, &segment_sum_params(&gx, used));
+    d.set_params(ctx, &SegmentSumParams::new(rows, width, used));
     ctx.run(&[&d]).unwrap();
     let got = ctx.read_f32(&gout).unwrap();
     // Same additions in the same order: exact.

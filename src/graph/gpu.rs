@@ -63,7 +63,7 @@ use crate::ops::conv2d::{
     conv2d_forward_relu, Conv2dGeometry,
 };
 use crate::ops::dropout::{dropout_backward, dropout_forward, Dropout};
-use crate::ops::embedding::{embedding_backward, embedding_forward, token_order};
+use crate::ops::embedding::{embedding_backward, embedding_forward, embedding_params, token_order};
 use crate::ops::lstm::LstmState;
 use crate::ops::matmul::{matmul, Layout, MatmulParams};
 use crate::ops::pool2d::{
@@ -75,6 +75,7 @@ use crate::ops::recurrent::{
 };
 use crate::ops::reduce::{accuracy_count, reduce_sum, SumOptions};
 use crate::ops::rnn::RnnState;
+use crate::ops::segment_sum::{segment_sum, token_chunks, SegmentSumParams};
 use crate::ops::softmax_cross_entropy::{
     softmax_cross_entropy_backward, softmax_cross_entropy_forward, softmax_forward,
     weighted_softmax_cross_entropy_backward, weighted_softmax_cross_entropy_forward,
@@ -134,6 +135,58 @@ struct Recurrent {
     dz: Option<TensorId>,
     dh_carry: Option<TensorId>,
     dc_carry: Option<TensorId>,
+    /// Set when the input is an embedding read by this layer alone
+    /// ([`feeds_recurrent_only`]).
+    chunked: Option<ChunkScratch>,
+}
+
+/// The per-batch chunk buffers of an embedding whose only reader is a
+/// recurrent layer ([`feeds_recurrent_only`]), written from the host with
+/// the batch (`ops::segment_sum::token_chunks`; the order is the
+/// embedding's own). Each holds room for one chunk per position.
+#[derive(Clone, Copy, Debug)]
+struct ChunkBufs {
+    /// `[N+1]` chunk bounds in the order.
+    start: TensorId,
+    /// `[N]` the first position of each chunk.
+    first: TensorId,
+    /// `[N]` the token of each chunk.
+    token: TensorId,
+    /// `[N]` the positions 0..N, written once: the order of the chunk rows
+    /// the embedding's backward adds (chunk tokens ascend already).
+    identity: TensorId,
+}
+
+/// A recurrent layer's backward scratch for a chunked input: the gate
+/// gradients summed per chunk (`[N, G]`) and the input row of each chunk
+/// (`[N, D]`).
+#[derive(Clone, Copy, Debug)]
+struct ChunkScratch {
+    embedding: NodeId,
+    sums: TensorId,
+    rows: TensorId,
+}
+
+/// Whether embedding `id`'s only reader is a recurrent layer taking it as
+/// its input x. Then the layer's backward sums its gate gradients dz per
+/// chunk of equal tokens (`ops::segment_sum`): every position of a chunk
+/// has the same input row, so `dW = Xᵀ·dZ` and `dX = dZ·Wᵀ` need one row
+/// per chunk instead of one per position (with pre-padded short texts most
+/// positions are padding: ~200 chunks instead of 3200 rows in the seed).
+/// The embedding's gradient buffer then holds one row per chunk, which its
+/// backward adds into the table rows of the chunks' tokens. Not when the
+/// embedding's value or gradient is kept for inspection (its gradient
+/// would not be per position), nor when the layer is not in the backward.
+fn feeds_recurrent_only(graph: &Graph, id: NodeId, inspected: bool, in_backward: &[bool]) -> bool {
+    let mut readers = graph.ids().filter(|&c| graph.node(c).inputs.contains(&id));
+    let recurrent = readers.next().is_some_and(|r| {
+        let node = graph.node(r);
+        matches!(node.op, Op::Lstm { .. } | Op::Rnn { .. })
+            && node.inputs[0] == id
+            && !node.inputs[1..].contains(&id)
+            && in_backward[r.0]
+    });
+    !inspected && recurrent && readers.next().is_none()
 }
 
 /// Whether conv node `id`'s only reader is a ReLU, so that the conv writes
@@ -164,8 +217,10 @@ enum Extra {
     },
     /// The token positions sorted by token (`ops::embedding::token_order`),
     /// written from the host with the batch; the backward reads them.
+    /// `chunks`: see [`feeds_recurrent_only`].
     Embedding {
         order: TensorId,
+        chunks: Option<ChunkBufs>,
     },
     /// `weights`: the class weights, when the loss has them (written once
     /// at construction).
@@ -192,6 +247,36 @@ struct Stage {
     /// For the update: the gradient clipping, if any (the optimizer holds
     /// its own dispatches, recorded after these).
     dispatches: Vec<Dispatch>,
+}
+
+/// An embedding in the backward: the tensor its token order goes into
+/// and, when chunked, what else each batch sets.
+#[derive(Clone, Copy, Debug)]
+struct TokenOrder {
+    node: NodeId,
+    order: TensorId,
+    chunked: Option<ChunkUse>,
+}
+
+/// What each batch sets for a chunked embedding ([`feeds_recurrent_only`]):
+/// the chunk buffers, and the chunk count C in the params of the dispatches
+/// prepared for one chunk per position.
+#[derive(Clone, Copy, Debug)]
+struct ChunkUse {
+    bufs: ChunkBufs,
+    /// The recurrent reader's backward stage and the index of the first of
+    /// its [`chunked_input_gradients`] dispatches.
+    recurrent: (usize, usize),
+    /// Whether those include the input gradient (the fourth).
+    with_dx: bool,
+    /// The embedding's backward stage (its only dispatch adds the chunk
+    /// rows into the table).
+    scatter: Option<usize>,
+    positions: usize,
+    vocab: usize,
+    width: usize,
+    gates: usize,
+    padding_idx: Option<u32>,
 }
 
 /// A dropout dispatch whose uniforms follow the run: the stage holding it
@@ -352,9 +437,9 @@ pub struct GpuExecutor<'a> {
     /// the host-visible buffer it is read through.
     correct: TensorId,
     correct_staging: wgpu::Buffer,
-    /// Embeddings in the backward: (embedding node, its token-order
-    /// tensor), written from the batch's ids before a backward run.
-    token_orders: Vec<(NodeId, TensorId)>,
+    /// Embeddings in the backward, whose token order (and chunks) are
+    /// written from the batch's ids before a backward run.
+    token_orders: Vec<TokenOrder>,
     tensors: Vec<TensorInfo>,
     handles: Vec<GpuTensor>,
     lifetimes: Vec<Option<(usize, usize)>>,
@@ -609,6 +694,29 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                     bwd.then(|| l.add(format!("{name}/dh_carry"), &[b, h], f32, false, Zero::No));
                 let dc_carry = (bwd && lstm)
                     .then(|| l.add(format!("{name}/dc_carry"), &[b, h], f32, false, Zero::No));
+                let embedding = node.inputs[0];
+                let chunked = match l.extra[embedding.0] {
+                    Extra::Embedding {
+                        chunks: Some(_), ..
+                    } if bwd => Some(ChunkScratch {
+                        embedding,
+                        sums: l.add(
+                            format!("{name}/chunk_dz"),
+                            &[t * b, g],
+                            f32,
+                            false,
+                            Zero::No,
+                        ),
+                        rows: l.add(
+                            format!("{name}/chunk_x"),
+                            &[t * b, dims.input],
+                            f32,
+                            false,
+                            Zero::No,
+                        ),
+                    }),
+                    _ => None,
+                };
                 l.extra[id.0] = Extra::Recurrent(Recurrent {
                     dims,
                     z,
@@ -619,6 +727,7 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                     dz,
                     dh_carry,
                     dc_carry,
+                    chunked,
                 });
                 if *return_sequences {
                     // Copied out of h_all slots 1..=T by an accumulating split.
@@ -635,7 +744,18 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                 let n = tokens.iter().product::<usize>();
                 // Written with every batch, like an input: its own buffer.
                 let order = l.add(format!("{name}/order"), &[n], DType::U32, true, Zero::No);
-                l.extra[id.0] = Extra::Embedding { order };
+                let chunks = feeds_recurrent_only(graph, id, inspected, &in_backward).then(|| {
+                    let mut host = |what: &str, len: usize| {
+                        l.add(format!("{name}/{what}"), &[len], DType::U32, true, Zero::No)
+                    };
+                    ChunkBufs {
+                        start: host("chunk_start", n + 1),
+                        first: host("chunk_first", n),
+                        token: host("chunk_token", n),
+                        identity: host("identity", n),
+                    }
+                });
+                l.extra[id.0] = Extra::Embedding { order, chunks };
                 own(&mut l, inspected, Zero::No)
             }
             Op::MaxPool2d { .. } => {
@@ -749,8 +869,9 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
             match &node.op {
                 Op::Embedding { .. } => {
                     u.push(l.vid(input(1)));
-                    if let Extra::Embedding { order } = l.extra[n.0] {
+                    if let Extra::Embedding { order, chunks } = l.extra[n.0] {
                         u.push(order);
+                        u.extend(chunks.map(|c| [c.token, c.identity]).into_iter().flatten());
                     }
                 }
                 Op::Lstm { .. } | Op::Rnn { .. } => {
@@ -762,6 +883,16 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                                 .into_iter()
                                 .flatten(),
                         );
+                        if let Some(ch) = r.chunked {
+                            u.extend([ch.sums, ch.rows]);
+                            if let Extra::Embedding {
+                                order,
+                                chunks: Some(c),
+                            } = l.extra[ch.embedding.0]
+                            {
+                                u.extend([order, c.start, c.first]);
+                            }
+                        }
                     }
                 }
                 Op::Conv2d { .. } | Op::Dense => u.extend([l.vid(input(0)), l.vid(input(1))]),
@@ -953,6 +1084,71 @@ fn forward_dispatches(
     })
 }
 
+/// The input-kernel and input gradients of recurrent layer `r` whose input
+/// is a chunked embedding ([`feeds_recurrent_only`]), after its recurrence
+/// backward left dz: `S = dz` summed per chunk, `Xc` = the input row of each
+/// chunk, `dW += Xcᵀ·S`, and (when the embedding needs it) the gradient's
+/// first C rows `+= S·Wᵀ`, one per chunk. Prepared for one chunk per
+/// position; [`GpuExecutor::write_token_orders`] sets this batch's count C.
+/// Returns [`CHUNK_DISPATCHES`] dispatches, or one fewer without dx.
+#[allow(clippy::too_many_arguments)]
+fn chunked_input_gradients(
+    ctx: &GpuContext,
+    l: &Declared,
+    b: &Binder,
+    r: &Recurrent,
+    ch: ChunkScratch,
+    dw: &GpuTensor,
+    dx: Option<&GpuTensor>,
+    w: &GpuTensor,
+) -> Result<Vec<Dispatch>> {
+    let Extra::Embedding {
+        order,
+        chunks: Some(c),
+    } = l.extra[ch.embedding.0]
+    else {
+        unreachable!("a chunked recurrent input is an embedding with chunks")
+    };
+    let dims = r.dims;
+    let n = dims.steps * dims.batch;
+    let (d_in, g) = (dims.input, b.id(ch.sums)?.numel() / n.max(1));
+    let dz = b.view(&View {
+        id: r.dz.expect("a layer in the backward has dz"),
+        shape: vec![n, g],
+    })?;
+    let x = b.view(&View {
+        id: l.vid(ch.embedding),
+        shape: vec![n, d_in],
+    })?;
+    let (sums, rows) = (b.id(ch.sums)?, b.id(ch.rows)?);
+    let mut d = vec![
+        segment_sum(ctx, &sums, &dz, &b.id(order)?, &b.id(c.start)?, n)?,
+        embedding_forward(ctx, &x, &b.id(c.first)?, &rows)?,
+        matmul(
+            ctx,
+            Layout::AtB,
+            dw,
+            &rows,
+            &sums,
+            MatmulParams::new(d_in, g, n).accumulate(),
+        )?,
+    ];
+    if let Some(dx) = dx {
+        d.push(matmul(
+            ctx,
+            Layout::ABt,
+            dx,
+            &sums,
+            w,
+            MatmulParams::new(n, d_in, g).accumulate(),
+        )?);
+    }
+    Ok(d)
+}
+
+/// Dispatches [`chunked_input_gradients`] appends with dx.
+const CHUNK_DISPATCHES: usize = 4;
+
 fn backward_dispatches(
     ctx: &GpuContext,
     graph: &Graph,
@@ -984,17 +1180,30 @@ fn backward_dispatches(
     Ok(match &node.op {
         Op::Input { .. } | Op::Param { .. } | Op::Flatten => Vec::new(),
         Op::Embedding { padding_idx } => {
-            let Extra::Embedding { order } = l.extra[n.0] else {
+            let Extra::Embedding { order, chunks } = l.extra[n.0] else {
                 unreachable!("an embedding in the backward declares its order")
             };
-            vec![embedding_backward(
-                ctx,
-                &need(0, "the embedding table")?,
-                &dy()?,
-                &x(1)?,
-                &b.id(order)?,
-                *padding_idx,
-            )?]
+            let dtable = need(0, "the embedding table")?;
+            match chunks {
+                // The gradient holds one row per chunk (the recurrent
+                // reader's backward wrote them); the chunks' tokens ascend.
+                Some(c) => vec![embedding_backward(
+                    ctx,
+                    &dtable,
+                    &dy()?,
+                    &b.id(c.token)?,
+                    &b.id(c.identity)?,
+                    *padding_idx,
+                )?],
+                None => vec![embedding_backward(
+                    ctx,
+                    &dtable,
+                    &dy()?,
+                    &x(1)?,
+                    &b.id(order)?,
+                    *padding_idx,
+                )?],
+            }
         }
         Op::Lstm {
             return_sequences,
@@ -1020,9 +1229,10 @@ fn backward_dispatches(
                 need(2, "the recurrent kernel")?,
                 need(3, "the bias")?,
             );
+            // A chunked input's dW and dx come after, from dz per chunk.
             let grads = RecurrentGrads {
-                dx: gx.as_ref(),
-                dw: &gw,
+                dx: gx.as_ref().filter(|_| r.chunked.is_none()),
+                dw: Some(&gw).filter(|_| r.chunked.is_none()),
                 du: &gu,
                 db: &gb,
             };
@@ -1053,7 +1263,7 @@ fn backward_dispatches(
                 dh_carry: scratch(r.dh_carry)?,
                 cell: (),
             };
-            if matches!(node.op, Op::Lstm { .. }) {
+            let mut d = if matches!(node.op, Op::Lstm { .. }) {
                 let bufs = bufs.with_cell(LstmState {
                     gates: b.id(r.gates.expect("LSTM gates"))?,
                     c_all: b.id(r.c_all.expect("LSTM c_all"))?,
@@ -1063,7 +1273,20 @@ fn backward_dispatches(
             } else {
                 let bufs = bufs.with_cell(RnnState);
                 recurrent_backward_sequence(ctx, &grads, dh, &bufs, &xs, &weights, mask.as_ref())?
+            };
+            if let Some(ch) = r.chunked {
+                d.extend(chunked_input_gradients(
+                    ctx,
+                    l,
+                    b,
+                    &r,
+                    ch,
+                    &gw,
+                    gx.as_ref(),
+                    &w,
+                )?);
             }
+            d
         }
         Op::Conv2d { .. } => {
             let g = conv_geometry(graph, n)?;
@@ -1468,13 +1691,61 @@ impl<'a> GpuExecutor<'a> {
         let Extra::Loss { correct, .. } = l.extra[loss.0] else {
             unreachable!("the loss node was checked to be SoftmaxCrossEntropy")
         };
-        let token_orders = graph
-            .ids()
-            .filter_map(|id| match l.extra[id.0] {
-                Extra::Embedding { order } => Some((id, order)),
-                _ => None,
-            })
-            .collect();
+        let stage_of = |kind: StageKind| kinds.iter().position(|&k| k == kind);
+        let mut token_orders = Vec::new();
+        for id in graph.ids() {
+            let Extra::Embedding { order, chunks } = l.extra[id.0] else {
+                continue;
+            };
+            let chunked = match chunks {
+                None => None,
+                Some(bufs) => {
+                    let reader = graph
+                        .ids()
+                        .find(|&r| matches!(l.extra[r.0], Extra::Recurrent(Recurrent { chunked: Some(c), .. }) if c.embedding == id))
+                        .expect("a chunked embedding has a recurrent reader");
+                    let Extra::Recurrent(r) = l.extra[reader.0] else {
+                        unreachable!("found above")
+                    };
+                    let s = stage_of(StageKind::Backward(reader))
+                        .expect("the recurrent reader of a chunked embedding is in the backward");
+                    let with_dx = l.gid(id).is_some();
+                    let tail = CHUNK_DISPATCHES - usize::from(!with_dx);
+                    let node = graph.node(id);
+                    let table = &graph.node(node.inputs[0]).value.shape;
+                    let Op::Embedding { padding_idx } = node.op else {
+                        unreachable!("Extra::Embedding belongs to an embedding")
+                    };
+                    let positions = r.dims.steps * r.dims.batch;
+                    Some(ChunkUse {
+                        bufs,
+                        recurrent: (s, stages[s].dispatches.len() - tail),
+                        with_dx,
+                        scatter: stage_of(StageKind::Backward(id)),
+                        positions,
+                        vocab: table[0],
+                        width: table[1],
+                        gates: l.tensors[r.chunked.expect("chunked").sums].shape[1],
+                        padding_idx,
+                    })
+                }
+            };
+            if let Some(c) = chunked {
+                // The positions in order, once: the chunk rows are added
+                // in this order.
+                let identity: Vec<u32> = (0..c.positions as u32).collect();
+                ctx.queue.write_buffer(
+                    &handles[c.bufs.identity].buffer,
+                    0,
+                    bytemuck::cast_slice(&identity),
+                );
+            }
+            token_orders.push(TokenOrder {
+                node: id,
+                order,
+                chunked,
+            });
+        }
         Ok(Self {
             ctx,
             graph: graph.clone(),
@@ -1722,7 +1993,13 @@ impl<'a> GpuExecutor<'a> {
     /// Writes, for every embedding in the backward, the order its backward
     /// kernel sums in: the batch's token ids sorted (on the host) by token.
     fn write_token_orders(&self, batch: &Batch) -> Result<usize> {
-        for &(node, order) in &self.token_orders {
+        let mut writes = 0;
+        for &TokenOrder {
+            node,
+            order,
+            chunked,
+        } in &self.token_orders
+        {
             let tokens = self.graph.node(node).inputs[1];
             let Some((_, HostData::U32(ids))) = batch.inputs.iter().find(|(i, _)| *i == tokens)
             else {
@@ -1731,14 +2008,45 @@ impl<'a> GpuExecutor<'a> {
                     "the batch has no u32 token ids for this embedding",
                 ));
             };
-            let sorted = token_order(ids);
-            self.ctx.queue.write_buffer(
-                &self.handles[order].buffer,
-                0,
-                bytemuck::cast_slice(&sorted),
-            );
+            let write = |t: TensorId, data: &[u32]| {
+                if !data.is_empty() {
+                    let bytes = bytemuck::cast_slice(data);
+                    self.ctx
+                        .queue
+                        .write_buffer(&self.handles[t].buffer, 0, bytes);
+                }
+            };
+            let Some(u) = chunked else {
+                write(order, &token_order(ids));
+                writes += 1;
+                continue;
+            };
+            let ch = token_chunks(ids);
+            write(order, &ch.order);
+            write(u.bufs.start, &ch.start);
+            write(u.bufs.first, &ch.first);
+            write(u.bufs.token, &ch.token);
+            // This batch's chunk count in the dispatches sized for one
+            // chunk per position (see chunked_input_gradients).
+            let c = ch.chunks();
+            let (s, i) = u.recurrent;
+            let d = &self.stages[s].dispatches;
+            let ctx = self.ctx;
+            d[i].set_params(ctx, &SegmentSumParams::new(u.positions, u.gates, c));
+            d[i + 1].set_params(ctx, &embedding_params(c, u.positions, u.width, None));
+            d[i + 2].set_params(ctx, &MatmulParams::new(u.width, u.gates, c).accumulate());
+            writes += 7;
+            if u.with_dx {
+                d[i + 3].set_params(ctx, &MatmulParams::new(c, u.width, u.gates).accumulate());
+                writes += 1;
+            }
+            if let Some(s) = u.scatter {
+                let p = embedding_params(c, u.vocab, u.width, u.padding_idx);
+                self.stages[s].dispatches[0].set_params(ctx, &p);
+                writes += 1;
+            }
         }
-        Ok(self.token_orders.len())
+        Ok(writes)
     }
 
     fn vid(&self, n: NodeId) -> TensorId {

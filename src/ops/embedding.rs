@@ -168,12 +168,7 @@ pub fn embedding_forward(
 ) -> Result<Dispatch> {
     let (n, v, d) = sizes(FORWARD.entry, "table", table, tokens, "out", out)?;
     let (spec, width) = pick(d, &FORWARD, &FORWARD_VEC4);
-    let p = EmbeddingParams {
-        n: n as u32,
-        v: v as u32,
-        d: width as u32,
-        ..Default::default()
-    };
+    let p = embedding_params(n, v, d, None);
     ctx.prepare(
         spec,
         &[],
@@ -181,6 +176,22 @@ pub fn embedding_forward(
         &[table, tokens, out],
         Grid::linear(n * width, WORKGROUP),
     )
+}
+
+/// The params [`embedding_forward`] (with `padding_idx: None`) and
+/// [`embedding_backward`] prepare for `n` positions of a `[v, d]` table (d
+/// counted in vec4s where the kernels read vec4). A dispatch may be given
+/// a smaller `n` per run through `Dispatch::set_params` (its grid covers
+/// the prepared positions; the rest return at once).
+pub fn embedding_params(n: usize, v: usize, d: usize, padding_idx: Option<u32>) -> EmbeddingParams {
+    EmbeddingParams {
+        n: n as u32,
+        v: v as u32,
+        d: if d.is_multiple_of(4) { d / 4 } else { d } as u32,
+        has_pad: padding_idx.is_some() as u32,
+        pad: padding_idx.unwrap_or(0),
+        ..Default::default()
+    }
 }
 
 /// The positions `0..N` sorted by token, ties in ascending position: the
@@ -216,14 +227,7 @@ pub fn embedding_backward(
         ));
     }
     let (spec, width) = pick(d, &BACKWARD, &BACKWARD_VEC4);
-    let p = EmbeddingParams {
-        n: n as u32,
-        v: v as u32,
-        d: width as u32,
-        has_pad: padding_idx.is_some() as u32,
-        pad: padding_idx.unwrap_or(0),
-        ..Default::default()
-    };
+    let p = embedding_params(n, v, d, padding_idx);
     let grid = Grid::Workgroups([(n as u32).div_ceil(WG_POS), width as u32, 1]);
     ctx.prepare(spec, &[], &p, &[dtable, dy, tokens, order], grid)
 }

@@ -635,11 +635,14 @@ pub struct RecurrentWeights<'a> {
 }
 
 /// Gradient buffers a recurrent backward accumulates into; `dx` `[T,B,D]`
-/// may be left out when the input needs no gradient.
+/// may be left out when the input needs no gradient. `dw: None` leaves the
+/// input kernel's gradient to the caller, who computes it from `bufs.dz`
+/// after the returned dispatches (the graph executor does, per chunk of
+/// equal tokens when the input is an embedding; it leaves out dx then too).
 #[derive(Clone, Copy, Debug)]
 pub struct RecurrentGrads<'a> {
     pub dx: Option<&'a GpuTensor>,
-    pub dw: &'a GpuTensor,
+    pub dw: Option<&'a GpuTensor>,
     pub du: &'a GpuTensor,
     pub db: &'a GpuTensor,
 }
@@ -1102,26 +1105,27 @@ fn weight_gradients(
     let rows = dims.steps * dims.batch;
     let gates = dz.numel() / rows;
     expect_numel(op, "dz", &dz.shape, rows * gates)?;
-    expect_numel(op, "dW", &grads.dw.shape, dims.input * gates)?;
     expect_numel(op, "dU", &grads.du.shape, dims.hidden * gates)?;
-    let mut d = vec![
-        matmul(
+    let mut d = Vec::with_capacity(5);
+    if let Some(dw) = grads.dw {
+        expect_numel(op, "dW", &dw.shape, dims.input * gates)?;
+        d.push(matmul(
             ctx,
             Layout::AtB,
-            grads.dw,
+            dw,
             x,
             dz,
             MatmulParams::new(dims.input, gates, rows).accumulate(),
-        )?,
-        matmul(
-            ctx,
-            Layout::AtB,
-            grads.du,
-            h_all,
-            dz,
-            MatmulParams::new(dims.hidden, gates, rows).accumulate(),
-        )?,
-    ];
+        )?);
+    }
+    d.push(matmul(
+        ctx,
+        Layout::AtB,
+        grads.du,
+        h_all,
+        dz,
+        MatmulParams::new(dims.hidden, gates, rows).accumulate(),
+    )?);
     d.extend(bias_backward(ctx, grads.db, dz)?);
     if let Some(dx) = grads.dx {
         expect_numel(op, "dx", &dx.shape, rows * dims.input)?;

@@ -115,7 +115,7 @@ const MAX_GROUP_ROWS: u32 = 128;
 /// `x` is `[rows, width]`, `order` `rows` u32 positions, `start` at least
 /// `segments + 1` u32 bounds, `out` at least `segments` rows of `width`.
 /// The grid is sized for every segment `start` and `out` can hold, so
-/// [`Dispatch::set_params`] with [`segment_sum_params`] may lower the
+/// [`Dispatch::set_params`] with [`SegmentSumParams::new`] may lower the
 /// count per run.
 pub fn segment_sum(
     ctx: &GpuContext,
@@ -154,23 +154,26 @@ pub fn segment_sum(
     } else {
         &SCALAR
     };
-    let p = segment_sum_params(x, segments);
+    let p = SegmentSumParams::new(rows, width, segments);
     let groups_y = (capacity as u32).clamp(1, MAX_GROUP_ROWS);
     let grid = Grid::Workgroups([(p.width).div_ceil(WORKGROUP).max(1), groups_y, 1]);
     ctx.prepare(spec, &[], &p, &[out, x, order, start], grid)
 }
 
-/// The params of a [`segment_sum`] over `x` with `segments` segments.
-pub fn segment_sum_params(x: &GpuTensor, segments: usize) -> SegmentSumParams {
-    let width = x.shape.last().copied().unwrap_or(0);
-    SegmentSumParams {
-        segments: segments as u32,
-        width: if width.is_multiple_of(4) {
-            width / 4
-        } else {
-            width
-        } as u32,
-        rows: x.shape.first().copied().unwrap_or(0) as u32,
-        _pad: 0,
+impl SegmentSumParams {
+    /// The params of a [`segment_sum`] over `rows` rows of `width` columns
+    /// with `segments` segments (the width counted in vec4s where the kernel
+    /// reads vec4).
+    pub fn new(rows: usize, width: usize, segments: usize) -> Self {
+        Self {
+            segments: segments as u32,
+            width: if width.is_multiple_of(4) {
+                width / 4
+            } else {
+                width
+            } as u32,
+            rows: rows as u32,
+            _pad: 0,
+        }
     }
 }

@@ -497,7 +497,7 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
         };
         let grads = RecurrentGrads {
             dx: Some(&gdx),
-            dw: &gdw,
+            dw: Some(&gdw),
             du: &gdu,
             db: &gdb,
         };

@@ -1037,7 +1037,7 @@ fn recurrent_case(c: RecurrentCase, seed: u64) -> OpCase {
             };
             let grads = RecurrentGrads {
                 dx: Some(&gdx),
-                dw: &gdw,
+                dw: Some(&gdw),
                 du: &gdu,
                 db: &gdb,
             };

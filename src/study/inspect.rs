@@ -570,13 +570,17 @@ fn shape(graph: &Graph, id: NodeId) -> &[usize] {
 
 /// The matmuls a node's stage records, in order, for `stepwise` extra
 /// per-step ones (recurrent layers on devices without the persistent
-/// kernels): `(m, n, k, accumulate)`.
+/// kernels): `(m, n, k, accumulate)`. `chunked`: a recurrent backward whose
+/// input kernel and input gradients go per chunk of equal tokens (the
+/// graph executor's chunked embedding input), costed at one chunk per
+/// position: the most a batch can have.
 fn expected_matmuls(
     graph: &Graph,
     needs: &[bool],
     id: NodeId,
     phase: Phase,
     stepwise: bool,
+    chunked: bool,
 ) -> Vec<(usize, usize, usize, bool)> {
     let node = graph.node(id);
     let ins = &node.inputs;
@@ -607,7 +611,11 @@ fn expected_matmuls(
                 v
             } else {
                 let mut v: Vec<_> = std::iter::repeat_n((b, h, g, true), steps).collect();
-                v.extend([(d, g, t * b, true), (h, g, t * b, true)]);
+                if chunked {
+                    v.extend([(h, g, t * b, true), (d, g, t * b, true)]);
+                } else {
+                    v.extend([(d, g, t * b, true), (h, g, t * b, true)]);
+                }
                 if needs[ins[0].0] {
                     v.push((t * b, d, g, true));
                 }
@@ -645,9 +653,10 @@ pub fn estimate_costs(graph: &Graph, loss: NodeId, schedule: &[ScheduledDispatch
                     .iter()
                     .filter(|d| d.entry.starts_with("matmul"))
                     .count();
+                let chunked = stage.iter().any(|d| d.entry.starts_with("segment_sum"));
                 let plan = [false, true]
                     .into_iter()
-                    .map(|sw| expected_matmuls(graph, &needs, id, phase, sw))
+                    .map(|sw| expected_matmuls(graph, &needs, id, phase, sw, chunked))
                     .find(|m| m.len() == matmuls);
                 let mut m_k = 0;
                 let mut ordinal: BTreeMap<&str, usize> = BTreeMap::new();
@@ -726,6 +735,18 @@ fn kernel_cost(
     // general kernels do.
     let entry = scalar_entry(d.entry);
     match entry {
+        // A recurrent layer's chunked input: its chunks' input rows, and its
+        // gate gradients summed per chunk (at one chunk per position).
+        "embedding_forward" if matches!(node.op, Op::Lstm { .. } | Op::Rnn { .. }) => {
+            let x = sh(0);
+            let n = x[0] * x[1];
+            Cost::new(n + n * x[2], n * x[2], 0)
+        }
+        "segment_sum" => {
+            let x = sh(0);
+            let (n, g) = (x[0] * x[1], sh(2)[1]);
+            Cost::new(n * g + 2 * n + 1, n * g, n * g)
+        }
         "embedding_forward" => Cost::new(inp(1) + y, y, 0),
         "embedding_backward" => Cost::new(y + inp(1) + inp(0), inp(0), y),
         "lstm_sequence_forward" | "lstm_sequence_forward_blocked" | "rnn_sequence_forward" => {

@@ -463,7 +463,7 @@ pub fn check_backward_sequence<C: TestCell>(
     let (gdx, gdw, gdu, gdb) = (up(ctx, &dx0), up(ctx, &dw0), up(ctx, &du0), up(ctx, &db0));
     let grads = RecurrentGrads {
         dx: with_dx.then_some(&gdx),
-        dw: &gdw,
+        dw: Some(&gdw),
         du: &gdu,
         db: &gdb,
     };
@@ -530,7 +530,7 @@ pub fn check_dz_against_stepwise<C: TestCell>(
     ];
     let grads = RecurrentGrads {
         dx: None,
-        dw: &grads[0],
+        dw: Some(&grads[0]),
         du: &grads[1],
         db: &grads[2],
     };
