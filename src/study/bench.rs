@@ -52,6 +52,7 @@ use crate::ops::pool2d::*;
 use crate::ops::recurrent::*;
 use crate::ops::reduce::*;
 use crate::ops::rnn::*;
+use crate::ops::segment_sum::*;
 use crate::ops::softmax_cross_entropy::*;
 use crate::optim::{adam::*, sgd::*};
 use crate::tensor::DType;
@@ -81,6 +82,7 @@ pub const KERNELS: &[&str] = &[
     "maxpool_backward",
     "embedding_forward",
     "embedding_backward",
+    "segment_sum",
     "lstm_forward",
     "lstm_backward",
     "rnn_forward",
@@ -433,6 +435,7 @@ fn embedding_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     let gdt = zeros(ctx, &[vocab, dim])?;
     let bytes = (BATCH * steps * dim * 8) as f64;
     let t1 = toks.clone();
+    let chunks = token_chunks(&toks);
     cases.push(Case {
         kernel: "embedding_forward",
         name: "embedding_forward 10000x32 [100,32]".into(),
@@ -458,6 +461,35 @@ fn embedding_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
             Some(0),
         )?],
         cpu: Box::new(move || embedding_backward_cpu(&mut dt, &dy.view(), &toks, Some(0))),
+    });
+    // The LSTM's gate gradients summed per chunk of equal tokens (the
+    // graph executor's chunked embedding input) for the same tokens.
+    let gates = 256;
+    let dz = array2(BATCH * steps, gates, 15);
+    let gdz = upload(ctx, &dz)?;
+    let gorder = ctx.upload_u32(&chunks.order, &[chunks.order.len()])?;
+    let gstart = ctx.upload_u32(&chunks.start, &[chunks.start.len()])?;
+    let gsums = zeros(ctx, &[chunks.chunks().max(1), gates])?;
+    cases.push(Case {
+        kernel: "segment_sum",
+        name: format!(
+            "segment_sum [{},{gates}] in {} chunks",
+            BATCH * steps,
+            chunks.chunks()
+        ),
+        sweep: None,
+        work: Work::Bytes((BATCH * steps * gates * 4 + chunks.chunks() * gates * 4) as f64),
+        gpu: vec![segment_sum(
+            ctx,
+            &gsums,
+            &gdz,
+            &gorder,
+            &gstart,
+            chunks.chunks(),
+        )?],
+        cpu: Box::new(move || {
+            std::hint::black_box(segment_sum_cpu(&dz.view(), &chunks.order, &chunks.start));
+        }),
     });
     Ok(())
 }
