@@ -282,14 +282,15 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     // allows (ops::lstm), else one gate kernel and one matmul per step.
     let dims = RecurrentDims::new(t, c.batch, c.embed_dim, c.lstm_units);
     let persistent = recurrent_persistent_support::<LstmState>(ctx, dims).is_ok();
-    // Forward LSTM: input projection + the recurrence (persistent), or
-    // input projection + T gate steps + T-1 recurrent matmuls = 2T.
-    let lstm_forward = if persistent { 2 } else { 2 * t };
+    // Forward LSTM: its input is the embedding alone reads, so the input
+    // projection goes per chunk of equal tokens (the chunks' input rows,
+    // their projection, z gathered from it), then the recurrence
+    // (persistent), or T gate steps + T-1 recurrent matmuls.
+    let lstm_forward = if persistent { 3 + 1 } else { 3 + 2 * t - 1 };
     // Backward LSTM: the recurrence (persistent) or T gate steps + T-1
-    // carries, then dU, db; its input is the embedding alone reads, so dW
-    // and dx come per chunk of equal tokens: the chunk sums of dz, the
-    // chunks' input rows, dW, dx.
-    let lstm_backward = if persistent { 1 + 6 } else { 2 * t - 1 + 6 };
+    // carries, then dU, db; dW and dx per chunk: the chunk sums of dz, dW,
+    // dx.
+    let lstm_backward = if persistent { 1 + 5 } else { 2 * t - 1 + 5 };
     // Forward: embedding 1; LSTM; conv 1 (the ReLU fused into it: the
     // conv's only reader), pool 1, concat 2 (one per input), dense 2
     // (matmul, bias), loss 3 (softmax-CE, mean, the correct-prediction
@@ -326,7 +327,11 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     assert_eq!(p.backward_dispatches + p.update_dispatches, 0);
     // The forward minus the loss (3), plus the softmax (1).
     assert_eq!(p.forward_dispatches, s.forward_dispatches - 3 + 1);
-    assert_eq!(p.writes, 2, "tokens and images; labels are not needed");
+    // Tokens and images (labels are not needed); the chunks: order, bounds,
+    // first positions, tokens, chunk of each position, and their count in
+    // 6 dispatches' params (2 forward, 3 in the LSTM's backward, 1 in the
+    // embedding's).
+    assert_eq!(p.writes, 2 + 5 + 6);
 }
 
 #[test]

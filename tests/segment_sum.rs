@@ -43,6 +43,7 @@ fn token_chunks_cut_runs_and_keep_order() {
         assert_eq!(c.first[k], c.order[s]);
         for &q in &c.order[s..e] {
             assert_eq!(tokens[q as usize], c.token[k], "chunk {k} mixes tokens");
+            assert_eq!(c.chunk_of[q as usize] as usize, k);
         }
         // Positions ascend inside a chunk, tokens ascend across chunks.
         assert!(c.order[s..e].windows(2).all(|w| w[0] < w[1]));

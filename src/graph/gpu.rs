@@ -70,8 +70,8 @@ use crate::ops::pool2d::{
     avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward, Pool2dGeometry,
 };
 use crate::ops::recurrent::{
-    recurrent_backward_sequence, recurrent_forward_sequence, HiddenGrad, RecurrentBuffers,
-    RecurrentDims, RecurrentGrads, RecurrentWeights,
+    recurrent_backward_sequence, recurrent_forward_recurrence, recurrent_forward_sequence,
+    HiddenGrad, RecurrentBuffers, RecurrentDims, RecurrentGrads, RecurrentWeights,
 };
 use crate::ops::reduce::{accuracy_count, reduce_sum, SumOptions};
 use crate::ops::rnn::RnnState;
@@ -152,27 +152,33 @@ struct ChunkBufs {
     first: TensorId,
     /// `[N]` the token of each chunk.
     token: TensorId,
+    /// `[N]` the chunk of each position.
+    chunk_of: TensorId,
     /// `[N]` the positions 0..N, written once: the order of the chunk rows
     /// the embedding's backward adds (chunk tokens ascend already).
     identity: TensorId,
 }
 
-/// A recurrent layer's backward scratch for a chunked input: the gate
-/// gradients summed per chunk (`[N, G]`) and the input row of each chunk
-/// (`[N, D]`).
+/// A recurrent layer's tensors for a chunked input: the input row of each
+/// chunk (`[N, D]`, forward, kept for the backward), their projections
+/// `rows·W` (`[N, G]`, forward scratch) and the gate gradients summed per
+/// chunk (`[N, G]`, backward scratch). Room for one chunk per position.
 #[derive(Clone, Copy, Debug)]
 struct ChunkScratch {
     embedding: NodeId,
-    sums: TensorId,
     rows: TensorId,
+    proj: TensorId,
+    sums: TensorId,
 }
 
 /// Whether embedding `id`'s only reader is a recurrent layer taking it as
-/// its input x. Then the layer's backward sums its gate gradients dz per
-/// chunk of equal tokens (`ops::segment_sum`): every position of a chunk
-/// has the same input row, so `dW = Xᵀ·dZ` and `dX = dZ·Wᵀ` need one row
-/// per chunk instead of one per position (with pre-padded short texts most
-/// positions are padding: ~200 chunks instead of 3200 rows in the seed).
+/// its input x. Then the layer works per chunk of equal tokens: every
+/// position of a chunk has the same input row, so its forward projects one
+/// row per chunk (`P = Xc·W`) and gathers `z = P[chunk of position]`, and
+/// its backward sums dz per chunk (`ops::segment_sum`), so that
+/// `dW = Xᵀ·dZ` and `dX = dZ·Wᵀ` need one row per chunk instead of one per
+/// position (with pre-padded short texts most positions are padding: ~200
+/// chunks instead of 3200 rows in the seed).
 /// The embedding's gradient buffer then holds one row per chunk, which its
 /// backward adds into the table rows of the chunks' tokens. Not when the
 /// embedding's value or gradient is kept for inspection (its gradient
@@ -264,6 +270,9 @@ struct TokenOrder {
 #[derive(Clone, Copy, Debug)]
 struct ChunkUse {
     bufs: ChunkBufs,
+    /// The recurrent reader's forward stage (its first two dispatches:
+    /// [`chunked_input_projection`]).
+    forward: usize,
     /// The recurrent reader's backward stage and the index of the first of
     /// its [`chunked_input_gradients`] dispatches.
     recurrent: (usize, usize),
@@ -700,6 +709,13 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                         chunks: Some(_), ..
                     } if bwd => Some(ChunkScratch {
                         embedding,
+                        proj: l.add(
+                            format!("{name}/chunk_xw"),
+                            &[t * b, g],
+                            f32,
+                            false,
+                            Zero::No,
+                        ),
                         sums: l.add(
                             format!("{name}/chunk_dz"),
                             &[t * b, g],
@@ -752,6 +768,7 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                         start: host("chunk_start", n + 1),
                         first: host("chunk_first", n),
                         token: host("chunk_token", n),
+                        chunk_of: host("chunk_of", n),
                         identity: host("identity", n),
                     }
                 });
@@ -849,6 +866,15 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                 Extra::Recurrent(r) => {
                     u.extend([r.z, r.h_all, r.h_last]);
                     u.extend(r.gates.into_iter().chain(r.c_all));
+                    if let Some(ch) = r.chunked {
+                        u.extend([ch.rows, ch.proj]);
+                        if let Extra::Embedding {
+                            chunks: Some(c), ..
+                        } = l.extra[ch.embedding.0]
+                        {
+                            u.extend([c.first, c.chunk_of]);
+                        }
+                    }
                 }
                 Extra::MaxPool { argmax } => u.push(argmax),
                 Extra::Embedding { .. } => {}
@@ -890,7 +916,7 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                                 chunks: Some(c),
                             } = l.extra[ch.embedding.0]
                             {
-                                u.extend([order, c.start, c.first]);
+                                u.extend([order, c.start]);
                             }
                         }
                     }
@@ -963,17 +989,30 @@ fn forward_dispatches(
                 dh_carry: scratch(r.dh_carry),
                 cell: (),
             };
-            let mut d = if matches!(node.op, Op::Lstm { .. }) {
+            let mut d = match r.chunked {
+                Some(ch) => chunked_input_projection(ctx, l, b, &r, ch, &w)?,
+                None => Vec::new(),
+            };
+            let chunked = r.chunked.is_some();
+            d.extend(if matches!(node.op, Op::Lstm { .. }) {
                 let bufs = bufs.with_cell(LstmState {
                     gates: b.id(r.gates.expect("LSTM gates"))?,
                     c_all: b.id(r.c_all.expect("LSTM c_all"))?,
                     dc_carry: scratch(r.dc_carry),
                 });
-                recurrent_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
+                if chunked {
+                    recurrent_forward_recurrence(ctx, &bufs, &weights, mask.as_ref())?
+                } else {
+                    recurrent_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
+                }
             } else {
                 let bufs = bufs.with_cell(RnnState);
-                recurrent_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
-            };
+                if chunked {
+                    recurrent_forward_recurrence(ctx, &bufs, &weights, mask.as_ref())?
+                } else {
+                    recurrent_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
+                }
+            });
             if *return_sequences {
                 // out = h_all[1..=T]: the split (concat backward) of h_all
                 // seen as one row, into the cleared output.
@@ -1086,11 +1125,12 @@ fn forward_dispatches(
 
 /// The input-kernel and input gradients of recurrent layer `r` whose input
 /// is a chunked embedding ([`feeds_recurrent_only`]), after its recurrence
-/// backward left dz: `S = dz` summed per chunk, `Xc` = the input row of each
-/// chunk, `dW += Xcᵀ·S`, and (when the embedding needs it) the gradient's
-/// first C rows `+= S·Wᵀ`, one per chunk. Prepared for one chunk per
-/// position; [`GpuExecutor::write_token_orders`] sets this batch's count C.
-/// Returns [`CHUNK_DISPATCHES`] dispatches, or one fewer without dx.
+/// backward left dz: `S = dz` summed per chunk, `dW += Xcᵀ·S` (Xc: the
+/// chunks' input rows, kept from the forward), and (when the embedding
+/// needs it) the gradient's first C rows `+= S·Wᵀ`, one per chunk.
+/// Prepared for one chunk per position; [`GpuExecutor::write_token_orders`]
+/// sets this batch's count C. Returns [`CHUNK_DISPATCHES`] dispatches, or
+/// one fewer without dx.
 #[allow(clippy::too_many_arguments)]
 fn chunked_input_gradients(
     ctx: &GpuContext,
@@ -1116,14 +1156,9 @@ fn chunked_input_gradients(
         id: r.dz.expect("a layer in the backward has dz"),
         shape: vec![n, g],
     })?;
-    let x = b.view(&View {
-        id: l.vid(ch.embedding),
-        shape: vec![n, d_in],
-    })?;
     let (sums, rows) = (b.id(ch.sums)?, b.id(ch.rows)?);
     let mut d = vec![
         segment_sum(ctx, &sums, &dz, &b.id(order)?, &b.id(c.start)?, n)?,
-        embedding_forward(ctx, &x, &b.id(c.first)?, &rows)?,
         matmul(
             ctx,
             Layout::AtB,
@@ -1147,7 +1182,50 @@ fn chunked_input_gradients(
 }
 
 /// Dispatches [`chunked_input_gradients`] appends with dx.
-const CHUNK_DISPATCHES: usize = 4;
+const CHUNK_DISPATCHES: usize = 3;
+
+/// `z = X·W` of recurrent layer `r` whose input is a chunked embedding
+/// ([`feeds_recurrent_only`]): `Xc` = the input row of each chunk (the row
+/// at its first position), `P = Xc·W`, then `z[q] = P[chunk of q]`. The
+/// first two are prepared for one chunk per position;
+/// [`GpuExecutor::write_token_orders`] sets this batch's count C. Each z
+/// row is the dot products `x_q·W` of the per-position projection.
+fn chunked_input_projection(
+    ctx: &GpuContext,
+    l: &Declared,
+    b: &Binder,
+    r: &Recurrent,
+    ch: ChunkScratch,
+    w: &GpuTensor,
+) -> Result<Vec<Dispatch>> {
+    let Extra::Embedding {
+        chunks: Some(c), ..
+    } = l.extra[ch.embedding.0]
+    else {
+        unreachable!("a chunked recurrent input is an embedding with chunks")
+    };
+    let dims = r.dims;
+    let n = dims.steps * dims.batch;
+    let (d_in, proj) = (dims.input, b.id(ch.proj)?);
+    let g = proj.numel() / n.max(1);
+    let x = b.view(&View {
+        id: l.vid(ch.embedding),
+        shape: vec![n, d_in],
+    })?;
+    let rows = b.id(ch.rows)?;
+    Ok(vec![
+        embedding_forward(ctx, &x, &b.id(c.first)?, &rows)?,
+        matmul(
+            ctx,
+            Layout::AB,
+            &proj,
+            &rows,
+            w,
+            MatmulParams::new(n, g, d_in),
+        )?,
+        embedding_forward(ctx, &proj, &b.id(c.chunk_of)?, &b.id(r.z)?)?,
+    ])
+}
 
 fn backward_dispatches(
     ctx: &GpuContext,
@@ -1719,6 +1797,8 @@ impl<'a> GpuExecutor<'a> {
                     let positions = r.dims.steps * r.dims.batch;
                     Some(ChunkUse {
                         bufs,
+                        forward: stage_of(StageKind::Forward(reader))
+                            .expect("every node has a forward stage"),
                         recurrent: (s, stages[s].dispatches.len() - tail),
                         with_dx,
                         scatter: stage_of(StageKind::Backward(id)),
@@ -1991,8 +2071,11 @@ impl<'a> GpuExecutor<'a> {
     }
 
     /// Writes, for every embedding in the backward, the order its backward
-    /// kernel sums in: the batch's token ids sorted (on the host) by token.
-    fn write_token_orders(&self, batch: &Batch) -> Result<usize> {
+    /// kernel sums in: the batch's token ids sorted (on the host) by token;
+    /// for a chunked one also its chunks and their count, which its
+    /// reader's forward needs too. `backward`: the run records a backward;
+    /// `stages`: the stages it records.
+    fn write_token_orders(&self, batch: &Batch, stages: &[usize], backward: bool) -> Result<usize> {
         let mut writes = 0;
         for &TokenOrder {
             node,
@@ -2000,6 +2083,10 @@ impl<'a> GpuExecutor<'a> {
             chunked,
         } in &self.token_orders
         {
+            let needed = backward || chunked.is_some_and(|u| stages.contains(&u.forward));
+            if !needed {
+                continue;
+            }
             let tokens = self.graph.node(node).inputs[1];
             let Some((_, HostData::U32(ids))) = batch.inputs.iter().find(|(i, _)| *i == tokens)
             else {
@@ -2026,18 +2113,22 @@ impl<'a> GpuExecutor<'a> {
             write(u.bufs.start, &ch.start);
             write(u.bufs.first, &ch.first);
             write(u.bufs.token, &ch.token);
+            write(u.bufs.chunk_of, &ch.chunk_of);
             // This batch's chunk count in the dispatches sized for one
-            // chunk per position (see chunked_input_gradients).
+            // chunk per position (chunked_input_projection, then
+            // chunked_input_gradients).
             let c = ch.chunks();
+            let ctx = self.ctx;
+            let d = &self.stages[u.forward].dispatches;
+            d[0].set_params(ctx, &embedding_params(c, u.positions, u.width, None));
+            d[1].set_params(ctx, &MatmulParams::new(c, u.gates, u.width));
             let (s, i) = u.recurrent;
             let d = &self.stages[s].dispatches;
-            let ctx = self.ctx;
             d[i].set_params(ctx, &SegmentSumParams::new(u.positions, u.gates, c));
-            d[i + 1].set_params(ctx, &embedding_params(c, u.positions, u.width, None));
-            d[i + 2].set_params(ctx, &MatmulParams::new(u.width, u.gates, c).accumulate());
-            writes += 7;
+            d[i + 1].set_params(ctx, &MatmulParams::new(u.width, u.gates, c).accumulate());
+            writes += 9;
             if u.with_dx {
-                d[i + 3].set_params(ctx, &MatmulParams::new(c, u.width, u.gates).accumulate());
+                d[i + 2].set_params(ctx, &MatmulParams::new(c, u.width, u.gates).accumulate());
                 writes += 1;
             }
             if let Some(s) = u.scatter {
@@ -2131,9 +2222,8 @@ impl<'a> GpuExecutor<'a> {
             writes: self.write_inputs(batch, target)?,
             ..StepStats::default()
         };
-        if !matches!(run, Run::Forward(_)) {
-            stats.writes += self.write_token_orders(batch)?;
-        }
+        let backward = !matches!(run, Run::Forward(_));
+        stats.writes += self.write_token_orders(batch, &stages, backward)?;
         if run == Run::Train {
             if let Some(OptimizerState::Adam(a)) = &mut self.optimizer {
                 a.set_step(self.ctx, self.steps + 1)?;
@@ -2221,7 +2311,8 @@ impl<'a> GpuExecutor<'a> {
             });
         }
         let mut stats = StepStats {
-            writes: self.write_inputs(batch, self.loss)? + self.write_token_orders(batch)?,
+            writes: self.write_inputs(batch, self.loss)?
+                + self.write_token_orders(batch, &stages, true)?,
             ..StepStats::default()
         };
         if let Some(OptimizerState::Adam(a)) = &mut self.optimizer {

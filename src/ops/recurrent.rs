@@ -1184,23 +1184,39 @@ pub fn recurrent_forward_persistent<C: RecurrentCell>(
     ])
 }
 
-/// The forward pass one step at a time (any H; the readable reference):
-/// `Z = X·W`, then per step `z_t += h_{t-1}·U` and
-/// [`recurrent_cell_forward`]. bufs.z ends up holding the full
-/// pre-activations.
-pub fn recurrent_forward_stepwise<C: RecurrentCell>(
+/// The forward pass after the input projection, for a caller that has
+/// written `Z = X·W` into `bufs.z` itself (the graph executor does, per
+/// chunk of equal tokens, for an embedding input): the persistent
+/// recurrence (1 dispatch) where [`recurrent_persistent_support`] allows,
+/// else per step `z_t += h_{t-1}·U` and the cell (2T - 1).
+pub fn recurrent_forward_recurrence<C: RecurrentCell>(
     ctx: &GpuContext,
     bufs: &RecurrentBuffers<C>,
-    x: &GpuTensor,
     weights: &RecurrentWeights,
     mask: Option<&GpuTensor>,
 ) -> Result<Vec<Dispatch>> {
-    let op = format!("{}_forward_stepwise", C::NAME);
     let dims = bufs.dims;
     let gates = C::GATES * dims.hidden;
-    check_weights(&op, x, weights, dims, gates)?;
-    let mut d = Vec::with_capacity(2 * dims.steps + 1);
-    d.push(input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?);
+    let op = format!("{}_forward_recurrence", C::NAME);
+    expect_numel(&op, "U", &weights.u.shape, dims.hidden * gates)?;
+    expect_numel(&op, "b", &weights.b.shape, gates)?;
+    if recurrent_persistent_support::<C>(ctx, dims).is_ok() {
+        Ok(vec![recurrent_sequence_forward(ctx, bufs, weights, mask)?])
+    } else {
+        stepwise_recurrence(ctx, bufs, weights, mask)
+    }
+}
+
+/// Per step `z_t += h_{t-1}·U` (from the second step) and the cell.
+fn stepwise_recurrence<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let dims = bufs.dims;
+    let gates = C::GATES * dims.hidden;
+    let mut d = Vec::with_capacity(2 * dims.steps);
     for t in 0..dims.steps {
         // h_0 = 0: the first step has no recurrent term.
         if t > 0 {
@@ -1216,6 +1232,26 @@ pub fn recurrent_forward_stepwise<C: RecurrentCell>(
         }
         d.push(recurrent_cell_forward(ctx, bufs, weights.b, mask, t)?);
     }
+    Ok(d)
+}
+
+/// The forward pass one step at a time (any H; the readable reference):
+/// `Z = X·W`, then per step `z_t += h_{t-1}·U` and
+/// [`recurrent_cell_forward`]. bufs.z ends up holding the full
+/// pre-activations.
+pub fn recurrent_forward_stepwise<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Vec<Dispatch>> {
+    let op = format!("{}_forward_stepwise", C::NAME);
+    let dims = bufs.dims;
+    let gates = C::GATES * dims.hidden;
+    check_weights(&op, x, weights, dims, gates)?;
+    let mut d = vec![input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?];
+    d.extend(stepwise_recurrence(ctx, bufs, weights, mask)?);
     Ok(d)
 }
 

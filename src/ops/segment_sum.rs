@@ -47,6 +47,8 @@ pub struct TokenChunks {
     pub first: Vec<u32>,
     /// The token of each chunk, ascending.
     pub token: Vec<u32>,
+    /// The chunk of each position.
+    pub chunk_of: Vec<u32>,
 }
 
 impl TokenChunks {
@@ -60,6 +62,7 @@ pub fn token_chunks(tokens: &[u32]) -> TokenChunks {
     let order = token_order(tokens);
     let mut c = TokenChunks {
         start: vec![0],
+        chunk_of: vec![0; tokens.len()],
         ..Default::default()
     };
     let mut p = 0;
@@ -68,6 +71,9 @@ pub fn token_chunks(tokens: &[u32]) -> TokenChunks {
         let mut end = p + 1;
         while end < order.len() && end - p < MAX_CHUNK && tokens[order[end] as usize] == t {
             end += 1;
+        }
+        for &q in &order[p..end] {
+            c.chunk_of[q as usize] = c.token.len() as u32;
         }
         c.first.push(order[p]);
         c.token.push(t);

@@ -735,12 +735,14 @@ fn kernel_cost(
     // general kernels do.
     let entry = scalar_entry(d.entry);
     match entry {
-        // A recurrent layer's chunked input: its chunks' input rows, and its
-        // gate gradients summed per chunk (at one chunk per position).
+        // A recurrent layer's chunked input (at one chunk per position): its
+        // chunks' input rows, z gathered from their projections, and the
+        // gate gradients summed per chunk.
         "embedding_forward" if matches!(node.op, Op::Lstm { .. } | Op::Rnn { .. }) => {
             let x = sh(0);
             let n = x[0] * x[1];
-            Cost::new(n + n * x[2], n * x[2], 0)
+            let width = if nth == 0 { x[2] } else { sh(2)[1] };
+            Cost::new(n + n * width, n * width, 0)
         }
         "segment_sum" => {
             let x = sh(0);
