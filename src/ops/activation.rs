@@ -141,11 +141,13 @@ fn map_slice<A: NdFloat>(v: &mut [A], fast: impl Fn(f32) -> f32, exact: impl Fn(
 }
 
 /// [`sigmoid_cpu`] of every element, in place.
+#[inline(always)]
 pub fn sigmoid_slice_cpu<A: NdFloat>(v: &mut [A]) {
     map_slice(v, sigmoid_f32, |x| A::one() / (A::one() + (-x).exp()));
 }
 
 /// [`tanh_cpu`] of every element, in place.
+#[inline(always)]
 pub fn tanh_slice_cpu<A: NdFloat>(v: &mut [A]) {
     map_slice(v, tanh_f32, |x| x.tanh());
 }

@@ -168,6 +168,7 @@ pub type LstmStates<A> = RecurrentStates<A>;
 impl CpuCell for LstmState {
     const CELL_STATE: usize = 1;
 
+    #[inline(always)]
     fn forward_row<A: NdFloat>(
         z: &mut [A],
         b: &[A],
@@ -203,6 +204,7 @@ impl CpuCell for LstmState {
             .for_each(|(h, &o)| *h *= o);
     }
 
+    #[inline(always)]
     fn backward_row<A: NdFloat>(
         dz: &mut [A],
         dh: &[A],

@@ -385,8 +385,32 @@ pub(crate) fn recurrent_forward_cpu<C: CpuCell, A: NdFloat>(
     states
 }
 
-/// The recurrence of [`recurrent_forward_cpu`] over one group of samples.
+/// The recurrence of [`recurrent_forward_cpu`] over one group of samples,
+/// compiled for AVX2 and FMA where the CPU has them ([`has_avx2`]).
 fn forward_group<C: CpuCell, A: NdFloat>(group: ForwardGroup<A>, u: &ArrayView2<A>, b: &[A]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<C: CpuCell, A: NdFloat>(group: ForwardGroup<A>, u: &ArrayView2<A>, b: &[A]) {
+            forward_steps::<C, A>(group, u, b)
+        }
+        // SAFETY: the CPU has the features `avx2` is compiled for.
+        return unsafe { avx2::<C, A>(group, u, b) };
+    }
+    forward_steps::<C, A>(group, u, b)
+}
+
+/// Whether the CPU runs AVX2 and FMA: the recurrence loops then run a clone
+/// compiled for them (8 floats per vector instead of SSE2's 4 in the cell
+/// math). The same IEEE operations in the same order either way (Rust
+/// fuses no multiply-add into an FMA), so results are bit-identical.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[inline(always)]
+fn forward_steps<C: CpuCell, A: NdFloat>(group: ForwardGroup<A>, u: &ArrayView2<A>, b: &[A]) {
     let ForwardGroup {
         mut gates,
         mut c_all,
@@ -512,6 +536,20 @@ pub(crate) fn recurrent_backward_cpu<C: CpuCell, A: NdFloat>(
 /// The reverse recurrence of [`recurrent_backward_cpu`] over one group of
 /// samples.
 fn backward_group<C: CpuCell, A: NdFloat>(group: BackwardGroup<A>, u: &ArrayView2<A>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<C: CpuCell, A: NdFloat>(group: BackwardGroup<A>, u: &ArrayView2<A>) {
+            backward_steps::<C, A>(group, u)
+        }
+        // SAFETY: the CPU has the features `avx2` is compiled for.
+        return unsafe { avx2::<C, A>(group, u) };
+    }
+    backward_steps::<C, A>(group, u)
+}
+
+#[inline(always)]
+fn backward_steps<C: CpuCell, A: NdFloat>(group: BackwardGroup<A>, u: &ArrayView2<A>) {
     let BackwardGroup {
         mut dz,
         dh_seq,

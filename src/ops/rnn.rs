@@ -86,6 +86,7 @@ pub fn rnn_cell_backward_cpu<A: NdFloat>(
 impl CpuCell for RnnState {
     const CELL_STATE: usize = 0;
 
+    #[inline(always)]
     fn forward_row<A: NdFloat>(
         z: &mut [A],
         b: &[A],
@@ -105,6 +106,7 @@ impl CpuCell for RnnState {
         h.copy_from_slice(z);
     }
 
+    #[inline(always)]
     fn backward_row<A: NdFloat>(
         dz: &mut [A],
         dh: &[A],
