@@ -445,6 +445,11 @@ fn lstm_fully_masked_sample_is_inert() {
 }
 
 #[test]
+fn lstm_cpu_masked_steps_match_naive() {
+    masked_steps_match_naive::<C>();
+}
+
+#[test]
 fn lstm_cpu_fast_matches_naive() {
     fast_matches_naive_cases::<C>();
 }

@@ -289,6 +289,11 @@ fn rnn_fully_masked_sample_is_inert() {
 }
 
 #[test]
+fn rnn_cpu_masked_steps_match_naive() {
+    masked_steps_match_naive::<C>();
+}
+
+#[test]
 fn rnn_cpu_fast_matches_naive() {
     fast_matches_naive_cases::<C>();
 }

@@ -43,6 +43,15 @@
 //! of dispatches) over a pinned `<loss>/class_weights` tensor written once
 //! at construction. Gradients accumulate (`+=` in every backward kernel), so a value
 //! used twice receives the sum of both contributions.
+//!
+//! An embedding read by one LSTM or SimpleRNN alone (and not inspected)
+//! runs per chunk of equal tokens ([`feeds_recurrent_only`]): before each
+//! run that records the layer, the host sorts the batch's tokens, cuts the
+//! runs into chunks of at most 64 positions (`ops::segment_sum::
+//! token_chunks`), writes them and rewrites the chunk count in the params
+//! of the dispatches prepared for one chunk per position (the matmul and
+//! gather grids cover that; workgroups past the count return at once).
+//! [`GpuExecutor::chunk_counts`] reports the last batch's counts.
 
 use std::collections::HashMap;
 
@@ -270,6 +279,8 @@ struct TokenOrder {
 #[derive(Clone, Copy, Debug)]
 struct ChunkUse {
     bufs: ChunkBufs,
+    /// The recurrent reader.
+    reader: NodeId,
     /// The recurrent reader's forward stage (its first two dispatches:
     /// [`chunked_input_projection`]).
     forward: usize,
@@ -473,6 +484,9 @@ pub struct GpuExecutor<'a> {
     /// Which stages the last run recorded (for `value`).
     last_run: Vec<bool>,
     last_stats: StepStats,
+    /// Per chunked embedding, its recurrent reader and the chunk count of
+    /// the last batch written ([`GpuExecutor::chunk_counts`]).
+    chunk_counts: std::cell::RefCell<Vec<(NodeId, usize)>>,
 }
 
 fn ancestors(graph: &Graph, target: NodeId) -> Vec<bool> {
@@ -1797,6 +1811,7 @@ impl<'a> GpuExecutor<'a> {
                     let positions = r.dims.steps * r.dims.batch;
                     Some(ChunkUse {
                         bufs,
+                        reader,
                         forward: stage_of(StageKind::Forward(reader))
                             .expect("every node has a forward stage"),
                         recurrent: (s, stages[s].dispatches.len() - tail),
@@ -1850,6 +1865,7 @@ impl<'a> GpuExecutor<'a> {
             steps: 0,
             last_run: vec![false; n_stages],
             last_stats: StepStats::default(),
+            chunk_counts: Default::default(),
         })
     }
 
@@ -1875,6 +1891,13 @@ impl<'a> GpuExecutor<'a> {
                 (p, slot)
             })
             .collect()
+    }
+
+    /// For each recurrent layer reading a chunked embedding (see the
+    /// module doc), the number of chunks of equal tokens in the last batch
+    /// written: the row count of its chunked products. Empty before a run.
+    pub fn chunk_counts(&self) -> Vec<(NodeId, usize)> {
+        self.chunk_counts.borrow().clone()
     }
 
     /// The dispatches of one training step in recording order (what
@@ -2118,6 +2141,9 @@ impl<'a> GpuExecutor<'a> {
             // chunk per position (chunked_input_projection, then
             // chunked_input_gradients).
             let c = ch.chunks();
+            let mut counts = self.chunk_counts.borrow_mut();
+            counts.retain(|&(r, _)| r != u.reader);
+            counts.push((u.reader, c));
             let ctx = self.ctx;
             let d = &self.stages[u.forward].dispatches;
             d[0].set_params(ctx, &embedding_params(c, u.positions, u.width, None));

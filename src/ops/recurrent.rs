@@ -422,6 +422,14 @@ fn forward_steps<C: CpuCell, A: NdFloat>(group: ForwardGroup<A>, u: &ArrayView2<
         let mut z_t = gates.index_axis_mut(Axis(0), t);
         let (h_prev, mut h) = h_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
         let (c_prev, mut c) = c_all.multi_slice_mut((s![t, .., ..], s![t + 1, .., ..]));
+        // A step masked for every sample of the group (pre-padding: the
+        // first steps of a batch of short texts) only carries the state
+        // through: no product, no cell (its gates are never read).
+        if mask.as_ref().is_some_and(|m| !m.row(t).iter().any(|&r| r)) {
+            h.assign(&h_prev);
+            c.assign(&c_prev);
+            continue;
+        }
         // z_t = x_t·W + h_{t-1}·U, in place.
         general_mat_mul(A::one(), &h_prev, u, A::one(), &mut z_t);
         for n in 0..batch {
@@ -590,8 +598,11 @@ fn backward_steps<C: CpuCell, A: NdFloat>(group: BackwardGroup<A>, u: &ArrayView
             // A real step passes dh back only through dz·Uᵀ (added below).
             dh.fill(zero);
         }
-        // dh_{t-1} = (masked carry) + dz_t·Uᵀ, in place.
-        general_mat_mul(one, &dz_t, &u.t(), one, &mut dh);
+        // dh_{t-1} = (masked carry) + dz_t·Uᵀ, in place (dz_t is 0 where
+        // every sample is masked: nothing to add).
+        if mask.as_ref().is_none_or(|m| m.row(t).iter().any(|&r| r)) {
+            general_mat_mul(one, &dz_t, &u.t(), one, &mut dh);
+        }
     }
 }
 

@@ -572,15 +572,15 @@ fn shape(graph: &Graph, id: NodeId) -> &[usize] {
 /// per-step ones (recurrent layers on devices without the persistent
 /// kernels): `(m, n, k, accumulate)`. `chunked`: a recurrent backward whose
 /// input kernel and input gradients go per chunk of equal tokens (the
-/// graph executor's chunked embedding input), costed at one chunk per
-/// position: the most a batch can have.
+/// graph executor's chunked embedding input) with `chunks` rows in its
+/// chunked products (see [`estimate_costs`]).
 fn expected_matmuls(
     graph: &Graph,
     needs: &[bool],
     id: NodeId,
     phase: Phase,
     stepwise: bool,
-    chunked: bool,
+    chunked: Option<usize>,
 ) -> Vec<(usize, usize, usize, bool)> {
     let node = graph.node(id);
     let ins = &node.inputs;
@@ -606,18 +606,18 @@ fn expected_matmuls(
             let g = shape(graph, ins[2])[1];
             let steps = if stepwise { t.saturating_sub(1) } else { 0 };
             if phase == Phase::Forward {
-                let mut v = vec![(t * b, g, d, false)];
+                let mut v = vec![(chunked.unwrap_or(t * b), g, d, false)];
                 v.extend(std::iter::repeat_n((b, g, h, true), steps));
                 v
             } else {
                 let mut v: Vec<_> = std::iter::repeat_n((b, h, g, true), steps).collect();
-                if chunked {
-                    v.extend([(h, g, t * b, true), (d, g, t * b, true)]);
+                if let Some(c) = chunked {
+                    v.extend([(h, g, t * b, true), (d, g, c, true)]);
                 } else {
                     v.extend([(d, g, t * b, true), (h, g, t * b, true)]);
                 }
                 if needs[ins[0].0] {
-                    v.push((t * b, d, g, true));
+                    v.push((chunked.unwrap_or(t * b), d, g, true));
                 }
                 v
             }
@@ -626,9 +626,31 @@ fn expected_matmuls(
     }
 }
 
+/// The recurrent layer embedding `id` feeds as its input, if it is the
+/// embedding's only reader (else `id` itself).
+fn chunk_reader(graph: &Graph, id: NodeId) -> NodeId {
+    if !matches!(graph.node(id).op, Op::Embedding { .. }) {
+        return id;
+    }
+    let mut readers = graph.ids().filter(|&r| graph.node(r).inputs.contains(&id));
+    match (readers.next(), readers.next()) {
+        (Some(r), None) if matches!(graph.node(r).op, Op::Lstm { .. } | Op::Rnn { .. }) => r,
+        _ => id,
+    }
+}
+
 /// The cost of every dispatch of `schedule` (see [`Cost`]); the matmuls of
 /// a stage are matched to the ones its launcher records, in order.
-pub fn estimate_costs(graph: &Graph, loss: NodeId, schedule: &[ScheduledDispatch]) -> Vec<Cost> {
+/// `chunks`: the chunk count of each recurrent layer whose embedding input
+/// the GPU executor runs per chunk of equal tokens
+/// ([`GpuExecutor::chunk_counts`] after a run); a chunked layer missing
+/// from it is costed at one chunk per position, the most a batch can have.
+pub fn estimate_costs(
+    graph: &Graph,
+    loss: NodeId,
+    schedule: &[ScheduledDispatch],
+    chunks: &[(NodeId, usize)],
+) -> Vec<Cost> {
     let needs = graph.needs_grad(loss);
     let trained: Vec<NodeId> = graph.params().into_iter().filter(|p| needs[p.0]).collect();
     let mut costs = vec![Cost::default(); schedule.len()];
@@ -653,10 +675,33 @@ pub fn estimate_costs(graph: &Graph, loss: NodeId, schedule: &[ScheduledDispatch
                     .iter()
                     .filter(|d| d.entry.starts_with("matmul"))
                     .count();
-                let chunked = stage.iter().any(|d| d.entry.starts_with("segment_sum"));
+                // A chunked recurrent layer (its forward gathers, its
+                // backward sums per chunk); an embedding feeding one.
+                let reader = chunk_reader(graph, id);
+                let chunked = schedule
+                    .iter()
+                    .any(|d| d.node == Some(reader) && d.entry.starts_with("segment_sum"));
+                let rows = chunked.then(|| {
+                    chunks.iter().find(|c| c.0 == reader).map_or_else(
+                        || {
+                            let x = shape(graph, graph.node(reader).inputs[0]);
+                            x[0] * x[1]
+                        },
+                        |c| c.1,
+                    )
+                });
                 let plan = [false, true]
                     .into_iter()
-                    .map(|sw| expected_matmuls(graph, &needs, id, phase, sw, chunked))
+                    .map(|sw| {
+                        expected_matmuls(
+                            graph,
+                            &needs,
+                            id,
+                            phase,
+                            sw,
+                            rows.filter(|_| reader == id),
+                        )
+                    })
                     .find(|m| m.len() == matmuls);
                 let mut m_k = 0;
                 let mut ordinal: BTreeMap<&str, usize> = BTreeMap::new();
@@ -673,7 +718,7 @@ pub fn estimate_costs(graph: &Graph, loss: NodeId, schedule: &[ScheduledDispatch
                         c
                     } else {
                         let prev = (k > 0).then(|| &stage[k - 1]);
-                        kernel_cost(graph, &needs, id, phase, d, *nth, prev)
+                        kernel_cost(graph, &needs, id, phase, d, *nth, prev, rows)
                     };
                     *nth += 1;
                 }
@@ -711,6 +756,7 @@ fn update_cost(graph: &Graph, trained: &[NodeId], entry: &str, k: &mut usize) ->
 /// The cost of a non-matmul dispatch: the `nth` of its entry in the stage
 /// of node `id`; `prev` is the stage's previous dispatch (the first pass of
 /// a two-pass reduction).
+#[allow(clippy::too_many_arguments)]
 fn kernel_cost(
     graph: &Graph,
     needs: &[bool],
@@ -719,6 +765,7 @@ fn kernel_cost(
     d: &ScheduledDispatch,
     nth: usize,
     prev: Option<&ScheduledDispatch>,
+    chunks: Option<usize>,
 ) -> Cost {
     let node = graph.node(id);
     let ins = &node.inputs;
@@ -735,21 +782,32 @@ fn kernel_cost(
     // general kernels do.
     let entry = scalar_entry(d.entry);
     match entry {
-        // A recurrent layer's chunked input (at one chunk per position): its
-        // chunks' input rows, z gathered from their projections, and the
-        // gate gradients summed per chunk.
+        // A recurrent layer's chunked input (`chunks` rows): its chunks'
+        // input rows, z gathered from their projections, and the gate
+        // gradients summed per chunk.
         "embedding_forward" if matches!(node.op, Op::Lstm { .. } | Op::Rnn { .. }) => {
             let x = sh(0);
             let n = x[0] * x[1];
-            let width = if nth == 0 { x[2] } else { sh(2)[1] };
-            Cost::new(n + n * width, n * width, 0)
+            let c = chunks.unwrap_or(n);
+            if nth == 0 {
+                Cost::new(c + c * x[2], c * x[2], 0)
+            } else {
+                let g = sh(2)[1];
+                Cost::new(n + n * g, n * g, 0)
+            }
         }
         "segment_sum" => {
             let x = sh(0);
             let (n, g) = (x[0] * x[1], sh(2)[1]);
-            Cost::new(n * g + 2 * n + 1, n * g, n * g)
+            let c = chunks.unwrap_or(n);
+            Cost::new(n * g + n + c + 1, c * g, n * g)
         }
         "embedding_forward" => Cost::new(inp(1) + y, y, 0),
+        // A chunked embedding adds one row per chunk.
+        "embedding_backward" if chunks.is_some() => {
+            let (c, d) = (chunks.unwrap_or(0), sh(0)[1]);
+            Cost::new(c * d + 2 * c, c * d, c * d)
+        }
         "embedding_backward" => Cost::new(y + inp(1) + inp(0), inp(0), y),
         "lstm_sequence_forward" | "lstm_sequence_forward_blocked" | "rnn_sequence_forward" => {
             let x = sh(0);
@@ -914,7 +972,7 @@ pub fn schedule(
     gpu: &GpuExecutor,
 ) -> Vec<ScheduleRow> {
     let dispatches = gpu.train_schedule();
-    let costs = estimate_costs(graph, loss, &dispatches);
+    let costs = estimate_costs(graph, loss, &dispatches, &gpu.chunk_counts());
     dispatches
         .iter()
         .zip(costs)
@@ -1257,12 +1315,14 @@ pub fn inspect(
                 train_config(&exp.training),
             )?;
             let memory = memory_report(&gpu);
-            let rows = schedule(&exp.model, &m.graph, m.loss, &gpu);
             let profile = if options.profile {
                 Some(profile(ctx, exp, &p, &mut gpu)?)
             } else {
                 None
             };
+            // After a profile, chunked layers are costed at the profiled
+            // batch's chunk counts; without one, at one chunk per position.
+            let rows = schedule(&exp.model, &m.graph, m.loss, &gpu);
             let gpu_ns = profile.as_ref().and_then(|p| p.gpu_ns.as_ref().ok());
             let csv = out.join("schedule.csv");
             write_atomic_str(&csv, &schedule_csv(&rows, gpu_ns.map(Vec::as_slice)))?;

@@ -827,6 +827,68 @@ pub fn check_fast_matches_naive<C: TestCell>(dims: RecurrentDims, kind: Mask, se
     close("db", got.db.into_dyn(), want.db.into_dyn());
 }
 
+/// Steps masked for every sample: pre-padding (the first steps) and a
+/// gap after real steps (the second quarter), each sample resuming at its
+/// own step. The fast CPU driver skips the product and the cell on steps
+/// masked for its whole group (carrying the state through), and must
+/// still give the naive driver's states and gradients (in f64, 1e-12).
+/// Per-step saved arrays (the gates) are compared at real positions only:
+/// a skipped step's are never read.
+pub fn masked_steps_match_naive<C: TestCell>() {
+    // Two groups of samples on two threads, 12 steps.
+    let dims = RecurrentDims {
+        steps: 12,
+        ..TWO_GROUPS
+    };
+    let RecurrentDims {
+        steps,
+        batch,
+        hidden,
+        ..
+    } = dims;
+    let case = Case::new::<C>(dims, 140);
+    let mask = Array2::from_shape_fn((steps, batch), |(t, b)| {
+        (2..steps / 4).contains(&t) || t >= steps / 2 + b % 3
+    });
+    assert!(
+        (0..steps).any(|t| !mask.row(t).iter().any(|&r| r)),
+        "no step is masked for the whole batch"
+    );
+    let m = Some(mask.view());
+    let m = m.as_ref();
+    let (x, w, u, b) = (f64v(&case.x), f64v(&case.w), f64v(&case.u), f64v(&case.b));
+    let fast = C::forward_cpu(&x.view(), &w.view(), &u.view(), &b.view(), m);
+    let naive = C::forward_naive_cpu(&x.view(), &w.view(), &u.view(), &b.view(), m);
+    for ((name, got), (_, want)) in C::saved_cpu(&fast).into_iter().zip(C::saved_cpu(&naive)) {
+        let (mut got, mut want) = (got.clone(), want.clone());
+        if got.dim().0 == steps {
+            for ((t, b), &real) in mask.indexed_iter() {
+                if !real {
+                    got.slice_mut(ndarray::s![t, b, ..]).fill(0.0);
+                    want.slice_mut(ndarray::s![t, b, ..]).fill(0.0);
+                }
+            }
+        }
+        let what = format!("{} {name}, masked steps, fast vs naive", C::NAME);
+        assert_close_f64(&what, &got.into_dyn(), &want.into_dyn(), 1e-12, 1e-12);
+    }
+    let dh = f64v(&arr3([steps, batch, hidden], 141, 1.0));
+    let mut got = start_grads::<C>(dims, 142);
+    let mut want = got.clone();
+    let (xv, wv, uv) = (x.view(), w.view(), u.view());
+    C::backward_cpu(&mut got, &dh.view(), &fast, &xv, &wv, &uv, m);
+    C::backward_naive_cpu(&mut want, &dh.view(), &naive, &xv, &wv, &uv, m);
+    for (name, g, w) in [
+        ("dx", got.dx.into_dyn(), want.dx.into_dyn()),
+        ("dW", got.dw.into_dyn(), want.dw.into_dyn()),
+        ("dU", got.du.into_dyn(), want.du.into_dyn()),
+        ("db", got.db.into_dyn(), want.db.into_dyn()),
+    ] {
+        let what = format!("{} {name}, masked steps, fast vs naive", C::NAME);
+        assert_close_f64(&what, &g, &w, 1e-12, 1e-12);
+    }
+}
+
 /// [`check_fast_matches_naive`] on awkward shapes, a batch split in halves
 /// and the seed shape.
 pub fn fast_matches_naive_cases<C: TestCell>() {
