@@ -17,6 +17,12 @@
 //                    lavapipe a lane's load is a gather, so vec4 loads move
 //                    four times the data per gather); argmax stays the flat
 //                    scalar index.
+// maxpool_relu_backward_disjoint(_vec4) : the disjoint backward of a pool
+//                    over a ReLU's output, with the ReLU's backward in it:
+//                    dx[argmax] += dy where the pooled maximum y > 0 (the
+//                    ReLU's output there: > 0 exactly where its input is),
+//                    so dx is the gradient of the ReLU's input (the graph
+//                    executor's fusion; the ReLU records no backward).
 // avgpool_forward  : y = mean over the window
 // avgpool_backward : dx[i] += sum of dy / (pool_h*pool_w) over the windows containing i
 //
@@ -66,6 +72,10 @@ const WG: u32 = 64u;
 // maxima may sit at different window positions)
 @group(0) @binding(2) var<storage, read> dy4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> argmax_saved4: array<vec4<u32>>;
+
+// the pool's saved output, for the ReLU-fused backward
+@group(0) @binding(4) var<storage, read> y_saved: array<f32>;
+@group(0) @binding(4) var<storage, read> y_saved4: array<vec4<f32>>;
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
@@ -233,6 +243,31 @@ fn maxpool_backward_disjoint_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builti
     if (i >= p.batch * p.out_h * p.out_w * (p.channels / 4u)) { return; }
     let at = argmax_saved4[i];
     let d = dy4[i];
+    dx[at.x] += d.x;
+    dx[at.y] += d.y;
+    dx[at.z] += d.z;
+    dx[at.w] += d.w;
+}
+
+@compute @workgroup_size(WG)
+fn maxpool_relu_backward_disjoint(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    let i = index(wid, nwg, lid);
+    if (i >= p.batch * p.out_h * p.out_w * p.channels) { return; }
+    let at = argmax_saved[i];
+    // The derivative of ReLU at 0 is taken as 0, as in Keras.
+    dx[at] += select(0.0, dy[i], y_saved[i] > 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn maxpool_relu_backward_disjoint_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                       @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    let i = index(wid, nwg, lid);
+    if (i >= p.batch * p.out_h * p.out_w * (p.channels / 4u)) { return; }
+    let at = argmax_saved4[i];
+    let d = select(vec4<f32>(0.0), dy4[i], y_saved4[i] > vec4<f32>(0.0));
     dx[at.x] += d.x;
     dx[at.y] += d.y;
     dx[at.z] += d.z;

@@ -285,6 +285,54 @@ fn maxpool_backward_gather() {
     }
 }
 
+/// The ReLU-fused disjoint backward against the CPU composition: pool
+/// over relu(z), pool backward, then ReLU backward (mask z > 0). z has
+/// zeros and negative windows (whole windows <= 0 pass no gradient); dz
+/// starts non-zero (accumulation).
+#[test]
+fn maxpool_relu_backward() {
+    let Some(ctx) = gpu() else { return };
+    let disjoint: Vec<_> = awkward()
+        .into_iter()
+        .filter(op::windows_disjoint)
+        .chain([seed()])
+        .collect();
+    for (k, g) in disjoint.iter().enumerate() {
+        let z =
+            rand4(g.input_shape(), 10 + k as u64)
+                .mapv(|v| if v.abs() < 0.1 { 0.0 } else { v - 0.3 });
+        let r = z.mapv(|v| v.max(0.0));
+        let (y, argmax) = maxpool_forward_cpu(&r.view(), g);
+        let dy = rand4(g.output_shape(), 20 + k as u64);
+        let mut dr = Array4::<f64>::zeros(g.input_shape());
+        maxpool_backward_cpu(&mut dr, &dy.view(), &argmax.view(), g);
+        let dz0 = rand4(g.input_shape(), 30 + k as u64);
+        let want = &dz0 + &(&dr * &z.mapv(|v| if v > 0.0 { 1.0 } else { 0.0 }));
+        assert!(y.iter().any(|&v| v == 0.0), "no window is all <= 0");
+        let garg = ctx
+            .upload_u32(argmax.as_slice().unwrap(), &g.output_shape())
+            .unwrap();
+        let (gdz, gdy, gy) = (upload(ctx, &dz0), upload(ctx, &dy), upload(ctx, &y));
+        ctx.run(&[&op::maxpool_relu_backward(ctx, &gdz, &gdy, &garg, &gy, g).unwrap()])
+            .unwrap();
+        // One addition per element: exact up to the f32 rounding of it.
+        assert_close(
+            &format!("maxpool_relu_backward {}", label(g)),
+            &ctx.read_f32(&gdz).unwrap(),
+            &as_f32(&want),
+            1e-6,
+            1e-6,
+        );
+    }
+    // Overlapping windows are refused with a clear error.
+    let g = geometry([3, 11, 9, 5], [3, 3], [2, 2]);
+    let dz = ctx.zeros(&g.input_shape(), DType::F32).unwrap();
+    let dy = ctx.zeros(&g.output_shape(), DType::F32).unwrap();
+    let arg = ctx.zeros(&g.output_shape(), DType::U32).unwrap();
+    let e = op::maxpool_relu_backward(ctx, &dz, &dy, &arg, &dy, &g).unwrap_err();
+    assert!(e.to_string().contains("disjoint"), "{e}");
+}
+
 #[test]
 fn maxpool_backward_disjoint() {
     let disjoint: Vec<_> = awkward()

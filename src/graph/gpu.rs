@@ -76,7 +76,8 @@ use crate::ops::embedding::{embedding_backward, embedding_forward, embedding_par
 use crate::ops::lstm::LstmState;
 use crate::ops::matmul::{matmul, Layout, MatmulParams};
 use crate::ops::pool2d::{
-    avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward, Pool2dGeometry,
+    avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward, maxpool_relu_backward,
+    windows_disjoint, Pool2dGeometry,
 };
 use crate::ops::recurrent::{
     recurrent_backward_sequence, recurrent_forward_recurrence, recurrent_forward_sequence,
@@ -219,6 +220,26 @@ fn relu_reads_only(graph: &Graph, id: NodeId, inspected: bool) -> bool {
     !inspected && relu && readers.next().is_none()
 }
 
+/// Whether ReLU node `id`'s only reader is a max-pool with disjoint
+/// windows, so that the pool's backward applies the ReLU's mask
+/// (`ops::pool2d::maxpool_relu_backward`: the pooled maximum is the ReLU's
+/// output at the argmax, positive exactly where the ReLU's input is) and
+/// writes the ReLU's input gradient; the ReLU records no backward. Not
+/// when the ReLU's gradient is kept for inspection.
+fn relu_feeds_pool_only(graph: &Graph, id: NodeId, inspected: bool) -> bool {
+    if graph.node(id).op != Op::Activation(Activation::Relu) {
+        return false;
+    }
+    let mut readers = graph.ids().filter(|&c| graph.node(c).inputs.contains(&id));
+    let pool = readers.next().is_some_and(|r| {
+        let node = graph.node(r);
+        matches!(node.op, Op::MaxPool2d { .. })
+            && node.inputs == [id]
+            && pool_geometry(graph, r).is_ok_and(|g| windows_disjoint(&g))
+    });
+    !inspected && pool && readers.next().is_none()
+}
+
 /// Tensors a node keeps besides its value.
 #[derive(Clone, Copy, Debug)]
 enum Extra {
@@ -226,6 +247,10 @@ enum Extra {
     /// A conv whose ReLU is fused into its forward ([`relu_reads_only`]):
     /// its value is the ReLU's.
     ConvRelu,
+    /// A ReLU whose backward is fused into its max-pool reader's
+    /// ([`relu_feeds_pool_only`]): its gradient is its input's, which the
+    /// pool's backward writes; it records no backward.
+    ReluIntoPool,
     Recurrent(Recurrent),
     MaxPool {
         argmax: TensorId,
@@ -832,6 +857,18 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
         let input = matches!(node.op, Op::Input { .. });
         if needs[id.0] && id != loss && (!input || sources.contains(&id)) {
             l.grad[id.0] = match node.op {
+                Op::Activation(_)
+                    if relu_feeds_pool_only(graph, id, inspected)
+                        && l.gid(node.inputs[0]).is_some() =>
+                {
+                    // The pool's backward writes the ReLU's input gradient.
+                    l.extra[id.0] = Extra::ReluIntoPool;
+                    let t = l.gid(node.inputs[0]).expect("checked above");
+                    Some(View {
+                        id: t,
+                        shape: shape.clone(),
+                    })
+                }
                 Op::Flatten => {
                     let t = l
                         .gid(node.inputs[0])
@@ -898,7 +935,7 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                     weights,
                     correct,
                 } => u.extend([probs, rows, correct].into_iter().chain(weights)),
-                Extra::None | Extra::ConvRelu => {}
+                Extra::None | Extra::ConvRelu | Extra::ReluIntoPool => {}
             }
         }
         StageKind::Backward(n) => {
@@ -944,6 +981,9 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                 Op::MaxPool2d { .. } => {
                     if let Extra::MaxPool { argmax } = l.extra[n.0] {
                         u.push(argmax);
+                    }
+                    if matches!(l.extra[input(0).0], Extra::ReluIntoPool) {
+                        u.push(l.vid(n));
                     }
                 }
                 Op::SoftmaxCrossEntropy { .. } => {
@@ -1397,13 +1437,25 @@ fn backward_dispatches(
                 unreachable!("max pooling keeps argmax")
             };
             let g = pool_geometry(graph, n)?;
-            vec![maxpool_backward(
-                ctx,
-                &need(0, "the pooled input")?,
-                &dy()?,
-                &b.id(argmax)?,
-                &g,
-            )?]
+            if matches!(l.extra[node.inputs[0].0], Extra::ReluIntoPool) {
+                // The ReLU's input gradient, masked by the pooled maxima.
+                vec![maxpool_relu_backward(
+                    ctx,
+                    &need(0, "the pooled input")?,
+                    &dy()?,
+                    &b.id(argmax)?,
+                    &b.view(l.val(n))?,
+                    &g,
+                )?]
+            } else {
+                vec![maxpool_backward(
+                    ctx,
+                    &need(0, "the pooled input")?,
+                    &dy()?,
+                    &b.id(argmax)?,
+                    &g,
+                )?]
+            }
         }
         Op::AvgPool2d { .. } => {
             let g = pool_geometry(graph, n)?;
@@ -1441,6 +1493,7 @@ fn backward_dispatches(
             d.extend(bias_backward(ctx, &need(2, "the dense bias")?, &gy)?);
             d
         }
+        Op::Activation(_) if matches!(l.extra[n.0], Extra::ReluIntoPool) => Vec::new(),
         Op::Activation(a) => {
             let saved = if a.backward_uses_input() {
                 x(0)?

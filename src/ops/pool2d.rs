@@ -366,6 +366,16 @@ static MAX_BACKWARD_DISJOINT_VEC4: KernelSpec = KernelSpec {
     entry: "maxpool_backward_disjoint_vec4",
     bindings: &[ReadWrite, Read, Read],
 };
+static MAX_RELU_BACKWARD_DISJOINT: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "maxpool_relu_backward_disjoint",
+    bindings: &[ReadWrite, Read, Read, Read],
+};
+static MAX_RELU_BACKWARD_DISJOINT_VEC4: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "maxpool_relu_backward_disjoint_vec4",
+    bindings: &[ReadWrite, Read, Read, Read],
+};
 static MAX_BACKWARD: KernelSpec = KernelSpec {
     shader: &SHADER,
     entry: "maxpool_backward",
@@ -490,6 +500,48 @@ pub fn maxpool_backward_gather(
         &g.params(),
         &[dx, dy, argmax],
         Grid::linear(numel(&g.input_shape()), WORKGROUP),
+    )
+}
+
+/// The disjoint max-pool backward of a pool over a ReLU's output `y =
+/// maxpool(relu(z))`, with the ReLU's backward in it: `dz[argmax] += dy`
+/// where the pooled `y > 0` (ReLU's output at the argmax, positive exactly
+/// where z is). `dz` is z's gradient, `y` the pool's saved output. The
+/// graph executor uses it when the ReLU's only reader is the pool (one
+/// pass over the ReLU's output gradient fewer); the same values as
+/// [`maxpool_backward_disjoint`] then [`crate::ops::activation`]'s ReLU
+/// backward.
+pub fn maxpool_relu_backward(
+    ctx: &GpuContext,
+    dz: &GpuTensor,
+    dy: &GpuTensor,
+    argmax: &GpuTensor,
+    y: &GpuTensor,
+    g: &Pool2dGeometry,
+) -> Result<Dispatch> {
+    let op = MAX_RELU_BACKWARD_DISJOINT.entry;
+    if !windows_disjoint(g) {
+        return Err(Error::Unsupported {
+            op: op.into(),
+            what: format!("pool {:?} with stride {:?}", g.pool, g.stride),
+            why: "the fused ReLU backward needs disjoint windows (stride >= pool)".into(),
+        });
+    }
+    check_maxpool_backward(op, dz, dy, argmax, g)?;
+    let n = numel(&g.output_shape());
+    expect_numel(op, "y", &y.shape, n)?;
+    let (spec, items) = vec4_or_scalar(
+        g,
+        n,
+        &MAX_RELU_BACKWARD_DISJOINT_VEC4,
+        &MAX_RELU_BACKWARD_DISJOINT,
+    );
+    ctx.prepare(
+        spec,
+        &[],
+        &g.params(),
+        &[dz, dy, argmax, y],
+        Grid::linear(items, WORKGROUP),
     )
 }
 

@@ -900,6 +900,8 @@ fn kernel_cost(
         "maxpool_backward" | "maxpool_backward_disjoint" => {
             Cost::new(2 * y + inp(0), inp(0), inp(0))
         }
+        // dy, argmax and the pooled maxima; the ReLU's input gradient.
+        "maxpool_relu_backward_disjoint" => Cost::new(3 * y + inp(0), inp(0), inp(0)),
         "avgpool_backward" => Cost::new(y + inp(0), inp(0), inp(0)),
         "relu_forward" => Cost::new(y, y, y),
         "sigmoid_forward" | "tanh_forward" => Cost::new(y, y, 4 * y),
