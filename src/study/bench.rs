@@ -80,6 +80,7 @@ pub const KERNELS: &[&str] = &[
     "conv2d_backward_bias",
     "maxpool_forward",
     "maxpool_backward",
+    "maxpool_relu_backward",
     "embedding_forward",
     "embedding_backward",
     "segment_sum",
@@ -418,6 +419,26 @@ fn image_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
         work: Work::Bytes(bytes),
         gpu: vec![maxpool_backward(ctx, &gpdx, &gpdy, &garg, &p)?],
         cpu: Box::new(move || maxpool_backward_cpu(&mut pdx, &pdy.view(), &argmax.view(), &p)),
+    });
+    // The same with a ReLU's backward fused in (the seed's conv ReLU): the
+    // CPU side adds dy where the pooled maximum is positive.
+    let (py, argmax) = maxpool_forward_cpu(&px.view(), &p);
+    let pdy = array4(p.output_shape(), 28);
+    let mut pdz = vec![0.0f32; px.len()];
+    cases.push(Case {
+        kernel: "maxpool_relu_backward",
+        name: "maxpool_relu_backward 32x26x26x32 2x2".into(),
+        sweep: None,
+        work: Work::Bytes(bytes + 4.0 * pdy.len() as f64),
+        gpu: vec![maxpool_relu_backward(ctx, &gpdx, &gpdy, &garg, &gpy, &p)?],
+        cpu: Box::new(move || {
+            for ((&a, &d), &y) in argmax.iter().zip(pdy.iter()).zip(py.iter()) {
+                if y > 0.0 {
+                    pdz[a as usize] += d;
+                }
+            }
+            std::hint::black_box(&pdz);
+        }),
     });
     Ok(())
 }
