@@ -294,6 +294,57 @@ fn chunked_embedding_gradients_match_the_cpu_executor() {
     }
 }
 
+/// A batch with few repeated tokens (more chunks than half the positions)
+/// runs the per-position dispatches instead of the chunked ones, and the
+/// next batch with many repeats the chunked ones again, in the same
+/// executor: every gradient against the f64 CPU executor each time.
+#[test]
+fn chunked_embedding_falls_back_per_position() {
+    let Some(ctx) = gpu() else { return };
+    let c = SeedConfig {
+        batch: 12,
+        seq_len: 30,
+        vocab: 1000,
+        embed_dim: 8,
+        ..small(false)
+    };
+    let m = seed_model(&c).unwrap();
+    let g = &m.graph;
+    let init = init_params(g, 5);
+    let mut cpu = CpuExecutor::<f64>::new(g, m.loss, &init, TrainConfig::default()).unwrap();
+    let mut ex = GpuExecutor::new(ctx, g, m.loss, &init, TrainConfig::default()).unwrap();
+    let lstm = g.expect_id("lstm").unwrap();
+    let positions = c.batch * c.seq_len;
+    let mut repeated = SeedData::new(&c, 12);
+    repeated.tokens.iter_mut().for_each(|t| *t %= 3);
+    for (what, data, chunked) in [
+        ("distinct tokens", SeedData::new(&c, 11), false),
+        ("repeated tokens", repeated, true),
+    ] {
+        let batch = data.batch(&m);
+        let want_loss = cpu.run_gradients(&batch).unwrap();
+        let (loss, grads) = ex.gradients(&batch).unwrap();
+        let chunks = ex.chunk_counts();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].0, lstm);
+        assert_eq!(chunks[0].1 * 2 <= positions, chunked, "{what}: {chunks:?}");
+        let entries: Vec<&str> = ex.train_schedule().iter().map(|d| d.entry).collect();
+        assert_eq!(
+            entries.iter().any(|e| e.starts_with("segment_sum")),
+            chunked,
+            "{what}: {entries:?}"
+        );
+        check(
+            &format!("{what} loss"),
+            &[loss],
+            &[want_loss as f32],
+            1e-5,
+            0.0,
+        );
+        check_gradients(what, g, &grads, &cpu);
+    }
+}
+
 /// Trains both backends for `steps` steps from the same parameters on the
 /// same batches (f32 on both); compares the loss of every step (relative),
 /// the final parameters and the probabilities after training (absolute).

@@ -273,72 +273,82 @@ fn one_submit_and_the_expected_dispatches_per_step() {
     let g = &m.graph;
     let mut ex =
         GpuExecutor::new(ctx, g, m.loss, &init_params(g, 3), TrainConfig::default()).unwrap();
-    let batch = SeedData::new(&c, 1).batch(&m);
-    ex.train_step(&batch).unwrap();
-    let s = ex.step_stats();
-    assert_eq!(s.submits, 1);
-    assert_eq!(s.readback_bytes, 4, "only the loss is read back");
     // The LSTM runs its whole recurrence in one dispatch where the adapter
     // allows (ops::lstm), else one gate kernel and one matmul per step.
     let dims = RecurrentDims::new(t, c.batch, c.embed_dim, c.lstm_units);
     let persistent = recurrent_persistent_support::<LstmState>(ctx, dims).is_ok();
-    // Forward LSTM: its input is the embedding alone reads, so the input
-    // projection goes per chunk of equal tokens (the chunks' input rows,
-    // their projection, z gathered from it), then the recurrence
-    // (persistent), or T gate steps + T-1 recurrent matmuls.
-    let lstm_forward = if persistent { 3 + 1 } else { 3 + 2 * t - 1 };
-    // Backward LSTM: the recurrence (persistent) or T gate steps + T-1
-    // carries, then dU, db; dW and dx per chunk: the chunk sums of dz, dW,
-    // dx.
-    let lstm_backward = if persistent { 1 + 5 } else { 2 * t - 1 + 5 };
-    // Forward: embedding 1; LSTM; conv 1 (the ReLU fused into it: the
-    // conv's only reader), pool 1, concat 2 (one per input), dense 2
-    // (matmul, bias), loss 3 (softmax-CE, mean, the correct-prediction
-    // count).
-    assert_eq!(s.forward_dispatches, 1 + lstm_forward + 1 + 1 + 2 + 2 + 3);
-    let entries: Vec<&str> = ex.train_schedule().iter().map(|d| d.entry).collect();
-    assert!(
-        !entries.iter().any(|e| e.starts_with("relu_forward")),
-        "{entries:?}"
-    );
-    assert!(
-        entries.iter().any(|e| e.starts_with("segment_sum")),
-        "{entries:?}"
-    );
-    // Backward: loss 1; dense 3 (dx, dW, db); concat 2; pool 1 (the ReLU's
-    // mask in it: the ReLU is the pool's only input and has no backward of
-    // its own); conv 2 (weight, bias: the images need no gradient); LSTM;
-    // embedding 1.
-    assert_eq!(s.backward_dispatches, 1 + 3 + 2 + 1 + 2 + lstm_backward + 1);
-    assert!(
-        entries
-            .iter()
-            .any(|e| e.starts_with("maxpool_relu_backward"))
-            && !entries.iter().any(|e| e.starts_with("relu_backward")),
-        "{entries:?}"
-    );
-    assert_eq!(
-        s.update_dispatches,
-        g.params().len(),
-        "one Adam update each"
-    );
-    // Every gradient buffer is cleared once: 8 parameters and the
-    // gradients of dense, concat, lstm, pool (= flatten), conv.linear (=
-    // the ReLU's, which the pool's backward writes) and embedding; plus
-    // h_all/c_all slot 0 when their buffers are shared.
-    assert!(s.clears >= 8 + 6 && s.clears <= 8 + 6 + 2, "{s:?}");
+    let recurrence = if persistent { 1 } else { 2 * t - 1 };
+    // The LSTM's input is the embedding alone reads: a batch with many
+    // repeated tokens runs its input projection and gradients per chunk of
+    // equal tokens; this one (21 positions, vocab 50) has few repeats and
+    // runs them per position. One batch of each.
+    let distinct = SeedData::new(&c, 1);
+    let mut repeated = SeedData::new(&c, 1);
+    repeated.tokens.iter_mut().for_each(|v| *v %= 2);
+    for (data, chunked) in [(distinct, false), (repeated, true)] {
+        let batch = data.batch(&m);
+        ex.train_step(&batch).unwrap();
+        let s = ex.step_stats();
+        let chunks = ex.chunk_counts()[0].1;
+        assert_eq!(chunks * 2 <= c.batch * t, chunked, "{chunks} chunks");
+        assert_eq!(s.submits, 1);
+        assert_eq!(s.readback_bytes, 4, "only the loss is read back");
+        // Forward LSTM: the input projection (chunked: the chunks' input
+        // rows, their projection, z gathered from it), the recurrence.
+        let lstm_forward = if chunked { 3 } else { 1 } + recurrence;
+        // Backward LSTM: the recurrence, dU, db, then dW and dx (chunked:
+        // the chunk sums of dz first).
+        let lstm_backward = recurrence + 2 + if chunked { 3 } else { 2 };
+        // Forward: embedding 1; LSTM; conv 1 (the ReLU fused into it: the
+        // conv's only reader), pool 1, concat 2 (one per input), dense 2
+        // (matmul, bias), loss 3 (softmax-CE, mean, the correct-prediction
+        // count).
+        assert_eq!(s.forward_dispatches, 1 + lstm_forward + 1 + 1 + 2 + 2 + 3);
+        let entries: Vec<&str> = ex.train_schedule().iter().map(|d| d.entry).collect();
+        assert!(
+            !entries.iter().any(|e| e.starts_with("relu_forward")),
+            "{entries:?}"
+        );
+        assert_eq!(
+            entries.iter().any(|e| e.starts_with("segment_sum")),
+            chunked,
+            "{entries:?}"
+        );
+        // Backward: loss 1; dense 3 (dx, dW, db); concat 2; pool 1 (the
+        // ReLU's mask in it: the ReLU is the pool's only input and has no
+        // backward of its own); conv 2 (weight, bias: the images need no
+        // gradient); LSTM; embedding 1.
+        assert_eq!(s.backward_dispatches, 1 + 3 + 2 + 1 + 2 + lstm_backward + 1);
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.starts_with("maxpool_relu_backward"))
+                && !entries.iter().any(|e| e.starts_with("relu_backward")),
+            "{entries:?}"
+        );
+        assert_eq!(
+            s.update_dispatches,
+            g.params().len(),
+            "one Adam update each"
+        );
+        // Every gradient buffer is cleared once: 8 parameters and the
+        // gradients of dense, concat, lstm, pool (= flatten), conv.linear
+        // (= the ReLU's, which the pool's backward writes) and embedding;
+        // plus h_all/c_all slot 0 when their buffers are shared.
+        assert!(s.clears >= 8 + 6 && s.clears <= 8 + 6 + 2, "{s:?}");
 
-    ex.predict(&batch, m.probs).unwrap();
-    let p = ex.step_stats();
-    assert_eq!(p.submits, 1);
-    assert_eq!(p.backward_dispatches + p.update_dispatches, 0);
-    // The forward minus the loss (3), plus the softmax (1).
-    assert_eq!(p.forward_dispatches, s.forward_dispatches - 3 + 1);
-    // Tokens and images (labels are not needed); the chunks: order, bounds,
-    // first positions, tokens, chunk of each position, and their count in
-    // 6 dispatches' params (2 forward, 3 in the LSTM's backward, 1 in the
-    // embedding's).
-    assert_eq!(p.writes, 2 + 5 + 6);
+        ex.predict(&batch, m.probs).unwrap();
+        let p = ex.step_stats();
+        assert_eq!(p.submits, 1);
+        assert_eq!(p.backward_dispatches + p.update_dispatches, 0);
+        // The forward minus the loss (3), plus the softmax (1).
+        assert_eq!(p.forward_dispatches, s.forward_dispatches - 3 + 1);
+        // Tokens and images (labels are not needed); the chunks: order,
+        // bounds, first positions, tokens, chunk of each position, and
+        // their count in 6 dispatches' params (2 forward, 3 in the LSTM's
+        // backward, 1 in the embedding's).
+        assert_eq!(p.writes, 2 + 5 + 6);
+    }
 }
 
 #[test]

@@ -291,7 +291,7 @@ struct Stage {
 
 /// An embedding in the backward: the tensor its token order goes into
 /// and, when chunked, what else each batch sets.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 struct TokenOrder {
     node: NodeId,
     order: TensorId,
@@ -300,8 +300,12 @@ struct TokenOrder {
 
 /// What each batch sets for a chunked embedding ([`feeds_recurrent_only`]):
 /// the chunk buffers, and the chunk count C in the params of the dispatches
-/// prepared for one chunk per position.
-#[derive(Clone, Copy, Debug)]
+/// prepared for one chunk per position. A batch with more than
+/// [`MAX_CHUNK_SHARE`] as many chunks as positions (few repeated tokens:
+/// chunking would add the chunk sums and gathers to products of the same
+/// size) runs the per-position dispatches instead, recorded in place of
+/// the chunked ones.
+#[derive(Debug)]
 struct ChunkUse {
     bufs: ChunkBufs,
     /// The recurrent reader.
@@ -322,7 +326,27 @@ struct ChunkUse {
     width: usize,
     gates: usize,
     padding_idx: Option<u32>,
+    /// The per-position input projection (replacing the forward's first
+    /// [`CHUNK_PROJECTION_DISPATCHES`]), dW and dx (replacing the chunked
+    /// backward dispatches) and the embedding's scatter by token.
+    per_position: PerPosition,
+    /// Whether the last batch written runs chunked.
+    chunked_now: std::cell::Cell<bool>,
 }
+
+/// The per-position alternatives of a chunked embedding's dispatches.
+#[derive(Debug)]
+struct PerPosition {
+    projection: Dispatch,
+    gradients: Vec<Dispatch>,
+    scatter: Option<Dispatch>,
+}
+
+/// The most chunks per position a batch runs chunked with.
+const MAX_CHUNK_SHARE: f64 = 0.5;
+
+/// Dispatches [`chunked_input_projection`] records.
+const CHUNK_PROJECTION_DISPATCHES: usize = 3;
 
 /// A dropout dispatch whose uniforms follow the run: the stage holding it
 /// (its only dispatch), the layer and its element count.
@@ -1238,6 +1262,87 @@ fn chunked_input_gradients(
 /// Dispatches [`chunked_input_gradients`] appends with dx.
 const CHUNK_DISPATCHES: usize = 3;
 
+/// The per-position dispatches a chunked embedding's batch runs when it
+/// has too many chunks ([`MAX_CHUNK_SHARE`]): the input projection
+/// `z = X·W` (forward stage binder `b[0]`), `dW += Xᵀ·dZ` and
+/// `dX += dZ·Wᵀ` (backward stage `b[1]`), and the embedding's scatter of
+/// dX by token (its backward stage `scatter`).
+fn per_position_dispatches(
+    ctx: &GpuContext,
+    graph: &Graph,
+    l: &Declared,
+    (embedding, reader): (NodeId, NodeId),
+    r: &Recurrent,
+    b: [&Binder; 2],
+    scatter: Option<&Binder>,
+) -> Result<PerPosition> {
+    let dims = r.dims;
+    let (n, d_in) = (dims.steps * dims.batch, dims.input);
+    let node = graph.node(reader);
+    let w_id = node.inputs[1];
+    let z = b[0].id(r.z)?;
+    let g = z.numel() / n.max(1);
+    let projection = matmul(
+        ctx,
+        Layout::AB,
+        &z,
+        &b[0].view(l.val(embedding))?,
+        &b[0].view(l.val(w_id))?,
+        MatmulParams::new(n, g, d_in),
+    )?;
+    let x = b[1].view(l.val(embedding))?;
+    let dz = b[1].id(r.dz.expect("a layer in the backward has dz"))?;
+    let grad = |b: &Binder, id: NodeId| -> Result<Option<GpuTensor>> {
+        l.grad[id.0].as_ref().map(|v| b.view(v)).transpose()
+    };
+    let mut gradients = Vec::with_capacity(2);
+    if let Some(dw) = grad(b[1], w_id)? {
+        gradients.push(matmul(
+            ctx,
+            Layout::AtB,
+            &dw,
+            &x,
+            &dz,
+            MatmulParams::new(d_in, g, n).accumulate(),
+        )?);
+    }
+    if let Some(dx) = grad(b[1], embedding)? {
+        gradients.push(matmul(
+            ctx,
+            Layout::ABt,
+            &dx,
+            &dz,
+            &b[1].view(l.val(w_id))?,
+            MatmulParams::new(n, d_in, g).accumulate(),
+        )?);
+    }
+    let scatter = match (scatter, l.extra[embedding.0]) {
+        (Some(b), Extra::Embedding { order, .. }) => {
+            let e = graph.node(embedding);
+            let Op::Embedding { padding_idx } = e.op else {
+                unreachable!("Extra::Embedding belongs to an embedding")
+            };
+            match (grad(b, e.inputs[0])?, grad(b, embedding)?) {
+                (Some(dtable), Some(dy)) => Some(embedding_backward(
+                    ctx,
+                    &dtable,
+                    &dy,
+                    &b.view(l.val(e.inputs[1]))?,
+                    &b.id(order)?,
+                    padding_idx,
+                )?),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Ok(PerPosition {
+        projection,
+        gradients,
+        scatter,
+    })
+}
+
 /// `z = X·W` of recurrent layer `r` whose input is a chunked embedding
 /// ([`feeds_recurrent_only`]): `Xc` = the input row of each chunk (the row
 /// at its first position), `P = Xc·W`, then `z[q] = P[chunk of q]`. The
@@ -1862,23 +1967,43 @@ impl<'a> GpuExecutor<'a> {
                         unreachable!("Extra::Embedding belongs to an embedding")
                     };
                     let positions = r.dims.steps * r.dims.batch;
+                    let forward = stage_of(StageKind::Forward(reader))
+                        .expect("every node has a forward stage");
+                    let scatter = stage_of(StageKind::Backward(id));
+                    let binder = |stage: usize| Binder {
+                        tensors: &l.tensors,
+                        handles: &handles,
+                        lifetimes: &lifetimes,
+                        stage,
+                        node: &node.name,
+                    };
+                    let per_position = per_position_dispatches(
+                        ctx,
+                        graph,
+                        &l,
+                        (id, reader),
+                        &r,
+                        [&binder(forward), &binder(s)],
+                        scatter.map(binder).as_ref(),
+                    )?;
                     Some(ChunkUse {
                         bufs,
                         reader,
-                        forward: stage_of(StageKind::Forward(reader))
-                            .expect("every node has a forward stage"),
+                        forward,
                         recurrent: (s, stages[s].dispatches.len() - tail),
                         with_dx,
-                        scatter: stage_of(StageKind::Backward(id)),
+                        scatter,
                         positions,
                         vocab: table[0],
                         width: table[1],
                         gates: l.tensors[r.chunked.expect("chunked").sums].shape[1],
                         padding_idx,
+                        per_position,
+                        chunked_now: std::cell::Cell::new(true),
                     })
                 }
             };
-            if let Some(c) = chunked {
+            if let Some(c) = &chunked {
                 // The positions in order, once: the chunk rows are added
                 // in this order.
                 let identity: Vec<u32> = (0..c.positions as u32).collect();
@@ -2153,12 +2278,13 @@ impl<'a> GpuExecutor<'a> {
     /// `stages`: the stages it records.
     fn write_token_orders(&self, batch: &Batch, stages: &[usize], backward: bool) -> Result<usize> {
         let mut writes = 0;
-        for &TokenOrder {
+        for TokenOrder {
             node,
             order,
             chunked,
         } in &self.token_orders
         {
+            let (node, order, chunked) = (*node, *order, chunked.as_ref());
             let needed = backward || chunked.is_some_and(|u| stages.contains(&u.forward));
             if !needed {
                 continue;
@@ -2194,6 +2320,8 @@ impl<'a> GpuExecutor<'a> {
             // chunk per position (chunked_input_projection, then
             // chunked_input_gradients).
             let c = ch.chunks();
+            u.chunked_now
+                .set(c as f64 <= MAX_CHUNK_SHARE * u.positions as f64);
             let mut counts = self.chunk_counts.borrow_mut();
             counts.retain(|&(r, _)| r != u.reader);
             counts.push((u.reader, c));
@@ -2228,6 +2356,25 @@ impl<'a> GpuExecutor<'a> {
     fn stage_dispatches(&self, s: usize) -> Vec<&Dispatch> {
         let stage = &self.stages[s];
         let mut d: Vec<&Dispatch> = stage.dispatches.iter().collect();
+        // A chunked embedding's batch with few repeated tokens runs the
+        // per-position dispatches in place of the chunked ones.
+        for u in self.token_orders.iter().filter_map(|t| t.chunked.as_ref()) {
+            if u.chunked_now.get() {
+                continue;
+            }
+            let alt = &u.per_position;
+            if s == u.forward {
+                d.splice(0..CHUNK_PROJECTION_DISPATCHES, [&alt.projection]);
+            }
+            if s == u.recurrent.0 {
+                d.splice(u.recurrent.1.., alt.gradients.iter());
+            }
+            if Some(s) == u.scatter {
+                if let Some(scatter) = &alt.scatter {
+                    d.splice(0..1, [scatter]);
+                }
+            }
+        }
         if stage.kind == StageKind::Update {
             if let Some(o) = &self.optimizer {
                 d.extend(o.dispatches());
