@@ -70,10 +70,18 @@ fn quick_bench_covers_every_kernel_and_writes_its_files() {
     positive(&t["cpu_samples_per_s"], "CPU samples/s");
     positive(&t["gpu_samples_per_s"], "GPU samples/s");
     positive(&t["dispatches"], "dispatches per step");
+    positive(
+        &t["padded_cpu_ms_per_step"],
+        "CPU ms/step, pre-padded texts",
+    );
+    positive(
+        &t["padded_gpu_ms_per_step"],
+        "GPU ms/step, pre-padded texts",
+    );
 
     let csv = std::fs::read_to_string(&csv).unwrap();
-    // Header, one line per row, the training step.
-    assert_eq!(csv.lines().count(), 1 + rows.len() + 1, "{csv}");
+    // Header, one line per row, the training step on both token mixes.
+    assert_eq!(csv.lines().count(), 1 + rows.len() + 2, "{csv}");
     assert!(csv.starts_with("kernel,case,"));
 
     let svg = std::fs::read_to_string(plot.join(SWEEP_SVG)).unwrap();
