@@ -93,6 +93,30 @@ fn check_gradients(what: &str, g: &Graph, got: &[Vec<f32>], cpu: &CpuExecutor<f6
     }
 }
 
+/// One gradient pass on both backends from their current parameters: the
+/// GPU loss against the CPU's (rtol 1e-5) and every parameter gradient
+/// ([`check_gradients`]). Returns the CPU loss, the GPU loss and the GPU
+/// gradients.
+fn check_gradient_pass(
+    what: &str,
+    g: &Graph,
+    cpu: &mut CpuExecutor<f64>,
+    ex: &mut GpuExecutor<'_>,
+    batch: &Batch,
+) -> (f64, f32, Vec<Vec<f32>>) {
+    let want_loss = cpu.run_gradients(batch).unwrap();
+    let (loss, grads) = ex.gradients(batch).unwrap();
+    check(
+        &format!("{what} loss"),
+        &[loss],
+        &[want_loss as f32],
+        1e-5,
+        0.0,
+    );
+    check_gradients(what, g, &grads, cpu);
+    (want_loss, loss, grads)
+}
+
 /// Each parameter gradient of `cpu` (after its last backward) against a
 /// directional central difference of its f64 loss: for a random unit
 /// direction v, `(L(p + εv) - L(p - εv)) / 2ε` against `g·v`. ε = 1e-5:
@@ -173,10 +197,7 @@ fn seed_model_matches_the_cpu_executor() {
         )
         .unwrap();
 
-        let want_loss = cpu.run_gradients(&batch).unwrap();
-        let (loss, grads) = ex.gradients(&batch).unwrap();
-        check(&what("loss"), &[loss], &[want_loss as f32], 1e-5, 0.0);
-        check_gradients(&what("gradient"), g, &grads, &cpu);
+        let (_, loss, grads) = check_gradient_pass(&what("gradient"), g, &mut cpu, &mut ex, &batch);
         check_cpu_directional(&what("cpu"), g, &mut cpu, &batch);
         if mask {
             // Padding steps reach nothing: the padding row gets exactly 0.
@@ -269,28 +290,10 @@ fn chunked_embedding_gradients_match_the_cpu_executor() {
                 .any(|d| d.entry.starts_with("segment_sum")),
             "{what}: the chunked path is not in the schedule"
         );
-        let want_loss = cpu.run_gradients(&batch).unwrap();
-        let (loss, grads) = ex.gradients(&batch).unwrap();
-        check(
-            &format!("{what} loss"),
-            &[loss],
-            &[want_loss as f32],
-            1e-5,
-            0.0,
-        );
-        check_gradients(&what, g, &grads, &cpu);
+        check_gradient_pass(&what, g, &mut cpu, &mut ex, &batch);
         // A second batch with other chunk counts reuses the dispatches.
         let batch = SeedData::new(&c, 8).batch(&m);
-        let want_loss = cpu.run_gradients(&batch).unwrap();
-        let (loss, grads) = ex.gradients(&batch).unwrap();
-        check(
-            &format!("{what} loss, batch 2"),
-            &[loss],
-            &[want_loss as f32],
-            1e-5,
-            0.0,
-        );
-        check_gradients(&format!("{what}, batch 2"), g, &grads, &cpu);
+        check_gradient_pass(&format!("{what}, batch 2"), g, &mut cpu, &mut ex, &batch);
     }
 }
 
@@ -322,8 +325,7 @@ fn chunked_embedding_falls_back_per_position() {
         ("repeated tokens", repeated, true),
     ] {
         let batch = data.batch(&m);
-        let want_loss = cpu.run_gradients(&batch).unwrap();
-        let (loss, grads) = ex.gradients(&batch).unwrap();
+        check_gradient_pass(what, g, &mut cpu, &mut ex, &batch);
         let chunks = ex.chunk_counts();
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].0, lstm);
@@ -334,14 +336,6 @@ fn chunked_embedding_falls_back_per_position() {
             chunked,
             "{what}: {entries:?}"
         );
-        check(
-            &format!("{what} loss"),
-            &[loss],
-            &[want_loss as f32],
-            1e-5,
-            0.0,
-        );
-        check_gradients(what, g, &grads, &cpu);
     }
 }
 
@@ -510,16 +504,7 @@ fn compare_case(what: &str, case: &Case) {
     let config = TrainConfig::default();
     let mut cpu = CpuExecutor::<f64>::new(g, case.loss, &case.init, config.clone()).unwrap();
     let mut ex = GpuExecutor::new(ctx, g, case.loss, &case.init, config).unwrap();
-    let want_loss = cpu.run_gradients(&case.batch).unwrap();
-    let (loss, grads) = ex.gradients(&case.batch).unwrap();
-    check(
-        &format!("{what} loss"),
-        &[loss],
-        &[want_loss as f32],
-        1e-5,
-        0.0,
-    );
-    check_gradients(what, g, &grads, &cpu);
+    check_gradient_pass(what, g, &mut cpu, &mut ex, &case.batch);
     check_cpu_directional(what, g, &mut cpu, &case.batch);
 }
 
@@ -618,10 +603,7 @@ fn dropout_gradients_match_the_cpu_executor() {
     let mut ex = GpuExecutor::new(ctx, g, c.loss, &c.init, config).unwrap();
     let batch = &c.batches[0];
     // Both use the masks of training step 0.
-    let want_loss = cpu.run_gradients(batch).unwrap();
-    let (loss, grads) = ex.gradients(batch).unwrap();
-    check("dropout loss", &[loss], &[want_loss as f32], 1e-5, 0.0);
-    check_gradients("dropout", g, &grads, &cpu);
+    let (want_loss, _, _) = check_gradient_pass("dropout", g, &mut cpu, &mut ex, batch);
     // The gradient is that of the training loss (the same masks) ...
     check_cpu_directional_loss("dropout cpu", g, &mut cpu, batch, |cpu, b| {
         cpu.run_training_loss(b).unwrap()
