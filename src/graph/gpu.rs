@@ -80,8 +80,9 @@ use crate::ops::pool2d::{
     windows_disjoint, Pool2dGeometry,
 };
 use crate::ops::recurrent::{
-    recurrent_backward_sequence, recurrent_forward_recurrence, recurrent_forward_sequence,
-    HiddenGrad, RecurrentBuffers, RecurrentDims, RecurrentGrads, RecurrentWeights,
+    input_gradients, input_projection, recurrent_backward_sequence, recurrent_forward_recurrence,
+    recurrent_forward_sequence, HiddenGrad, RecurrentBuffers, RecurrentDims, RecurrentGrads,
+    RecurrentWeights,
 };
 use crate::ops::reduce::{accuracy_count, reduce_sum, SumOptions};
 use crate::ops::rnn::RnnState;
@@ -194,15 +195,14 @@ struct ChunkScratch {
 /// embedding's value or gradient is kept for inspection (its gradient
 /// would not be per position), nor when the layer is not in the backward.
 fn feeds_recurrent_only(graph: &Graph, id: NodeId, inspected: bool, in_backward: &[bool]) -> bool {
-    let mut readers = graph.ids().filter(|&c| graph.node(c).inputs.contains(&id));
-    let recurrent = readers.next().is_some_and(|r| {
-        let node = graph.node(r);
-        matches!(node.op, Op::Lstm { .. } | Op::Rnn { .. })
-            && node.inputs[0] == id
-            && !node.inputs[1..].contains(&id)
-            && in_backward[r.0]
-    });
-    !inspected && recurrent && readers.next().is_none()
+    !inspected
+        && graph.only_reader(id).is_some_and(|r| {
+            let node = graph.node(r);
+            matches!(node.op, Op::Lstm { .. } | Op::Rnn { .. })
+                && node.inputs[0] == id
+                && !node.inputs[1..].contains(&id)
+                && in_backward[r.0]
+        })
 }
 
 /// Whether conv node `id`'s only reader is a ReLU, so that the conv writes
@@ -212,12 +212,11 @@ fn feeds_recurrent_only(graph: &Graph, id: NodeId, inspected: bool, in_backward:
 /// is the same mask. Not when the conv's own value is kept for inspection
 /// (it would read the ReLU's).
 fn relu_reads_only(graph: &Graph, id: NodeId, inspected: bool) -> bool {
-    let mut readers = graph.ids().filter(|&c| graph.node(c).inputs.contains(&id));
-    let relu = readers.next().is_some_and(|r| {
-        let node = graph.node(r);
-        node.op == Op::Activation(Activation::Relu) && node.inputs == [id]
-    });
-    !inspected && relu && readers.next().is_none()
+    !inspected
+        && graph.only_reader(id).is_some_and(|r| {
+            let node = graph.node(r);
+            node.op == Op::Activation(Activation::Relu) && node.inputs == [id]
+        })
 }
 
 /// Whether ReLU node `id`'s only reader is a max-pool with disjoint
@@ -227,17 +226,14 @@ fn relu_reads_only(graph: &Graph, id: NodeId, inspected: bool) -> bool {
 /// writes the ReLU's input gradient; the ReLU records no backward. Not
 /// when the ReLU's gradient is kept for inspection.
 fn relu_feeds_pool_only(graph: &Graph, id: NodeId, inspected: bool) -> bool {
-    if graph.node(id).op != Op::Activation(Activation::Relu) {
-        return false;
-    }
-    let mut readers = graph.ids().filter(|&c| graph.node(c).inputs.contains(&id));
-    let pool = readers.next().is_some_and(|r| {
-        let node = graph.node(r);
-        matches!(node.op, Op::MaxPool2d { .. })
-            && node.inputs == [id]
-            && pool_geometry(graph, r).is_ok_and(|g| windows_disjoint(&g))
-    });
-    !inspected && pool && readers.next().is_none()
+    !inspected
+        && graph.node(id).op == Op::Activation(Activation::Relu)
+        && graph.only_reader(id).is_some_and(|r| {
+            let node = graph.node(r);
+            matches!(node.op, Op::MaxPool2d { .. })
+                && node.inputs == [id]
+                && pool_geometry(graph, r).is_ok_and(|g| windows_disjoint(&g))
+        })
 }
 
 /// Tensors a node keeps besides its value.
@@ -330,8 +326,17 @@ struct ChunkUse {
     /// [`CHUNK_PROJECTION_DISPATCHES`]), dW and dx (replacing the chunked
     /// backward dispatches) and the embedding's scatter by token.
     per_position: PerPosition,
-    /// Whether the last batch written runs chunked.
-    chunked_now: std::cell::Cell<bool>,
+    /// The chunk count of the last batch written (none yet: chunked).
+    last_chunks: std::cell::Cell<Option<usize>>,
+}
+
+impl ChunkUse {
+    /// Whether the last batch written runs chunked ([`MAX_CHUNK_SHARE`]).
+    fn chunked_now(&self) -> bool {
+        self.last_chunks
+            .get()
+            .is_none_or(|c| c as f64 <= MAX_CHUNK_SHARE * self.positions as f64)
+    }
 }
 
 /// The per-position alternatives of a chunked embedding's dispatches.
@@ -533,9 +538,6 @@ pub struct GpuExecutor<'a> {
     /// Which stages the last run recorded (for `value`).
     last_run: Vec<bool>,
     last_stats: StepStats,
-    /// Per chunked embedding, its recurrent reader and the chunk count of
-    /// the last batch written ([`GpuExecutor::chunk_counts`]).
-    chunk_counts: std::cell::RefCell<Vec<(NodeId, usize)>>,
 }
 
 fn ancestors(graph: &Graph, target: NodeId) -> Vec<bool> {
@@ -1277,45 +1279,29 @@ fn per_position_dispatches(
     scatter: Option<&Binder>,
 ) -> Result<PerPosition> {
     let dims = r.dims;
-    let (n, d_in) = (dims.steps * dims.batch, dims.input);
-    let node = graph.node(reader);
-    let w_id = node.inputs[1];
+    let w_id = graph.node(reader).inputs[1];
     let z = b[0].id(r.z)?;
-    let g = z.numel() / n.max(1);
-    let projection = matmul(
+    let gates = z.numel() / (dims.steps * dims.batch).max(1);
+    let projection = input_projection(
         ctx,
-        Layout::AB,
         &z,
         &b[0].view(l.val(embedding))?,
         &b[0].view(l.val(w_id))?,
-        MatmulParams::new(n, g, d_in),
+        dims,
+        gates,
     )?;
-    let x = b[1].view(l.val(embedding))?;
-    let dz = b[1].id(r.dz.expect("a layer in the backward has dz"))?;
     let grad = |b: &Binder, id: NodeId| -> Result<Option<GpuTensor>> {
         l.grad[id.0].as_ref().map(|v| b.view(v)).transpose()
     };
-    let mut gradients = Vec::with_capacity(2);
-    if let Some(dw) = grad(b[1], w_id)? {
-        gradients.push(matmul(
-            ctx,
-            Layout::AtB,
-            &dw,
-            &x,
-            &dz,
-            MatmulParams::new(d_in, g, n).accumulate(),
-        )?);
-    }
-    if let Some(dx) = grad(b[1], embedding)? {
-        gradients.push(matmul(
-            ctx,
-            Layout::ABt,
-            &dx,
-            &dz,
-            &b[1].view(l.val(w_id))?,
-            MatmulParams::new(n, d_in, g).accumulate(),
-        )?);
-    }
+    let gradients = input_gradients(
+        ctx,
+        grad(b[1], w_id)?.as_ref(),
+        grad(b[1], embedding)?.as_ref(),
+        &b[1].id(r.dz.expect("a layer in the backward has dz"))?,
+        &b[1].view(l.val(embedding))?,
+        &b[1].view(l.val(w_id))?,
+        dims,
+    )?;
     let scatter = match (scatter, l.extra[embedding.0]) {
         (Some(b), Extra::Embedding { order, .. }) => {
             let e = graph.node(embedding);
@@ -1951,9 +1937,8 @@ impl<'a> GpuExecutor<'a> {
                 None => None,
                 Some(bufs) => {
                     let reader = graph
-                        .ids()
-                        .find(|&r| matches!(l.extra[r.0], Extra::Recurrent(Recurrent { chunked: Some(c), .. }) if c.embedding == id))
-                        .expect("a chunked embedding has a recurrent reader");
+                        .only_reader(id)
+                        .expect("a chunked embedding has one reader");
                     let Extra::Recurrent(r) = l.extra[reader.0] else {
                         unreachable!("found above")
                     };
@@ -1999,7 +1984,7 @@ impl<'a> GpuExecutor<'a> {
                         gates: l.tensors[r.chunked.expect("chunked").sums].shape[1],
                         padding_idx,
                         per_position,
-                        chunked_now: std::cell::Cell::new(true),
+                        last_chunks: std::cell::Cell::new(None),
                     })
                 }
             };
@@ -2043,7 +2028,6 @@ impl<'a> GpuExecutor<'a> {
             steps: 0,
             last_run: vec![false; n_stages],
             last_stats: StepStats::default(),
-            chunk_counts: Default::default(),
         })
     }
 
@@ -2075,7 +2059,11 @@ impl<'a> GpuExecutor<'a> {
     /// module doc), the number of chunks of equal tokens in the last batch
     /// written: the row count of its chunked products. Empty before a run.
     pub fn chunk_counts(&self) -> Vec<(NodeId, usize)> {
-        self.chunk_counts.borrow().clone()
+        self.token_orders
+            .iter()
+            .filter_map(|t| t.chunked.as_ref())
+            .filter_map(|u| Some((u.reader, u.last_chunks.get()?)))
+            .collect()
     }
 
     /// The dispatches of one training step in recording order (what
@@ -2320,11 +2308,7 @@ impl<'a> GpuExecutor<'a> {
             // chunk per position (chunked_input_projection, then
             // chunked_input_gradients).
             let c = ch.chunks();
-            u.chunked_now
-                .set(c as f64 <= MAX_CHUNK_SHARE * u.positions as f64);
-            let mut counts = self.chunk_counts.borrow_mut();
-            counts.retain(|&(r, _)| r != u.reader);
-            counts.push((u.reader, c));
+            u.last_chunks.set(Some(c));
             let ctx = self.ctx;
             let d = &self.stages[u.forward].dispatches;
             d[0].set_params(ctx, &embedding_params(c, u.positions, u.width, None));
@@ -2359,7 +2343,7 @@ impl<'a> GpuExecutor<'a> {
         // A chunked embedding's batch with few repeated tokens runs the
         // per-position dispatches in place of the chunked ones.
         for u in self.token_orders.iter().filter_map(|t| t.chunked.as_ref()) {
-            if u.chunked_now.get() {
+            if u.chunked_now() {
                 continue;
             }
             let alt = &u.per_position;

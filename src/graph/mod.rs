@@ -172,6 +172,16 @@ impl Graph {
         (0..self.nodes.len()).map(NodeId)
     }
 
+    /// The node that reads `id`, when exactly one does (fusions pair a
+    /// node with its only reader).
+    pub fn only_reader(&self, id: NodeId) -> Option<NodeId> {
+        let mut readers = self.ids().filter(|&r| self.node(r).inputs.contains(&id));
+        match (readers.next(), readers.next()) {
+            (Some(r), None) => Some(r),
+            _ => None,
+        }
+    }
+
     /// Trainable parameters in definition order.
     pub fn params(&self) -> Vec<NodeId> {
         self.ids()

@@ -67,6 +67,11 @@ impl RecurrentParams {
 
 // ---------------------------------------------------------------- CPU helpers
 
+/// Whether step `t` of a `[T,B]` mask has a real sample (no mask: yes).
+pub(crate) fn step_has_real(mask: Option<&ArrayView2<bool>>, t: usize) -> bool {
+    mask.is_none_or(|m| m.row(t).iter().any(|&r| r))
+}
+
 /// Whether sample `n` of a step's `[B]` mask is real (no mask: all are).
 pub(crate) fn is_real(mask: Option<&ArrayView1<bool>>, n: usize) -> bool {
     mask.is_none_or(|m| m[n])
@@ -425,7 +430,7 @@ fn forward_steps<C: CpuCell, A: NdFloat>(group: ForwardGroup<A>, u: &ArrayView2<
         // A step masked for every sample of the group (pre-padding: the
         // first steps of a batch of short texts) only carries the state
         // through: no product, no cell (its gates are never read).
-        if mask.as_ref().is_some_and(|m| !m.row(t).iter().any(|&r| r)) {
+        if !step_has_real(mask.as_ref(), t) {
             h.assign(&h_prev);
             c.assign(&c_prev);
             continue;
@@ -600,7 +605,7 @@ fn backward_steps<C: CpuCell, A: NdFloat>(group: BackwardGroup<A>, u: &ArrayView
         }
         // dh_{t-1} = (masked carry) + dz_t·Uᵀ, in place (dz_t is 0 where
         // every sample is masked: nothing to add).
-        if mask.as_ref().is_none_or(|m| m.row(t).iter().any(|&r| r)) {
+        if step_has_real(mask.as_ref(), t) {
             general_mat_mul(one, &dz_t, &u.t(), one, &mut dh);
         }
     }
@@ -1072,7 +1077,7 @@ pub fn recurrent_sequence_backward<C: RecurrentCell>(
 // ---------------------------------------------------------------- matmuls
 
 /// `Z = X·W` over all `T*B` rows at once (overwrites z).
-fn input_projection(
+pub(crate) fn input_projection(
     ctx: &GpuContext,
     z: &GpuTensor,
     x: &GpuTensor,
@@ -1138,8 +1143,8 @@ fn recurrent_backward(
 }
 
 /// The weight and input gradients of a recurrent layer from dz of every
-/// step at once (K = T*B rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`,
-/// `db += Σ dZ`, `dx += dZ·Wᵀ`. dz is `[T,B,gates]` with gates = b's length;
+/// step at once (K = T*B rows): `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`, then
+/// [`input_gradients`]. dz is `[T,B,gates]` with gates = b's length;
 /// `bias_backward` sums every row of it, i.e. exactly the T*B rows.
 fn weight_gradients(
     ctx: &GpuContext,
@@ -1155,8 +1160,36 @@ fn weight_gradients(
     let gates = dz.numel() / rows;
     expect_numel(op, "dz", &dz.shape, rows * gates)?;
     expect_numel(op, "dU", &grads.du.shape, dims.hidden * gates)?;
-    let mut d = Vec::with_capacity(5);
-    if let Some(dw) = grads.dw {
+    let mut d = vec![matmul(
+        ctx,
+        Layout::AtB,
+        grads.du,
+        h_all,
+        dz,
+        MatmulParams::new(dims.hidden, gates, rows).accumulate(),
+    )?];
+    d.extend(bias_backward(ctx, grads.db, dz)?);
+    d.extend(input_gradients(ctx, grads.dw, grads.dx, dz, x, w, dims)?);
+    Ok(d)
+}
+
+/// `dW += Xᵀ·dZ` and `dx += dZ·Wᵀ` over all `T*B` rows of dz, each when
+/// given (the graph executor's per-position path for an embedding input
+/// records them too).
+pub(crate) fn input_gradients(
+    ctx: &GpuContext,
+    dw: Option<&GpuTensor>,
+    dx: Option<&GpuTensor>,
+    dz: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    dims: RecurrentDims,
+) -> Result<Vec<Dispatch>> {
+    let op = "recurrent_input_gradients";
+    let rows = dims.steps * dims.batch;
+    let gates = dz.numel() / rows.max(1);
+    let mut d = Vec::with_capacity(2);
+    if let Some(dw) = dw {
         expect_numel(op, "dW", &dw.shape, dims.input * gates)?;
         d.push(matmul(
             ctx,
@@ -1167,16 +1200,7 @@ fn weight_gradients(
             MatmulParams::new(dims.input, gates, rows).accumulate(),
         )?);
     }
-    d.push(matmul(
-        ctx,
-        Layout::AtB,
-        grads.du,
-        h_all,
-        dz,
-        MatmulParams::new(dims.hidden, gates, rows).accumulate(),
-    )?);
-    d.extend(bias_backward(ctx, grads.db, dz)?);
-    if let Some(dx) = grads.dx {
+    if let Some(dx) = dx {
         expect_numel(op, "dx", &dx.shape, rows * dims.input)?;
         d.push(matmul(
             ctx,

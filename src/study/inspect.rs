@@ -611,11 +611,8 @@ fn expected_matmuls(
                 v
             } else {
                 let mut v: Vec<_> = std::iter::repeat_n((b, h, g, true), steps).collect();
-                if let Some(c) = chunked {
-                    v.extend([(h, g, t * b, true), (d, g, c, true)]);
-                } else {
-                    v.extend([(d, g, t * b, true), (h, g, t * b, true)]);
-                }
+                // dU, then dW (over the chunks' rows when chunked).
+                v.extend([(h, g, t * b, true), (d, g, chunked.unwrap_or(t * b), true)]);
                 if needs[ins[0].0] {
                     v.push((chunked.unwrap_or(t * b), d, g, true));
                 }
@@ -632,9 +629,8 @@ fn chunk_reader(graph: &Graph, id: NodeId) -> NodeId {
     if !matches!(graph.node(id).op, Op::Embedding { .. }) {
         return id;
     }
-    let mut readers = graph.ids().filter(|&r| graph.node(r).inputs.contains(&id));
-    match (readers.next(), readers.next()) {
-        (Some(r), None) if matches!(graph.node(r).op, Op::Lstm { .. } | Op::Rnn { .. }) => r,
+    match graph.only_reader(id) {
+        Some(r) if matches!(graph.node(r).op, Op::Lstm { .. } | Op::Rnn { .. }) => r,
         _ => id,
     }
 }
