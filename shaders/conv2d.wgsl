@@ -427,9 +427,23 @@ fn conv2d_backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 //                                 4) input channels per invocation, a gather
 //                                 over (kh, kw, co): dy read as vec4 along co
 //                                 and reduced with dot() against the
-//                                 (uniform) weights.
+//                                 (uniform) weights. For Cin = 1 (an image
+//                                 input); with Cin % 4 == 0 the launcher
+//                                 runs the input gradient as a forward conv
+//                                 instead (below).
+//
+// The input gradient at stride 1 is itself a convolution: dx = conv(dy, w')
+// with w'[kh, kw, co, ci] = w[KH-1-kh, KW-1-kw, ci, co] (kernel flipped, in
+// and out channels swapped) and padding KH-1-pad_top above, KW-1-pad_left
+// left. conv2d_flip_weight writes w'; conv2d_forward_direct with ACCUMULATE
+// (no bias, dx += instead of y =) then runs it with the matmul-like
+// blocking of the forward, where conv2d_backward_input_direct's dot
+// products against four input channels at a time reach a third of that.
 
 override PADDED: bool = true;
+// conv2d_forward_direct: add into y (an input gradient) instead of storing
+// bias + sum; the bias binding is not read.
+override ACCUMULATE: bool = false;
 // Input channels per invocation of conv2d_backward_input_direct (1 or 4).
 override CIB: u32 = 4u;
 
@@ -527,7 +541,10 @@ fn store_y_row(i: u32, c4: u32, r: Row) {
     var q = r;
     let n4 = p.out_c / 4u;
     for (var t = 0u; t < 4u; t++) {
-        if (c4 + t < n4) { y_v4[i * n4 + c4 + t] = activate(q[0]); }
+        if (c4 + t < n4) {
+            let at = i * n4 + c4 + t;
+            if (ACCUMULATE) { y_v4[at] += q[0]; } else { y_v4[at] = activate(q[0]); }
+        }
         q[0] = q[1]; q[1] = q[2]; q[2] = q[3];
     }
 }
@@ -546,10 +563,13 @@ fn conv2d_forward_direct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
         origin(i0 + 4u), origin(i0 + 5u), origin(i0 + 6u), origin(i0 + 7u),
         origin(i0 + 8u), origin(i0 + 9u), origin(i0 + 10u), origin(i0 + 11u),
         origin(i0 + 12u), origin(i0 + 13u), origin(i0 + 14u), origin(i0 + 15u));
-    let bias = Row(b_v4[min(c4, last4)], b_v4[min(c4 + 1u, last4)],
-                   b_v4[min(c4 + 2u, last4)], b_v4[min(c4 + 3u, last4)]);
-    var acc = Block(bias, bias, bias, bias, bias, bias, bias, bias,
+    var acc: Block;
+    if (!ACCUMULATE) {
+        let bias = Row(b_v4[min(c4, last4)], b_v4[min(c4 + 1u, last4)],
+                       b_v4[min(c4 + 2u, last4)], b_v4[min(c4 + 3u, last4)]);
+        acc = Block(bias, bias, bias, bias, bias, bias, bias, bias,
                     bias, bias, bias, bias, bias, bias, bias, bias);
+    }
     var kh = 0i;
     var kw = 0i;
     var ci = 0u;
@@ -791,4 +811,24 @@ fn conv2d_backward_bias_direct(@builtin(workgroup_id) wid: vec3<u32>,
         let co = c4 * 4u + lane;
         if (co < p.out_c) { db[co] += s; }
     }
+}
+
+// w'[kh, kw, co, ci] = w[KH-1-kh, KW-1-kw, ci, co]: the weights of the input
+// gradient as a forward conv (see ACCUMULATE). One invocation per element
+// of w', in w' order (linear grid).
+@group(0) @binding(1) var<storage, read_write> w_flipped: array<f32>;
+@group(0) @binding(2) var<storage, read> w_unflipped: array<f32>;
+
+@compute @workgroup_size(WG)
+fn conv2d_flip_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lane: u32) {
+    let p = params;
+    let e = (wid.y * nwg.x + wid.x) * WG + lane;
+    if (e >= p.k_h * p.k_w * p.in_c * p.out_c) { return; }
+    let ci = e % p.in_c;
+    let r = e / p.in_c;
+    let co = r % p.out_c;
+    let t = r / p.out_c; // kh * KW + kw of w'
+    let src_tap = p.k_h * p.k_w - 1u - t; // (KH-1-kh) * KW + (KW-1-kw)
+    w_flipped[e] = w_unflipped[(src_tap * p.in_c + ci) * p.out_c + co];
 }

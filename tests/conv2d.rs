@@ -85,6 +85,24 @@ fn check_direct(kernel: &str, check: fn(&Conv2dGeometry)) {
     }
 }
 
+/// Shapes whose input gradient runs as a forward conv over flipped weights
+/// (stride 1, Cin a multiple of 4): Cin 4, 8, 12 and 36 (one, a partial and
+/// three 16-channel blocks of that conv's output), Cout odd and even (dy
+/// read one channel at a time), non-square, even (asymmetric Same padding),
+/// 1x1 and larger-than-the-input kernels, pixel counts not multiples of the
+/// 128-pixel workgroups, both paddings.
+fn flipped() -> Vec<Conv2dGeometry> {
+    let mut cases = Vec::new();
+    for padding in [Padding::Valid, Padding::Same] {
+        cases.push(geometry([3, 11, 9, 8], 20, [3, 2], [1, 1], padding));
+        cases.push(geometry([2, 7, 9, 4], 7, [3, 3], [1, 1], padding));
+    }
+    cases.push(geometry([2, 6, 5, 12], 9, [4, 4], [1, 1], Padding::Same));
+    cases.push(geometry([1, 4, 3, 36], 5, [5, 4], [1, 1], Padding::Same));
+    cases.push(geometry([2, 5, 7, 4], 3, [1, 1], [1, 1], Padding::Valid));
+    cases
+}
+
 /// The seed model's Conv2D(32, 3x3) on 32x28x28x1 images.
 fn seed() -> Conv2dGeometry {
     geometry([32, 28, 28, 1], 32, [3, 3], [1, 1], Padding::Valid)
@@ -171,8 +189,8 @@ fn check_backward_input(g: &Conv2dGeometry) {
     let mut want = dx0.clone();
     conv2d_backward_input_cpu(&mut want, &dy.view(), &w.view(), g);
     let (gdx, gdy, gw) = (upload(ctx, &dx0), upload(ctx, &dy), upload(ctx, &w));
-    ctx.run(&[&op::conv2d_backward_input(ctx, &gdx, &gdy, &gw, g).unwrap()])
-        .unwrap();
+    let dispatches = op::conv2d_backward_input(ctx, &gdx, &gdy, &gw, g).unwrap();
+    ctx.run(&dispatches.iter().collect::<Vec<_>>()).unwrap();
     // At most KH*KW*Cout products per element.
     assert_close(
         &format!("conv2d_backward_input {}", label(g)),
@@ -276,6 +294,18 @@ fn conv2d_backward_input() {
     for g in awkward() {
         check_backward_input(&g);
     }
+}
+
+#[test]
+fn conv2d_backward_input_flipped() {
+    for g in flipped() {
+        assert!(op::flips_for_input_gradient(&g), "{}", label(&g));
+        check_backward_input(&g);
+    }
+    // The other shapes keep the gather kernels.
+    assert!(!op::flips_for_input_gradient(&seed()));
+    let strided = geometry([3, 11, 9, 8], 20, [3, 2], [2, 1], Padding::Same);
+    assert!(!op::flips_for_input_gradient(&strided));
 }
 
 #[test]

@@ -1519,7 +1519,7 @@ fn backward_dispatches(
                 conv2d_backward_bias(ctx, &need(2, "the conv bias")?, &gy, &g)?,
             ];
             if let Some(gx) = dx(0)? {
-                d.push(conv2d_backward_input(ctx, &gx, &gy, &w, &g)?);
+                d.extend(conv2d_backward_input(ctx, &gx, &gy, &w, &g)?);
             }
             d
         }

@@ -13,7 +13,11 @@
 //! [`Conv2dVariant::for_kernel`]: register-blocked `*_direct` kernels
 //! (16 pixels x 16 channels, or 9 taps x 16 channels, per invocation, vec4
 //! channel rows) when Cout is a multiple of 4 (and, for the input
-//! gradient, the stride is 1); otherwise the general kernels.
+//! gradient, the stride is 1); otherwise the general kernels. At stride 1
+//! with Cin a multiple of 4 the input gradient is a forward conv of dy over
+//! the flipped, channel-swapped weights (`conv2d_flip_weight`, then
+//! `conv2d_forward_direct` accumulating into dx): the forward's blocking,
+//! about 3x the gather kernel's speed at equal FLOPs.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, CowArray, Ix4, NdFloat};
@@ -559,6 +563,11 @@ static BACKWARD_BIAS_DIRECT: KernelSpec = KernelSpec {
     entry: "conv2d_backward_bias_direct",
     bindings: &[ReadWrite, Read],
 };
+static FLIP_WEIGHT: KernelSpec = KernelSpec {
+    shader: &SHADER,
+    entry: "conv2d_flip_weight",
+    bindings: &[ReadWrite, Read],
+};
 static BACKWARD_BIAS: KernelSpec = KernelSpec {
     shader: &SHADER,
     entry: "conv2d_backward_bias",
@@ -693,20 +702,89 @@ fn conv2d_forward_with(
     )
 }
 
-/// `dx += ∂(Σ dy·y)/∂x`: each dx element is owned by one invocation (4
-/// pixels x 8 channels each), which gathers over the (kh, kw, co) whose
-/// windows read it. `dy` may be a flattened view.
+/// `dx += ∂(Σ dy·y)/∂x`. `dy` may be a flattened view.
+///
+/// At stride 1 with `Cin % 4 == 0` ([`flips_for_input_gradient`]): two
+/// dispatches, `conv2d_flip_weight` (w' = w flipped, channels swapped, into
+/// a buffer this call allocates) and `conv2d_forward_direct` accumulating
+/// `conv(dy, w')` into dx. Otherwise one gather kernel: each dx element is
+/// owned by one invocation, which sums over the (kh, kw, co) whose windows
+/// read it.
 pub fn conv2d_backward_input(
     ctx: &GpuContext,
     dx: &GpuTensor,
     dy: &GpuTensor,
     w: &GpuTensor,
     g: &Conv2dGeometry,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     let op = BACKWARD_INPUT.entry;
     expect_shape(op, "dx", &dx.shape, &g.input_shape())?;
     expect_numel(op, "dy", &dy.shape, numel(&g.output_shape()))?;
     expect_shape(op, "w", &w.shape, &g.weight_shape())?;
+    if flips_for_input_gradient(g) {
+        let [kh, kw, cin, cout] = g.weight_shape();
+        let flipped = ctx.zeros(&[kh, kw, cout, cin], crate::tensor::DType::F32)?;
+        let flip = ctx.prepare(
+            &FLIP_WEIGHT,
+            &[],
+            &g.params(),
+            &[&flipped, w],
+            Grid::linear(flipped.numel(), WORKGROUP as u32),
+        )?;
+        let t = transposed_params(g);
+        let pixels = g.batch * g.in_h * g.in_w;
+        let (gx, gz) = fold(ctx, pixels.div_ceil(DIRECT_LANES * DIRECT_PIXELS));
+        let gy = g.in_c.div_ceil(DIRECT_CHANNELS) as u32;
+        // Bindings x, w, b, y: the bias binding is not read under ACCUMULATE.
+        let conv = ctx.prepare(
+            &FORWARD_DIRECT,
+            &[("PADDED", 1.0), ("RELU", 0.0), ("ACCUMULATE", 1.0)],
+            &t,
+            &[dy, &flipped, &flipped, dx],
+            Grid::Workgroups([gx, gy, gz]),
+        )?;
+        return Ok(vec![flip, conv]);
+    }
+    Ok(vec![conv2d_backward_input_gather(ctx, dx, dy, w, g)?])
+}
+
+/// Whether [`conv2d_backward_input`] runs as a forward conv over flipped
+/// weights: stride 1 and vec4 input-channel rows.
+pub fn flips_for_input_gradient(g: &Conv2dGeometry) -> bool {
+    g.stride == [1, 1] && g.in_c.is_multiple_of(4)
+}
+
+/// The input gradient's geometry as a forward conv (stride 1): input dy
+/// `[N,OH,OW,Cout]`, output dx `[N,H,W,Cin]`, padding `K-1-pad` above and
+/// left (the padding below and right follows from the sizes).
+pub fn transposed_params(g: &Conv2dGeometry) -> Conv2dParams {
+    let p = g.params();
+    Conv2dParams {
+        batch: p.batch,
+        in_h: p.out_h,
+        in_w: p.out_w,
+        in_c: p.out_c,
+        out_h: p.in_h,
+        out_w: p.in_w,
+        out_c: p.in_c,
+        k_h: p.k_h,
+        k_w: p.k_w,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: p.k_h - 1 - p.pad_top,
+        pad_left: p.k_w - 1 - p.pad_left,
+        _pad: [0; 3],
+    }
+}
+
+/// The gather kernels of the input gradient (any stride; `Cin % 4 != 0`).
+fn conv2d_backward_input_gather(
+    ctx: &GpuContext,
+    dx: &GpuTensor,
+    dy: &GpuTensor,
+    w: &GpuTensor,
+    g: &Conv2dGeometry,
+) -> Result<Dispatch> {
     if Conv2dVariant::for_kernel("backward_input", g) == Conv2dVariant::Direct {
         let pixels = g.batch * g.in_h * g.in_w;
         let (gx, gz) = fold(ctx, pixels.div_ceil(DIRECT_LANES * DIRECT_PIXELS));

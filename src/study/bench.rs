@@ -326,13 +326,19 @@ fn bias_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     Ok(())
 }
 
-fn image_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
-    // The seed image branch: 32×28×28×1 -> Conv2D(32, 3×3, valid) -> MaxPool 2×2.
-    let g = Conv2dGeometry::new([BATCH, 28, 28, 1], 32, [3, 3], [1, 1], Padding::Valid)?;
+/// The four conv passes at geometry `g` (weights `kh x kw x Cin x Cout`),
+/// labelled `label` (the shape in words).
+fn conv_cases(
+    ctx: &GpuContext,
+    cases: &mut Vec<Case>,
+    g: Conv2dGeometry,
+    label: &str,
+) -> Result<()> {
+    let [kh, kw, cin, cout] = g.weight_shape();
     let (x, w, b) = (
         array4(g.input_shape(), 23),
         array4(g.weight_shape(), 24),
-        Array1::from_vec(rand_vec(32, 25)),
+        Array1::from_vec(rand_vec(cout, 25)),
     );
     let dy = array4(g.output_shape(), 26);
     let (gx, gw, gb, gdy) = (
@@ -345,13 +351,15 @@ fn image_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     let (gdx, gdw, gdb) = (
         zeros(ctx, &g.input_shape())?,
         zeros(ctx, &g.weight_shape())?,
-        zeros(ctx, &[32])?,
+        zeros(ctx, &[cout])?,
     );
-    let flops = 2.0 * (g.output_shape().iter().product::<usize>() * 9) as f64;
+    // Every pass does one multiply-add per (output element, tap).
+    let taps = kh * kw * cin;
+    let flops = 2.0 * (g.output_shape().iter().product::<usize>() * taps) as f64;
     let (x1, w1) = (x.clone(), w.clone());
     cases.push(Case {
         kernel: "conv2d_forward",
-        name: "conv2d_forward 32x28x28x1 -> 32 3x3".into(),
+        name: format!("conv2d_forward {label}"),
         sweep: None,
         work: Work::Flops(flops),
         gpu: vec![conv2d_forward(ctx, &gx, &gw, &gb, &gy, &g)?],
@@ -362,30 +370,46 @@ fn image_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     let (mut dx, dy1) = (Array4::<f32>::zeros(g.input_shape()), dy.clone());
     cases.push(Case {
         kernel: "conv2d_backward_input",
-        name: "conv2d_backward_input 32x28x28x1 <- 32 3x3".into(),
+        name: format!("conv2d_backward_input {label}"),
         sweep: None,
         work: Work::Flops(flops),
-        gpu: vec![conv2d_backward_input(ctx, &gdx, &gdy, &gw, &g)?],
+        gpu: conv2d_backward_input(ctx, &gdx, &gdy, &gw, &g)?,
         cpu: Box::new(move || conv2d_backward_input_cpu(&mut dx, &dy1.view(), &w.view(), &g)),
     });
     let (mut dw, dy2) = (Array4::<f32>::zeros(g.weight_shape()), dy.clone());
     cases.push(Case {
         kernel: "conv2d_backward_weight",
-        name: "conv2d_backward_weight 3x3x1x32".into(),
+        name: format!("conv2d_backward_weight {label}"),
         sweep: None,
         work: Work::Flops(flops),
         gpu: vec![conv2d_backward_weight(ctx, &gdw, &gdy, &gx, &g)?],
         cpu: Box::new(move || conv2d_backward_weight_cpu(&mut dw, &dy2.view(), &x.view(), &g)),
     });
-    let (mut db, bytes) = (Array1::<f32>::zeros(32), 4.0 * dy.len() as f64);
+    let (mut db, bytes) = (Array1::<f32>::zeros(cout), 4.0 * dy.len() as f64);
     cases.push(Case {
         kernel: "conv2d_backward_bias",
-        name: "conv2d_backward_bias 32".into(),
+        name: format!("conv2d_backward_bias {label}"),
         sweep: None,
         work: Work::Bytes(bytes),
         gpu: vec![conv2d_backward_bias(ctx, &gdb, &gdy, &g)?],
         cpu: Box::new(move || conv2d_backward_bias_cpu(&mut db, &dy.view(), &g)),
     });
+    Ok(())
+}
+
+/// The conv at about the FLOPs of the 512³ matmul (265 vs 268 MFLOP), with
+/// 32 input channels: the seed's conv (one input channel, 9 taps) moves
+/// far more bytes per FLOP than a matmul, so this is the shape at which the
+/// conv kernels' fraction of peak compares with matmul's. Odd sides (15)
+/// and Same padding exercise the edges.
+pub const CONV_EQUAL_FLOPS: &str = "32x15x15x32 -> 64 3x3 same (matmul 512³ FLOPs)";
+
+fn image_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
+    // The seed image branch: 32×28×28×1 -> Conv2D(32, 3×3, valid) -> MaxPool 2×2.
+    let g = Conv2dGeometry::new([BATCH, 28, 28, 1], 32, [3, 3], [1, 1], Padding::Valid)?;
+    conv_cases(ctx, cases, g, "32x28x28x1 -> 32 3x3")?;
+    let g = Conv2dGeometry::new([BATCH, 15, 15, 32], 64, [3, 3], [1, 1], Padding::Same)?;
+    conv_cases(ctx, cases, g, CONV_EQUAL_FLOPS)?;
 
     let p = Pool2dGeometry::keras([BATCH, 26, 26, 32], [2, 2])?;
     let px = array4(p.input_shape(), 27);

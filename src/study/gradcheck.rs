@@ -685,11 +685,10 @@ fn conv2d_case(g: Conv2dGeometry, seed: u64) -> OpCase {
             let gdw = dev.grad(1, &g.weight_shape())?;
             let gdb = dev.grad(2, &g.bias_shape())?;
             let ctx = dev.ctx;
-            dev.run(&[
-                conv2d_backward_input(ctx, &gdx, &gdy, &gw, &g)?,
-                conv2d_backward_weight(ctx, &gdw, &gdy, &gx, &g)?,
-                conv2d_backward_bias(ctx, &gdb, &gdy, &g)?,
-            ])?;
+            let mut dispatches = conv2d_backward_input(ctx, &gdx, &gdy, &gw, &g)?;
+            dispatches.push(conv2d_backward_weight(ctx, &gdw, &gdy, &gx, &g)?);
+            dispatches.push(conv2d_backward_bias(ctx, &gdb, &gdy, &g)?);
+            dev.run(&dispatches)?;
             Ok(vec![
                 Some(dev.read_grad(0, &gdx)?),
                 Some(dev.read_grad(1, &gdw)?),
@@ -1318,6 +1317,8 @@ pub fn op_cases() -> Result<Vec<OpCase>> {
         bias_case(&[2100, 3], 4),
         conv2d_case(conv([2, 7, 6, 3], 4, [3, 2], [2, 1], Padding::Valid)?, 5),
         conv2d_case(conv([2, 5, 7, 2], 3, [3, 3], [1, 2], Padding::Same)?, 6),
+        // Stride 1, Cin % 4 == 0: the input gradient as a flipped forward conv.
+        conv2d_case(conv([2, 6, 5, 4], 6, [3, 2], [1, 1], Padding::Same)?, 16),
         pool_case(true, Pool2dGeometry::keras([2, 5, 7, 3], [2, 2])?, 7),
         pool_case(true, Pool2dGeometry::new([2, 7, 6, 3], [3, 2], [2, 1])?, 8),
         pool_case(false, Pool2dGeometry::new([2, 7, 6, 3], [3, 2], [2, 1])?, 9),

@@ -875,10 +875,16 @@ fn kernel_cost(
             }
         }
         "bias_add" => Cost::new(y + inp(2), y, y),
+        // The input gradient at stride 1 with Cin % 4 == 0: the weights
+        // flipped, then a forward conv of dy accumulated into dx.
+        "conv2d_flip_weight" => Cost::new(inp(1), inp(1), 0),
         "conv2d_forward" | "conv2d_backward_input" | "conv2d_backward_weight" => {
             let w = sh(1);
             let macs = y * w[0] * w[1] * w[2];
             match entry {
+                "conv2d_forward" if phase == Phase::Backward => {
+                    Cost::new(y + inp(1) + inp(0), inp(0), 2 * macs)
+                }
                 "conv2d_forward" => Cost::new(inp(0) + inp(1) + inp(2), y, 2 * macs + y),
                 "conv2d_backward_input" => Cost::new(y + inp(1) + inp(0), inp(0), 2 * macs),
                 _ => Cost::new(y + inp(0) + inp(1), inp(1), 2 * macs),

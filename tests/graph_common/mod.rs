@@ -126,7 +126,9 @@ pub fn sequence_lstm_into_masked_rnn() -> Case {
 
 /// Conv (tanh, Same) → Conv (Same) → AvgPool → Flatten f; f feeds two
 /// Dense layers and the concat [p, f, q] → Dense → loss, so its gradient is
-/// the sum of three contributions.
+/// the sum of three contributions. conv1 has 4 filters, so conv2's input
+/// gradient runs as a flipped forward conv on the GPU (conv1's, into the
+/// 2-channel images, as the gather kernel).
 pub fn conv_stack_with_shared_value() -> Case {
     let (b, classes) = (3, 2);
     let mut g = Graph::new();
@@ -139,7 +141,7 @@ pub fn conv_stack_with_shared_value() -> Case {
         padding: Padding::Same,
         activation,
     };
-    let c1 = nn::conv2d(&mut g, "conv1", images, layer(3, Some(Activation::Tanh))).unwrap();
+    let c1 = nn::conv2d(&mut g, "conv1", images, layer(4, Some(Activation::Tanh))).unwrap();
     let c2 = nn::conv2d(&mut g, "conv2", c1, layer(4, None)).unwrap();
     let pool = g
         .add(
