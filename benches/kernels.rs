@@ -19,7 +19,8 @@ use criterion::Criterion;
 use crossmodal::gpu::Dispatch;
 use crossmodal::ops::matmul::matmul_variant;
 use crossmodal::study::bench::{
-    measure_peaks, seed_cases, sweep_cases, sweep_sizes, time_case, BenchReport, Case, Row,
+    measure_peaks, seed_cases, sweep_cases, sweep_sizes, target_checks, time_case, BenchReport,
+    Case, Row,
 };
 use crossmodal::GpuContext;
 
@@ -85,6 +86,7 @@ fn main() {
         quick: false,
         repeats: 7,
         peaks,
+        targets: target_checks(&rows),
         rows,
         training: None,
     };

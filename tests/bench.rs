@@ -8,7 +8,8 @@ mod common;
 use common::gpu;
 use crossmodal::gpu::GpuOptions;
 use crossmodal::study::bench::{
-    run_cli, BenchOptions, BenchOutputs, KERNELS, SWEEP_PNG, SWEEP_SVG,
+    run_cli, target_checks, BenchOptions, BenchOutputs, Row, Work, CONV_EQUAL_FLOPS, KERNELS,
+    SWEEP_PNG, SWEEP_SVG,
 };
 
 fn positive(v: &serde_json::Value, what: &str) -> f64 {
@@ -63,6 +64,13 @@ fn quick_bench_covers_every_kernel_and_writes_its_files() {
             positive(&r["fraction_of_peak"], &format!("{name}: fraction of peak"));
         }
     }
+    // The kernel targets: three matmul layouts and three conv passes.
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 6, "{targets:?}");
+    for t in targets {
+        positive(&t["value"], t["what"].as_str().unwrap());
+        assert!(t["met"].is_boolean());
+    }
     // The sweep: A·B at every quick size.
     let sweep: Vec<u64> = rows.iter().filter_map(|r| r["sweep"].as_u64()).collect();
     assert_eq!(sweep, vec![64, 128, 256]);
@@ -111,4 +119,58 @@ fn a_filter_that_matches_nothing_is_an_error() {
         err.contains("no_such_kernel") && err.contains("conv2d_forward"),
         "{err}"
     );
+}
+
+fn row(kernel: &'static str, name: &str, fraction: f64) -> Row {
+    Row {
+        kernel,
+        name: name.into(),
+        sweep: None,
+        work: Work::Flops(1e9),
+        dispatches: 1,
+        cpu_us: 1.0,
+        gpu_wall_us: 1.0,
+        gpu_kernel_us: None,
+        gpu_throughput: 1.0,
+        cpu_throughput: 1.0,
+        unit: "GFLOP/s",
+        fraction_of_peak: fraction,
+        cpu_over_gpu: 1.0,
+    }
+}
+
+/// The targets use the largest sweep size up to 512 and compare each conv
+/// pass at equal FLOPs with A·B: met and missed on both sides of each bound.
+#[test]
+fn target_checks_compare_against_the_bounds() {
+    let conv = |k| format!("{k} {CONV_EQUAL_FLOPS}");
+    let rows = vec![
+        row("matmul_ab", "matmul_ab sweep 256x256·256x256", 0.9),
+        row("matmul_ab", "matmul_ab sweep 512x512·512x512", 0.32),
+        row("matmul_ab", "matmul_ab sweep 1024x1024·1024x1024", 0.1),
+        row("matmul_atb", "matmul_atb sweep 512x512·512x512", 0.29),
+        row("matmul_abt", "matmul_abt lstm dh 32x256·256x64", 0.5),
+        row("conv2d_forward", &conv("conv2d_forward"), 0.17),
+        row(
+            "conv2d_forward",
+            "conv2d_forward 32x28x28x1 -> 32 3x3",
+            0.01,
+        ),
+        row(
+            "conv2d_backward_input",
+            &conv("conv2d_backward_input"),
+            0.15,
+        ),
+    ];
+    let checks = target_checks(&rows);
+    let got: Vec<(&str, f64, bool)> = checks
+        .iter()
+        .map(|c| (c.what.split(':').next().unwrap(), c.value, c.met))
+        .collect();
+    assert_eq!(got.len(), 4, "{checks:?}");
+    assert_eq!(got[0], ("matmul_ab 512³", 0.32, true));
+    assert_eq!(got[1], ("matmul_atb 512³", 0.29, false));
+    assert!(got[2].0.starts_with("conv2d_forward at 512³'s FLOPs"));
+    assert!((got[2].1 - 0.32 / 0.17).abs() < 1e-12 && got[2].2);
+    assert!((got[3].1 - 0.32 / 0.15).abs() < 1e-12 && !got[3].2);
 }

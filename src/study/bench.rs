@@ -238,6 +238,14 @@ fn matmul_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     cases.push(matmul_case(ctx, "dense dW", Layout::AtB, (5472, 2, BATCH))?);
     cases.push(matmul_case(ctx, "dense dX", Layout::ABt, (BATCH, 5472, 2))?);
     cases.push(matmul_case(ctx, "lstm dh", Layout::ABt, (BATCH, 64, 256))?);
+    // The seed conv's forward as a product (im2col rows · taps · filters):
+    // the same FLOPs and shape as `conv2d_forward 32x28x28x1 -> 32 3x3`.
+    cases.push(matmul_case(
+        ctx,
+        "seed conv as im2col",
+        Layout::AB,
+        (BATCH * 26 * 26, 32, 9),
+    )?);
     Ok(())
 }
 
@@ -1066,6 +1074,89 @@ impl Row {
     }
 }
 
+// ---------------------------------------------------------------- targets
+
+/// The matmul kernels' target: this fraction of the adapter's FMA peak at
+/// 512³ (the project's speed targets, checked by `bench`, never by a test).
+pub const MATMUL_PEAK_TARGET: f64 = 0.30;
+/// The conv kernels' target: within this factor of the A·B matmul's
+/// fraction of peak at equal FLOPs.
+pub const CONV_VS_MATMUL_TARGET: f64 = 2.0;
+
+/// One speed target checked against a bench run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TargetCheck {
+    /// What is measured, e.g. `matmul_ab 512³: fraction of FMA peak`.
+    pub what: String,
+    pub value: f64,
+    /// `value` as the table shows it (a percentage or a ratio).
+    pub shown: String,
+    /// The bound, in words.
+    pub target: String,
+    pub met: bool,
+}
+
+/// The kernel targets the rows allow checking: each matmul layout's
+/// fraction of peak at the sweep's largest size up to 512, and each conv
+/// pass at the shape of [`CONV_EQUAL_FLOPS`] against A·B at that size
+/// (the A·B fraction over the conv's: at most [`CONV_VS_MATMUL_TARGET`]).
+/// Targets whose rows a filter left out are not listed.
+pub fn target_checks(rows: &[Row]) -> Vec<TargetCheck> {
+    let sweep_row = |kernel: &str| {
+        rows.iter()
+            .filter(|r| r.kernel == kernel && r.name.contains(" sweep "))
+            .filter_map(|r| Some((sweep_size(&r.name)?, r)))
+            .filter(|&(size, _)| size <= 512)
+            .max_by_key(|&(size, _)| size)
+    };
+    let mut checks = Vec::new();
+    for kernel in ["matmul_ab", "matmul_atb", "matmul_abt"] {
+        if let Some((size, r)) = sweep_row(kernel) {
+            checks.push(TargetCheck {
+                what: format!("{kernel} {size}³: fraction of FMA peak"),
+                value: r.fraction_of_peak,
+                shown: format!("{:.1}%", 100.0 * r.fraction_of_peak),
+                target: format!("≥ {:.0}%", 100.0 * MATMUL_PEAK_TARGET),
+                met: r.fraction_of_peak >= MATMUL_PEAK_TARGET,
+            });
+        }
+    }
+    if let Some((size, ab)) = sweep_row("matmul_ab") {
+        for kernel in [
+            "conv2d_forward",
+            "conv2d_backward_input",
+            "conv2d_backward_weight",
+        ] {
+            let conv = rows
+                .iter()
+                .find(|r| r.kernel == kernel && r.name.contains(CONV_EQUAL_FLOPS));
+            if let Some(c) = conv {
+                let ratio = ab.fraction_of_peak / c.fraction_of_peak;
+                checks.push(TargetCheck {
+                    what: format!(
+                        "{kernel} at 512³'s FLOPs: matmul_ab {size}³'s fraction of peak / its own"
+                    ),
+                    value: ratio,
+                    shown: format!("{ratio:.2}"),
+                    target: format!("≤ {CONV_VS_MATMUL_TARGET:.0}"),
+                    met: ratio <= CONV_VS_MATMUL_TARGET,
+                });
+            }
+        }
+    }
+    checks
+}
+
+/// M of a sweep case's name (`matmul_ab sweep 512x512·512x512`).
+fn sweep_size(name: &str) -> Option<usize> {
+    name.split(" sweep ")
+        .nth(1)?
+        .split('x')
+        .next()?
+        .parse()
+        .ok()
+}
+
 // ---------------------------------------------------------------- training step
 
 /// GPU time of one kernel over a profiled training step.
@@ -1265,6 +1356,8 @@ pub struct BenchReport {
     pub repeats: usize,
     pub peaks: Peaks,
     pub rows: Vec<Row>,
+    /// The kernel speed targets, from `rows` ([`target_checks`]).
+    pub targets: Vec<TargetCheck>,
     pub training: Option<TrainingBench>,
 }
 
@@ -1308,6 +1401,7 @@ pub fn run_bench(ctx: &GpuContext, options: &BenchOptions) -> Result<BenchReport
         quick: options.quick,
         repeats,
         peaks,
+        targets: target_checks(&rows),
         rows,
         training,
     })
@@ -1357,6 +1451,15 @@ impl BenchReport {
                     r.unit,
                     100.0 * r.fraction_of_peak
                 );
+            }
+        }
+        if !self.targets.is_empty() {
+            out.push_str(
+                "\n## Kernel targets\n\n| check | value | target | met |\n|---|---:|---:|---|\n",
+            );
+            for t in &self.targets {
+                let met = if t.met { "yes" } else { "no" };
+                let _ = writeln!(out, "| {} | {} | {} | {met} |", t.what, t.shown, t.target);
             }
         }
         if let Some(t) = &self.training {
