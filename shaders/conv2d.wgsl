@@ -533,6 +533,24 @@ fn x_saved_at(o: Origin, kh: i32, kw: i32, off: i32) -> f32 {
     return select(0.0, x_saved[u32(select(0, o.base + off, inside))], inside);
 }
 
+// The weights of tap row `wb` for channel groups c4 .. c4+3 (clamped to
+// the last group): the same for every lane of conv2d_forward_direct, so
+// where the device has subgroups (`gpu::pipeline::shader_source`) lane l
+// loads group l mod 4 and subgroupBroadcast hands the four to all lanes,
+// one load per lane instead of four (as in matmul.wgsl).
+// #if subgroups
+fn w_row(wb: u32, c4: u32, last4: u32, lane: u32) -> Row {
+    let v = w_v4[wb + min(c4 + lane % 4u, last4)];
+    return Row(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u),
+               subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+}
+// #else
+fn w_row(wb: u32, c4: u32, last4: u32, lane: u32) -> Row {
+    return Row(w_v4[wb + min(c4, last4)], w_v4[wb + min(c4 + 1u, last4)],
+               w_v4[wb + min(c4 + 2u, last4)], w_v4[wb + min(c4 + 3u, last4)]);
+}
+// #endif
+
 // Stores one pixel's row of y (channels c4*4 ..), skipping dead pixels and
 // channel groups past Cout. Shifts instead of indexing (see matmul_direct).
 fn store_y_row(i: u32, c4: u32, r: Row) {
@@ -581,10 +599,7 @@ fn conv2d_forward_direct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
             x_at(o[4], kh, kw, off), x_at(o[5], kh, kw, off), x_at(o[6], kh, kw, off), x_at(o[7], kh, kw, off),
             x_at(o[8], kh, kw, off), x_at(o[9], kh, kw, off), x_at(o[10], kh, kw, off), x_at(o[11], kh, kw, off),
             x_at(o[12], kh, kw, off), x_at(o[13], kh, kw, off), x_at(o[14], kh, kw, off), x_at(o[15], kh, kw, off));
-        let wb = t * n4;
-        let v = Row(w_v4[wb + min(c4, last4)], w_v4[wb + min(c4 + 1u, last4)],
-                    w_v4[wb + min(c4 + 2u, last4)], w_v4[wb + min(c4 + 3u, last4)]);
-        fma_block(&acc, s, v);
+        fma_block(&acc, s, w_row(t * n4, c4, last4, lid.x));
         ci += 1u;
         if (ci == p.in_c) { ci = 0u; kw += 1; }
         if (kw == i32(p.k_w)) { kw = 0; kh += 1; }

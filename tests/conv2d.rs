@@ -144,7 +144,12 @@ fn label(g: &Conv2dGeometry) -> String {
 /// The forward kernel, plain and with the fused ReLU (against the
 /// reference followed by max(., 0)), on whichever variant `g` selects.
 fn check_forward(g: &Conv2dGeometry) {
-    let Some(ctx) = gpu() else { return };
+    if let Some(ctx) = gpu() {
+        check_forward_on(ctx, g);
+    }
+}
+
+fn check_forward_on(ctx: &GpuContext, g: &Conv2dGeometry) {
     let x = rand4(g.input_shape(), 1);
     let w = rand4(g.weight_shape(), 2);
     let b = rand1(g.out_c, 3);
@@ -181,7 +186,12 @@ fn check_forward(g: &Conv2dGeometry) {
 }
 
 fn check_backward_input(g: &Conv2dGeometry) {
-    let Some(ctx) = gpu() else { return };
+    if let Some(ctx) = gpu() {
+        check_backward_input_on(ctx, g);
+    }
+}
+
+fn check_backward_input_on(ctx: &GpuContext, g: &Conv2dGeometry) {
     let dy = rand4(g.output_shape(), 4);
     let w = rand4(g.weight_shape(), 5);
     // Accumulation: dx starts non-zero and the kernel adds to it.
@@ -306,6 +316,26 @@ fn conv2d_backward_input_flipped() {
     assert!(!op::flips_for_input_gradient(&seed()));
     let strided = geometry([3, 11, 9, 8], 20, [3, 2], [2, 1], Padding::Same);
     assert!(!op::flips_for_input_gradient(&strided));
+}
+
+/// The direct forward reads its weights through subgroupBroadcast where
+/// the device has subgroups (lavapipe); a context without them loads them
+/// per lane. Both paths on the direct and flipped shapes (the input
+/// gradient runs the forward kernel there).
+#[test]
+fn conv2d_without_subgroups() {
+    let Some(plain) = gpu_without_subgroups() else {
+        return;
+    };
+    for g in direct()
+        .iter()
+        .filter(|g| Conv2dVariant::for_kernel("forward", g) == Conv2dVariant::Direct)
+    {
+        check_forward_on(plain, g);
+    }
+    for g in flipped() {
+        check_backward_input_on(plain, &g);
+    }
 }
 
 #[test]

@@ -35,7 +35,7 @@ fn missing_backend_is_a_typed_error_that_says_what_to_install() {
     // Linux has no Metal adapter: the request must fail cleanly, not panic.
     let err = GpuContext::new(&GpuOptions {
         backend: BackendChoice::Metal,
-        verbose: false,
+        ..GpuOptions::default()
     })
     .unwrap_err();
     assert!(matches!(err, Error::NoAdapter { .. }), "{err}");

@@ -94,6 +94,7 @@ fn tolerance(k: usize) -> (f32, f32) {
 /// elements of C's buffer around the matrix are untouched.
 #[allow(clippy::too_many_arguments)]
 fn check(
+    ctx: &GpuContext,
     kernel: Kernel,
     layout: Layout,
     m: usize,
@@ -103,7 +104,6 @@ fn check(
     accumulate: bool,
     seed: u64,
 ) {
-    let Some(ctx) = gpu() else { return };
     let (ash, bsh) = stored_shapes(layout, m, n, k);
     let a = random2(ash[0], ash[1], seed);
     let b = random2(bsh[0], bsh[1], seed + 1);
@@ -139,9 +139,23 @@ fn check(
 }
 
 fn check_all(m: usize, n: usize, k: usize, offsets: (usize, usize, usize), accumulate: bool) {
+    if let Some(ctx) = gpu() {
+        check_all_on(ctx, m, n, k, offsets, accumulate);
+    }
+}
+
+fn check_all_on(
+    ctx: &GpuContext,
+    m: usize,
+    n: usize,
+    k: usize,
+    offsets: (usize, usize, usize),
+    accumulate: bool,
+) {
     for (i, kernel) in KERNELS.into_iter().enumerate() {
         for (j, layout) in LAYOUTS.into_iter().enumerate() {
             check(
+                ctx,
                 kernel,
                 layout,
                 m,
@@ -190,6 +204,28 @@ fn matmul_sizes_lowered_after_prepare() {
                 assert_close(&what, &got[..m * n], &want32, rtol, atol);
             }
         }
+    }
+}
+
+/// lavapipe has subgroups of 8 lanes, so the direct kernels share the
+/// values every lane needs by subgroupBroadcast; a context opened without
+/// subgroups compiles the per-lane loads instead (the path of devices
+/// without them): both must give the product, on odd and vec4-aligned
+/// shapes, with offsets, in every lane arrangement and layout.
+#[test]
+fn matmul_with_and_without_subgroups() {
+    let Some(ctx) = gpu() else { return };
+    if ctx.info.name.contains("llvmpipe") {
+        assert!(ctx.shares_lanes(), "lavapipe should have 8-lane subgroups");
+    }
+    let Some(plain) = gpu_without_subgroups() else {
+        return;
+    };
+    assert!(!plain.shares_lanes());
+    for c in [ctx, plain] {
+        check_all_on(c, 37, 53, 29, (3, 5, 7), true);
+        check_all_on(c, 36, 132, 20, (4, 8, 12), true);
+        check_all_on(c, 300, 32, 40, (0, 0, 0), false);
     }
 }
 
@@ -292,8 +328,9 @@ fn matmul_seed_lstm_projection() {
 #[test]
 fn matmul_seed_lstm_weight_gradient() {
     // [3200×64]ᵀ·[3200×256]: K = 3200 (time steps × batch), accumulating.
+    let Some(ctx) = gpu() else { return };
     for kernel in KERNELS {
-        check(kernel, Layout::AtB, 64, 256, 3200, (0, 0, 0), true, 7);
+        check(ctx, kernel, Layout::AtB, 64, 256, 3200, (0, 0, 0), true, 7);
     }
 }
 

@@ -42,19 +42,34 @@ pub struct GpuOptions {
     pub backend: BackendChoice,
     /// Print the chosen adapter to stderr.
     pub verbose: bool,
+    /// Do not use subgroup operations even where the device has them
+    /// ([`GpuContext::shares_lanes`]): every lane loads its own values. For
+    /// comparing the two, and for testing the path devices without
+    /// subgroups take.
+    pub without_subgroups: bool,
 }
 
 impl GpuOptions {
-    /// Reads `CROSSMODAL_GPU_BACKEND` and `CROSSMODAL_GPU_VERBOSE`.
+    /// Reads `CROSSMODAL_GPU_BACKEND`, `CROSSMODAL_GPU_VERBOSE` and
+    /// `CROSSMODAL_NO_SUBGROUPS` (set: [`GpuOptions::without_subgroups`]).
     pub fn from_env() -> Result<Self> {
         let backend = match std::env::var("CROSSMODAL_GPU_BACKEND") {
             Ok(v) => v.parse()?,
             Err(_) => BackendChoice::Auto,
         };
         let verbose = std::env::var_os("CROSSMODAL_GPU_VERBOSE").is_some();
-        Ok(Self { backend, verbose })
+        let without_subgroups = std::env::var_os("CROSSMODAL_NO_SUBGROUPS").is_some();
+        Ok(Self {
+            backend,
+            verbose,
+            without_subgroups,
+        })
     }
 }
+
+/// Invocations per workgroup of the direct kernels that share values
+/// across lanes (`DL` in `shaders/matmul.wgsl`).
+pub const SHARED_LANES: u32 = 8;
 
 /// An open device with its queue, limits and pipeline cache.
 pub struct GpuContext {
@@ -117,7 +132,13 @@ impl GpuContext {
             );
         }
         // Timestamps are optional: the profiler uses them where they exist.
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Subgroups only where every subgroup spans a whole workgroup of the
+        // direct kernels (see `shares_lanes`).
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+        if info.subgroup_min_size >= SHARED_LANES && !options.without_subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        let features = adapter.features() & wanted;
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("crossmodal"),
@@ -195,6 +216,15 @@ impl GpuContext {
     /// differently (see `ops::matmul`).
     pub fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Whether the direct kernels' 8 invocations (lavapipe's SIMD width)
+    /// lie in one subgroup, so that a value one lane loads can reach the
+    /// others by `subgroupBroadcast` instead of a load per lane: the device
+    /// has subgroups of at least 8 lanes. Shaders are compiled with their
+    /// `// #if subgroups` sections then (`gpu::pipeline::shader_source`).
+    pub fn shares_lanes(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
     }
 
     /// Whether timestamp queries can be used for per-kernel timing.

@@ -13,5 +13,5 @@ pub mod timer;
 pub use buffer::{BufferPool, GpuTensor};
 pub use context::{BackendChoice, GpuContext, GpuOptions};
 pub use dispatch::{Dispatch, Grid};
-pub use pipeline::{Access, KernelSpec, Shader};
+pub use pipeline::{shader_source, Access, KernelSpec, Shader};
 pub use timer::KernelTiming;

@@ -16,6 +16,38 @@ pub struct Shader {
     pub source: &'static str,
 }
 
+/// The source a shader is compiled from on a device: shaders may hold two
+/// versions of a few helpers between marker lines,
+///
+/// ```text
+/// // #if subgroups
+/// (helpers using subgroupBroadcast)
+/// // #else
+/// (the same helpers with a load per lane)
+/// // #endif
+/// ```
+///
+/// and the first is kept where `subgroups` ([`GpuContext::shares_lanes`]),
+/// the second elsewhere (naga rejects a module using subgroup operations on
+/// a device without them, even in code that never runs). Both versions
+/// compute the same values. Marker lines become blank lines, so line
+/// numbers in errors stay those of the file.
+pub fn shader_source(source: &str, subgroups: bool) -> String {
+    let mut keep = true;
+    let mut out = String::with_capacity(source.len());
+    for line in source.lines() {
+        match line.trim() {
+            "// #if subgroups" => keep = subgroups,
+            "// #else" => keep = !subgroups,
+            "// #endif" => keep = true,
+            _ if keep => out.push_str(line),
+            _ => {}
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Embeds `shaders/<name>.wgsl` as a [`Shader`].
 #[macro_export]
 macro_rules! shader {
@@ -129,7 +161,9 @@ impl GpuContext {
                     self.device
                         .create_shader_module(wgpu::ShaderModuleDescriptor {
                             label: Some(spec.shader.name),
-                            source: wgpu::ShaderSource::Wgsl(spec.shader.source.into()),
+                            source: wgpu::ShaderSource::Wgsl(
+                                shader_source(spec.shader.source, self.shares_lanes()).into(),
+                            ),
                         })
                 })
                 .clone()

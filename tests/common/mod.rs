@@ -29,6 +29,22 @@ pub fn gpu() -> Option<&'static GpuContext> {
     ctx.as_ref()
 }
 
+/// A second context on the same adapter, opened without subgroup
+/// operations (`GpuOptions::without_subgroups`): the kernels' per-lane-load
+/// path. `None` where [`gpu`] is.
+pub fn gpu_without_subgroups() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
+    gpu()?;
+    CTX.get_or_init(|| {
+        let options = crossmodal::gpu::GpuOptions {
+            without_subgroups: true,
+            ..crossmodal::gpu::GpuOptions::from_env().expect("GPU options from the environment")
+        };
+        Some(GpuContext::new(&options).expect("the adapter opens without subgroups"))
+    })
+    .as_ref()
+}
+
 /// Uniform values in [-1, 1) from a fixed seed.
 pub fn random(shape: &[usize], seed: u64) -> ArrayD<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
