@@ -630,6 +630,35 @@ fn blk_h_set(slot: u32, u: u32, s: u32, v: vec4<f32>) {
     blk_h[at + 6u][c] = v.w;
 }
 
+// h_{t-1} at `at` and `at + 1` (samples 0..3 and 4..7 of unit k) and dz_t
+// of column group c4 for the 8 samples are the same for every lane of a
+// blocked workgroup. Where the device has subgroups
+// (`gpu::pipeline::shader_source`), lane l reads one of them from
+// workgroup memory and subgroupBroadcast hands them to the others (1 load
+// per lane instead of 2, or 8), as in matmul.wgsl.
+// #if subgroups
+fn blk_h_pair(at: u32, lane: u32) -> array<vec4<f32>, 2> {
+    let v = blk_h[at + lane % 2u];
+    return array<vec4<f32>, 2>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u));
+}
+
+fn blk_dz_column(c4: u32, hh: u32, lane: u32) -> Row8 {
+    let v = blk_dz[c4 + lane * hh];
+    return Row8(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u),
+                subgroupBroadcast(v, 3u), subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
+                subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+}
+// #else
+fn blk_h_pair(at: u32, lane: u32) -> array<vec4<f32>, 2> {
+    return array<vec4<f32>, 2>(blk_h[at], blk_h[at + 1u]);
+}
+
+fn blk_dz_column(c4: u32, hh: u32, lane: u32) -> Row8 {
+    return Row8(blk_dz[c4], blk_dz[c4 + hh], blk_dz[c4 + 2u * hh], blk_dz[c4 + 3u * hh],
+                blk_dz[c4 + 4u * hh], blk_dz[c4 + 5u * hh], blk_dz[c4 + 6u * hh], blk_dz[c4 + 7u * hh]);
+}
+// #endif
+
 // One unit group of sample s (batch index n) at step t, forward: gates from
 // x·W + zr + b, c and h updated (masked steps carry them), h_t into slot
 // `nxt` of blk_h and, when `live`, the saved values into storage.
@@ -696,9 +725,9 @@ fn lstm_sequence_forward_blocked(@builtin(workgroup_id) wid: vec3<u32>,
         var acc: Block8;
         for (var k = 0u; k < hh; k++) {
             let uk = u[k];
-            let at = (cur * hh + k) * 2u;
-            let ha = blk_h[at];      // samples 0..3
-            let hb = blk_h[at + 1u]; // samples 4..7
+            let hp = blk_h_pair((cur * hh + k) * 2u, lid.x);
+            let ha = hp[0]; // samples 0..3
+            let hb = hp[1]; // samples 4..7
             acc[0] = fma_row8(acc[0], ha.x, uk);
             acc[1] = fma_row8(acc[1], ha.y, uk);
             acc[2] = fma_row8(acc[2], ha.z, uk);
@@ -829,14 +858,15 @@ fn lstm_sequence_backward_blocked(@builtin(workgroup_id) wid: vec3<u32>,
         var acc: Block8;
         for (var c4 = 0u; c4 < hh; c4++) {
             let uc = u[c4];
-            acc[0] = fma_row8v(acc[0], blk_dz[c4], uc);
-            acc[1] = fma_row8v(acc[1], blk_dz[c4 + hh], uc);
-            acc[2] = fma_row8v(acc[2], blk_dz[c4 + 2u * hh], uc);
-            acc[3] = fma_row8v(acc[3], blk_dz[c4 + 3u * hh], uc);
-            acc[4] = fma_row8v(acc[4], blk_dz[c4 + 4u * hh], uc);
-            acc[5] = fma_row8v(acc[5], blk_dz[c4 + 5u * hh], uc);
-            acc[6] = fma_row8v(acc[6], blk_dz[c4 + 6u * hh], uc);
-            acc[7] = fma_row8v(acc[7], blk_dz[c4 + 7u * hh], uc);
+            let d = blk_dz_column(c4, hh, lid.x);
+            acc[0] = fma_row8v(acc[0], d[0], uc);
+            acc[1] = fma_row8v(acc[1], d[1], uc);
+            acc[2] = fma_row8v(acc[2], d[2], uc);
+            acc[3] = fma_row8v(acc[3], d[3], uc);
+            acc[4] = fma_row8v(acc[4], d[4], uc);
+            acc[5] = fma_row8v(acc[5], d[5], uc);
+            acc[6] = fma_row8v(acc[6], d[6], uc);
+            acc[7] = fma_row8v(acc[7], d[7], uc);
         }
         for (var s = 0u; s < SB; s++) {
             let r = acc[0];

@@ -427,6 +427,11 @@ fn lstm_seed_shape() {
 }
 
 #[test]
+fn lstm_without_subgroups() {
+    without_subgroups_cases::<C>();
+}
+
+#[test]
 fn lstm_persistent_unsupported() {
     persistent_unsupported_cases::<C>();
 }

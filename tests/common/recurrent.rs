@@ -341,7 +341,18 @@ impl Uploaded {
 /// Runs the forward pass of `path` and compares every saved tensor with
 /// the CPU reference; the persistent path also with the per-step path.
 pub fn check_forward_sequence<C: TestCell>(path: Path, dims: RecurrentDims, kind: Mask, seed: u64) {
-    let Some(ctx) = gpu() else { return };
+    if let Some(ctx) = gpu() {
+        check_forward_sequence_on::<C>(ctx, path, dims, kind, seed);
+    }
+}
+
+pub fn check_forward_sequence_on<C: TestCell>(
+    ctx: &GpuContext,
+    path: Path,
+    dims: RecurrentDims,
+    kind: Mask,
+    seed: u64,
+) {
     let case = Case::new::<C>(dims, seed);
     let want = case.forward_cpu::<C>(kind);
     let gp = Uploaded::new(ctx, &case, kind);
@@ -414,7 +425,20 @@ pub fn check_backward_sequence<C: TestCell>(
     with_dx: bool,
     seed: u64,
 ) {
-    let Some(ctx) = gpu() else { return };
+    if let Some(ctx) = gpu() {
+        check_backward_sequence_on::<C>(ctx, paths, dims, kind, incoming, with_dx, seed);
+    }
+}
+
+pub fn check_backward_sequence_on<C: TestCell>(
+    ctx: &GpuContext,
+    paths: (Path, Path),
+    dims: RecurrentDims,
+    kind: Mask,
+    incoming: Incoming,
+    with_dx: bool,
+    seed: u64,
+) {
     let RecurrentDims {
         steps,
         batch,
@@ -623,6 +647,22 @@ pub fn sequence_backward_cases<C: TestCell>() {
     check_backward_sequence::<C>(mixed, AWKWARD, Mask::U32, BOTH, true, 67);
     check_dz_against_stepwise::<C>(AWKWARD, Mask::U32, BOTH, 68);
     check_dz_against_stepwise::<C>(TWO_GROUPS, Mask::None, SEQ, 69);
+}
+
+/// The persistent kernels on a context without subgroups (the blocked
+/// LSTM kernels then read h and dz from workgroup memory lane by lane
+/// instead of broadcasting them): the awkward and seed shapes.
+pub fn without_subgroups_cases<C: TestCell>() {
+    let Some(ctx) = gpu_without_subgroups() else {
+        return;
+    };
+    let p = (Path::Persistent, Path::Persistent);
+    // The seed shape with the last step's gradient only, as in
+    // `seed_shape_cases` (the tolerances are sized for that).
+    for (dims, incoming, seed) in [(AWKWARD, BOTH, 80), (SEED, LAST, 81)] {
+        check_forward_sequence_on::<C>(ctx, Path::Persistent, dims, Mask::U32, seed);
+        check_backward_sequence_on::<C>(ctx, p, dims, Mask::U32, incoming, true, seed);
+    }
 }
 
 /// Both paths forward and backward on the seed model's shape.
