@@ -89,6 +89,7 @@ fn main() {
         targets: target_checks(&rows),
         rows,
         training: None,
+        experiment: None,
     };
     println!("\n## Kernel summary\n\n{}", report.table());
 }

@@ -133,6 +133,11 @@ enum Command {
         /// Few repeats, a short sweep, two training steps.
         #[arg(long)]
         quick: bool,
+        /// Time this experiment's training step (its model on its own
+        /// batches, both backends) instead of the seed model's: `bench
+        /// train --experiment EXP.ron`.
+        #[arg(long)]
+        experiment: Option<PathBuf>,
     },
 }
 
@@ -285,11 +290,13 @@ fn main() -> Result<()> {
             csv,
             plot,
             quick,
+            experiment,
         } => {
             use crossmodal::study::bench::{run_cli, BenchOptions, BenchOutputs};
             let o = BenchOptions {
                 filter: filter.clone(),
                 quick: *quick,
+                experiment: experiment.clone(),
             };
             let out = BenchOutputs {
                 json: json.as_deref(),

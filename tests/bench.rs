@@ -36,6 +36,7 @@ fn quick_bench_covers_every_kernel_and_writes_its_files() {
     let options = BenchOptions {
         filter: None,
         quick: true,
+        experiment: None,
     };
     let out = BenchOutputs {
         json: Some(&json),
@@ -107,6 +108,7 @@ fn a_filter_that_matches_nothing_is_an_error() {
     let options = BenchOptions {
         filter: Some("no_such_kernel".into()),
         quick: true,
+        experiment: None,
     };
     let err = run_cli(
         &options,
@@ -119,6 +121,46 @@ fn a_filter_that_matches_nothing_is_an_error() {
         err.contains("no_such_kernel") && err.contains("conv2d_forward"),
         "{err}"
     );
+}
+
+/// `bench train --experiment EXP.ron`: the experiment's own step on both
+/// backends (its batch size and model), in place of the seed model's.
+#[test]
+fn bench_times_an_experiments_own_training_step() {
+    if gpu().is_none() {
+        return;
+    }
+    let options = BenchOptions {
+        filter: Some("train".into()),
+        quick: true,
+        experiment: Some(common::experiments::root().join("tests/fixtures/tiny_fusion.ron")),
+    };
+    let report = run_cli(
+        &options,
+        &GpuOptions::from_env().unwrap(),
+        &BenchOutputs::default(),
+    )
+    .unwrap();
+    assert!(report.training.is_none() && report.rows.is_empty());
+    let e = report.experiment.as_ref().expect("the experiment's step");
+    assert_eq!(
+        (e.experiment.as_str(), e.batch, e.steps),
+        ("tiny_fusion", 4, 2)
+    );
+    for (what, v) in [
+        ("CPU ms/step", e.cpu_ms_per_step),
+        ("GPU ms/step", e.gpu_ms_per_step),
+        ("CPU samples/s", e.cpu_samples_per_s),
+        ("GPU samples/s", e.gpu_samples_per_s),
+    ] {
+        assert!(v > 0.0 && v.is_finite(), "{what} = {v}");
+    }
+    assert!(e.dispatches > 0);
+    // The embedding feeds only the LSTM: its input runs per chunk of equal tokens.
+    assert_eq!(e.chunks.len(), 1, "{:?}", e.chunks);
+    assert_eq!(e.chunks[0].0, "lstm");
+    assert!((1..=4 * 7).contains(&e.chunks[0].1), "{:?}", e.chunks);
+    assert!(report.table().contains("Training step of tiny_fusion"));
 }
 
 fn row(kernel: &'static str, name: &str, fraction: f64) -> Row {

@@ -21,7 +21,7 @@
 //! ([`BenchReport::csv`]), and the matmul sweep drawn as SVG and PNG
 //! ([`write_plots`]) in the style of the training curves.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array1, Array2, Array3, Array4, ArrayD, Axis, IxDyn};
@@ -32,7 +32,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::experiment::atomic::{create_dir_all, write_atomic, write_atomic_str};
+use crate::experiment::prepare::train_config;
 use crate::experiment::report::register_fonts;
+use crate::experiment::run::Experiment;
 use crate::gpu::{Dispatch, GpuContext, GpuOptions, GpuTensor, KernelTiming};
 use crate::graph::gpu::GpuExecutor;
 use crate::graph::init::init_params;
@@ -55,6 +57,7 @@ use crate::ops::rnn::*;
 use crate::ops::segment_sum::*;
 use crate::ops::softmax_cross_entropy::*;
 use crate::optim::{adam::*, sgd::*};
+use crate::study::shadow::Prepared;
 use crate::tensor::DType;
 
 /// The seed model's batch.
@@ -1333,6 +1336,94 @@ pub fn training_bench(ctx: &GpuContext, steps: usize) -> Result<TrainingBench> {
     })
 }
 
+/// A training step of an experiment's own model on its own batches
+/// (`crossmodal bench train --experiment EXP.ron`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExperimentStep {
+    pub experiment: String,
+    pub batch: usize,
+    /// Timed steps per backend (after one warm-up step).
+    pub steps: usize,
+    pub cpu_ms_per_step: f64,
+    pub gpu_ms_per_step: f64,
+    pub cpu_samples_per_s: f64,
+    pub gpu_samples_per_s: f64,
+    pub dispatches: usize,
+    pub submits: usize,
+    /// Chunks of equal tokens per chunked embedding→recurrent layer in the
+    /// last timed batch, by reader layer (empty when none is chunked).
+    pub chunks: Vec<(String, usize)>,
+    /// Kernel time per kernel over one profiled step, largest first (empty
+    /// without timestamps).
+    pub kernels: Vec<KernelShare>,
+}
+
+/// `steps` timed training steps of `exp`'s model on its first batches
+/// (the data, tokenizer, batch size, optimizer and initial parameters of
+/// the experiment) on the CPU reference backend and the GPU backend, from
+/// the same parameters, then one profiled GPU step.
+pub fn experiment_step_bench(
+    ctx: &GpuContext,
+    exp: &Experiment,
+    steps: usize,
+) -> Result<ExperimentStep> {
+    let p = Prepared::new(exp, None)?;
+    let batches = (0..=steps.max(1))
+        .map(|k| p.batch(k))
+        .collect::<Result<Vec<Batch>>>()?;
+    let (graph, loss) = (&p.model.graph, p.model.loss);
+    let config = train_config(&exp.training);
+    let mut cpu = CpuExecutor::<f32>::new(graph, loss, &p.params, config.clone())?;
+    let cpu_step = step_seconds(&mut cpu, &batches)?;
+    let mut gpu = GpuExecutor::new(ctx, graph, loss, &p.params, config)?;
+    let gpu_step = step_seconds(&mut gpu, &batches)?;
+    let stats = gpu.step_stats();
+    let chunks = gpu
+        .chunk_counts()
+        .into_iter()
+        .map(|(id, c)| (graph.node(id).name.clone(), c))
+        .collect();
+    let kernels = if ctx.has_timestamps() {
+        kernel_shares(&gpu.profile_step(&batches[0])?)
+    } else {
+        Vec::new()
+    };
+    let b = p.batch_size() as f64;
+    Ok(ExperimentStep {
+        experiment: exp.name.clone(),
+        batch: p.batch_size(),
+        steps: batches.len() - 1,
+        cpu_ms_per_step: cpu_step * 1e3,
+        gpu_ms_per_step: gpu_step * 1e3,
+        cpu_samples_per_s: b / cpu_step,
+        gpu_samples_per_s: b / gpu_step,
+        dispatches: stats.dispatches(),
+        submits: stats.submits,
+        chunks,
+        kernels,
+    })
+}
+
+fn kernel_share_table(out: &mut String, kernels: &[KernelShare]) {
+    use std::fmt::Write as _;
+    if kernels.is_empty() {
+        return;
+    }
+    out.push_str(
+        "\n| kernel (one profiled step) | ms | share | dispatches |\n|---|---:|---:|---:|\n",
+    );
+    for k in kernels {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {:.1}% | {} |",
+            k.name,
+            k.ms,
+            100.0 * k.share,
+            k.dispatches
+        );
+    }
+}
+
 // ---------------------------------------------------------------- the run
 
 /// What `crossmodal bench` runs.
@@ -1343,6 +1434,9 @@ pub struct BenchOptions {
     pub filter: Option<String>,
     /// Few repeats, a short sweep, two training steps: for tests.
     pub quick: bool,
+    /// Time this experiment's training step (its model, on its own
+    /// batches) instead of the seed model's.
+    pub experiment: Option<PathBuf>,
 }
 
 /// Everything one bench run measured.
@@ -1359,6 +1453,8 @@ pub struct BenchReport {
     /// The kernel speed targets, from `rows` ([`target_checks`]).
     pub targets: Vec<TargetCheck>,
     pub training: Option<TrainingBench>,
+    /// `--experiment`: that experiment's step in place of `training`.
+    pub experiment: Option<ExperimentStep>,
 }
 
 /// Measures the peaks, times every selected case, and (unless a filter
@@ -1389,10 +1485,14 @@ pub fn run_bench(ctx: &GpuContext, options: &BenchOptions) -> Result<BenchReport
         let t = time_case(ctx, &mut case, repeats)?;
         rows.push(Row::new(&case, t, &peaks));
     }
-    let training = if train {
-        Some(training_bench(ctx, if options.quick { 2 } else { 10 })?)
-    } else {
-        None
+    let steps = if options.quick { 2 } else { 10 };
+    let (training, experiment) = match (&options.experiment, train) {
+        (_, false) => (None, None),
+        (None, true) => (Some(training_bench(ctx, steps)?), None),
+        (Some(path), true) => {
+            let exp = Experiment::load(path)?;
+            (None, Some(experiment_step_bench(ctx, &exp, steps)?))
+        }
     };
     Ok(BenchReport {
         adapter: ctx.describe(),
@@ -1404,6 +1504,7 @@ pub fn run_bench(ctx: &GpuContext, options: &BenchOptions) -> Result<BenchReport
         targets: target_checks(&rows),
         rows,
         training,
+        experiment,
     })
 }
 
@@ -1502,19 +1603,37 @@ impl BenchReport {
                 "\nGPU/CPU samples/s: {:.2}; GPU step: {} dispatches in {} submit(s)",
                 t.gpu_over_cpu, t.dispatches, t.submits
             );
-            if !t.kernels.is_empty() {
-                out.push_str("\n| kernel (one profiled step) | ms | share | dispatches |\n|---|---:|---:|---:|\n");
-                for k in &t.kernels {
-                    let _ = writeln!(
-                        out,
-                        "| {} | {:.2} | {:.1}% | {} |",
-                        k.name,
-                        k.ms,
-                        100.0 * k.share,
-                        k.dispatches
-                    );
-                }
+            kernel_share_table(&mut out, &t.kernels);
+        }
+        if let Some(e) = &self.experiment {
+            let _ = writeln!(
+                out,
+                "\n## Training step of {} (its own batches: batch {}, {} timed steps)\n",
+                e.experiment, e.batch, e.steps
+            );
+            out.push_str("| backend | ms/step | samples/s |\n|---|---:|---:|\n");
+            let _ = writeln!(
+                out,
+                "| CPU reference (ndarray, f32) | {:.1} | {:.1} |",
+                e.cpu_ms_per_step, e.cpu_samples_per_s
+            );
+            let _ = writeln!(
+                out,
+                "| GPU (wgpu) | {:.1} | {:.1} |",
+                e.gpu_ms_per_step, e.gpu_samples_per_s
+            );
+            let _ = writeln!(
+                out,
+                "\nGPU step: {} dispatches in {} submit(s)",
+                e.dispatches, e.submits
+            );
+            for (layer, chunks) in &e.chunks {
+                let _ = writeln!(
+                    out,
+                    "{layer}: input projection over {chunks} chunks of equal tokens (last batch)"
+                );
             }
+            kernel_share_table(&mut out, &e.kernels);
         }
         out
     }
@@ -1588,6 +1707,24 @@ impl BenchReport {
                 num(cpu / gpu),
                 num(per_s(gpu)),
                 num(per_s(cpu)),
+                "samples/s".to_string(),
+                String::new(),
+            ])
+            .map_err(err)?;
+        }
+        if let Some(e) = &self.experiment {
+            let (cpu, gpu) = (e.cpu_ms_per_step, e.gpu_ms_per_step);
+            w.write_record([
+                "train_step".to_string(),
+                format!("{} training step, batch {}", e.experiment, e.batch),
+                String::new(),
+                e.dispatches.to_string(),
+                num(cpu * 1e3),
+                num(gpu * 1e3),
+                String::new(),
+                num(cpu / gpu),
+                num(e.gpu_samples_per_s),
+                num(e.cpu_samples_per_s),
                 "samples/s".to_string(),
                 String::new(),
             ])
