@@ -311,6 +311,33 @@ fn store_block4(row0: u32, col0: u32, acc: ptr<function, Block>) {
 // holds the storage indices of this lane's share: entries 2l and 2l+1 of
 // the 16 (or entry l mod 4 of the four vec4).
 
+// The plain loads: a[ia[i] + ka] for the 16 rows, b[ib[j] + kb] for the 16
+// columns, and the vec4 forms.
+fn a_rows(ia: array<u32, 16>, ka: u32) -> array<f32, 16> {
+    return array<f32, 16>(
+        a[ia[0] + ka], a[ia[1] + ka], a[ia[2] + ka], a[ia[3] + ka],
+        a[ia[4] + ka], a[ia[5] + ka], a[ia[6] + ka], a[ia[7] + ka],
+        a[ia[8] + ka], a[ia[9] + ka], a[ia[10] + ka], a[ia[11] + ka],
+        a[ia[12] + ka], a[ia[13] + ka], a[ia[14] + ka], a[ia[15] + ka]);
+}
+
+fn b_cols(ib: array<u32, 16>, kb: u32) -> array<f32, 16> {
+    return array<f32, 16>(
+        b[ib[0] + kb], b[ib[1] + kb], b[ib[2] + kb], b[ib[3] + kb],
+        b[ib[4] + kb], b[ib[5] + kb], b[ib[6] + kb], b[ib[7] + kb],
+        b[ib[8] + kb], b[ib[9] + kb], b[ib[10] + kb], b[ib[11] + kb],
+        b[ib[12] + kb], b[ib[13] + kb], b[ib[14] + kb], b[ib[15] + kb]);
+}
+
+fn a4_rows(ia: array<u32, 4>, ka: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(a4[ia[0] + ka], a4[ia[1] + ka], a4[ia[2] + ka], a4[ia[3] + ka]);
+}
+
+fn b4_cols(ib: array<u32, 4>, kb: u32) -> Row {
+    return Row(b4[ib[0] + kb], b4[ib[1] + kb], b4[ib[2] + kb], b4[ib[3] + kb]);
+}
+
+// The same values, shared where the lanes allow (the helpers below pick).
 // #if subgroups
 fn share16(v0: f32, v1: f32) -> array<f32, 16> {
     return array<f32, 16>(
@@ -325,50 +352,60 @@ fn share4(v: vec4<f32>) -> array<vec4<f32>, 4> {
                                subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
 }
 
-// a[ia[i] + ka] for the 16 rows.
-fn a16(ia: array<u32, 16>, own: vec2<u32>, ka: u32) -> array<f32, 16> {
+fn a_rows_shared(ia: array<u32, 16>, own: vec2<u32>, ka: u32) -> array<f32, 16> {
     return share16(a[own.x + ka], a[own.y + ka]);
 }
 
-// b[ib[j] + kb] for the 16 columns.
-fn b16(ib: array<u32, 16>, own: vec2<u32>, kb: u32) -> array<f32, 16> {
+fn b_cols_shared(ib: array<u32, 16>, own: vec2<u32>, kb: u32) -> array<f32, 16> {
     return share16(b[own.x + kb], b[own.y + kb]);
 }
 
-// a4[ia[g] + ka] for the 4 vec4 of rows.
-fn a4x4(ia: array<u32, 4>, own: u32, ka: u32) -> array<vec4<f32>, 4> {
+fn a4_rows_shared(ia: array<u32, 4>, own: u32, ka: u32) -> array<vec4<f32>, 4> {
     return share4(a4[own + ka]);
 }
 
-// b4[ib[g] + kb] for the 4 vec4 of columns.
-fn b4x4(ib: array<u32, 4>, own: u32, kb: u32) -> array<vec4<f32>, 4> {
+fn b4_cols_shared(ib: array<u32, 4>, own: u32, kb: u32) -> Row {
     return share4(b4[own + kb]);
 }
 // #else
-fn a16(ia: array<u32, 16>, own: vec2<u32>, ka: u32) -> array<f32, 16> {
-    return array<f32, 16>(
-        a[ia[0] + ka], a[ia[1] + ka], a[ia[2] + ka], a[ia[3] + ka],
-        a[ia[4] + ka], a[ia[5] + ka], a[ia[6] + ka], a[ia[7] + ka],
-        a[ia[8] + ka], a[ia[9] + ka], a[ia[10] + ka], a[ia[11] + ka],
-        a[ia[12] + ka], a[ia[13] + ka], a[ia[14] + ka], a[ia[15] + ka]);
+fn a_rows_shared(ia: array<u32, 16>, own: vec2<u32>, ka: u32) -> array<f32, 16> {
+    return a_rows(ia, ka);
 }
 
-fn b16(ib: array<u32, 16>, own: vec2<u32>, kb: u32) -> array<f32, 16> {
-    return array<f32, 16>(
-        b[ib[0] + kb], b[ib[1] + kb], b[ib[2] + kb], b[ib[3] + kb],
-        b[ib[4] + kb], b[ib[5] + kb], b[ib[6] + kb], b[ib[7] + kb],
-        b[ib[8] + kb], b[ib[9] + kb], b[ib[10] + kb], b[ib[11] + kb],
-        b[ib[12] + kb], b[ib[13] + kb], b[ib[14] + kb], b[ib[15] + kb]);
+fn b_cols_shared(ib: array<u32, 16>, own: vec2<u32>, kb: u32) -> array<f32, 16> {
+    return b_cols(ib, kb);
 }
 
-fn a4x4(ia: array<u32, 4>, own: u32, ka: u32) -> array<vec4<f32>, 4> {
-    return array<vec4<f32>, 4>(a4[ia[0] + ka], a4[ia[1] + ka], a4[ia[2] + ka], a4[ia[3] + ka]);
+fn a4_rows_shared(ia: array<u32, 4>, own: u32, ka: u32) -> array<vec4<f32>, 4> {
+    return a4_rows(ia, ka);
 }
 
-fn b4x4(ib: array<u32, 4>, own: u32, kb: u32) -> array<vec4<f32>, 4> {
-    return array<vec4<f32>, 4>(b4[ib[0] + kb], b4[ib[1] + kb], b4[ib[2] + kb], b4[ib[3] + kb]);
+fn b4_cols_shared(ib: array<u32, 4>, own: u32, kb: u32) -> Row {
+    return b4_cols(ib, kb);
 }
 // #endif
+
+// op(A)'s 16 rows at k: shared under LANES_N, where every lane reads them.
+fn x16(ia: array<u32, 16>, own: vec2<u32>, ka: u32) -> array<f32, 16> {
+    if (LANES == LANES_N) { return a_rows_shared(ia, own, ka); }
+    return a_rows(ia, ka);
+}
+
+fn x4x4(ia: array<u32, 4>, own: u32, ka: u32) -> array<vec4<f32>, 4> {
+    if (LANES == LANES_N) { return a4_rows_shared(ia, own, ka); }
+    return a4_rows(ia, ka);
+}
+
+// op(B)'s 16 columns at k: shared under LANES_M.
+fn y16(ib: array<u32, 16>, own: vec2<u32>, kb: u32) -> array<f32, 16> {
+    if (LANES == LANES_M) { return b_cols_shared(ib, own, kb); }
+    return b_cols(ib, kb);
+}
+
+fn y4x4(ib: array<u32, 4>, own: u32, kb: u32) -> Row {
+    if (LANES == LANES_M) { return b4_cols_shared(ib, own, kb); }
+    return b4_cols(ib, kb);
+}
 
 fn to_row(v: array<f32, 16>) -> Row {
     return Row(vec4(v[0], v[1], v[2], v[3]), vec4(v[4], v[5], v[6], v[7]),
@@ -394,29 +431,7 @@ fn direct_scalar(t: Tile, lane: u32, acc: ptr<function, Block>) {
     let own_a = vec2(a_base(row0 + 2u * lane), a_base(row0 + 2u * lane + 1u));
     let own_b = vec2(b_base(col0 + 2u * lane), b_base(col0 + 2u * lane + 1u));
     for (var kk = t.k0; kk < t.k1; kk++) {
-        let ka = kk * sa;
-        let kb = kk * sb;
-        var x: array<f32, 16>;
-        if (LANES == LANES_N) {
-            x = a16(ia, own_a, ka);
-        } else {
-            x = array<f32, 16>(
-                a[ia[0] + ka], a[ia[1] + ka], a[ia[2] + ka], a[ia[3] + ka],
-                a[ia[4] + ka], a[ia[5] + ka], a[ia[6] + ka], a[ia[7] + ka],
-                a[ia[8] + ka], a[ia[9] + ka], a[ia[10] + ka], a[ia[11] + ka],
-                a[ia[12] + ka], a[ia[13] + ka], a[ia[14] + ka], a[ia[15] + ka]);
-        }
-        var y: Row;
-        if (LANES == LANES_M) {
-            y = to_row(b16(ib, own_b, kb));
-        } else {
-            y = Row(
-                vec4<f32>(b[ib[0] + kb], b[ib[1] + kb], b[ib[2] + kb], b[ib[3] + kb]),
-                vec4<f32>(b[ib[4] + kb], b[ib[5] + kb], b[ib[6] + kb], b[ib[7] + kb]),
-                vec4<f32>(b[ib[8] + kb], b[ib[9] + kb], b[ib[10] + kb], b[ib[11] + kb]),
-                vec4<f32>(b[ib[12] + kb], b[ib[13] + kb], b[ib[14] + kb], b[ib[15] + kb]));
-        }
-        fma_block(acc, x, y);
+        fma_block(acc, x16(ia, own_a, kk * sa), to_row(y16(ib, own_b, kk * sb)));
     }
 }
 
@@ -459,25 +474,7 @@ fn matmul_direct_b4(@builtin(workgroup_id) wid: vec3<u32>,
     let own_b = b4_base(j4 + lid.x % 4u);
     var acc: Block;
     for (var kk = t.k0; kk < t.k1; kk++) {
-        let ka = kk * sa;
-        let kb = kk * sb;
-        var x: array<f32, 16>;
-        if (LANES == LANES_N) {
-            x = a16(ia, own_a, ka);
-        } else {
-            x = array<f32, 16>(
-                a[ia[0] + ka], a[ia[1] + ka], a[ia[2] + ka], a[ia[3] + ka],
-                a[ia[4] + ka], a[ia[5] + ka], a[ia[6] + ka], a[ia[7] + ka],
-                a[ia[8] + ka], a[ia[9] + ka], a[ia[10] + ka], a[ia[11] + ka],
-                a[ia[12] + ka], a[ia[13] + ka], a[ia[14] + ka], a[ia[15] + ka]);
-        }
-        var y: Row;
-        if (LANES == LANES_M) {
-            y = b4x4(ib, own_b, kb);
-        } else {
-            y = Row(b4[ib[0] + kb], b4[ib[1] + kb], b4[ib[2] + kb], b4[ib[3] + kb]);
-        }
-        fma_block(&acc, x, y);
+        fma_block(&acc, x16(ia, own_a, kk * sa), y4x4(ib, own_b, kk * sb));
     }
     finish_block4(t, lid, &acc);
 }
@@ -498,21 +495,7 @@ fn matmul_direct_ab4(@builtin(workgroup_id) wid: vec3<u32>,
     let own_b = b4_base(j4 + lid.x % 4u);
     var acc: Block;
     for (var kk = t.k0; kk < t.k1; kk++) {
-        let ka = kk * sa;
-        let kb = kk * sb;
-        var xv: array<vec4<f32>, 4>;
-        if (LANES == LANES_N) {
-            xv = a4x4(ia, own_a, ka);
-        } else {
-            xv = array<vec4<f32>, 4>(a4[ia[0] + ka], a4[ia[1] + ka], a4[ia[2] + ka], a4[ia[3] + ka]);
-        }
-        var y: Row;
-        if (LANES == LANES_M) {
-            y = b4x4(ib, own_b, kb);
-        } else {
-            y = Row(b4[ib[0] + kb], b4[ib[1] + kb], b4[ib[2] + kb], b4[ib[3] + kb]);
-        }
-        fma_block(&acc, flatten(xv), y);
+        fma_block(&acc, flatten(x4x4(ia, own_a, kk * sa)), y4x4(ib, own_b, kk * sb));
     }
     finish_block4(t, lid, &acc);
 }

@@ -1404,6 +1404,16 @@ pub fn experiment_step_bench(
     })
 }
 
+/// A training-step table: one row per (backend, ms/step), samples/s from `per_s`.
+fn step_table(out: &mut String, title: &str, rows: &[(&str, f64)], per_s: impl Fn(f64) -> f64) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "\n## {title}\n");
+    out.push_str("| backend | ms/step | samples/s |\n|---|---:|---:|\n");
+    for &(backend, ms) in rows {
+        let _ = writeln!(out, "| {backend} | {ms:.1} | {:.1} |", per_s(ms));
+    }
+}
+
 fn kernel_share_table(out: &mut String, kernels: &[KernelShare]) {
     use std::fmt::Write as _;
     if kernels.is_empty() {
@@ -1564,34 +1574,20 @@ impl BenchReport {
             }
         }
         if let Some(t) = &self.training {
-            let _ = writeln!(
-                out,
-                "\n## Seed model training step (batch {}, {} timed steps)\n",
-                t.batch, t.steps
-            );
-            out.push_str("| backend | ms/step | samples/s |\n|---|---:|---:|\n");
-            let _ = writeln!(
-                out,
-                "| CPU reference (ndarray, f32) | {:.1} | {:.1} |",
-                t.cpu_ms_per_step, t.cpu_samples_per_s
-            );
-            let _ = writeln!(
-                out,
-                "| GPU (wgpu) | {:.1} | {:.1} |",
-                t.gpu_ms_per_step, t.gpu_samples_per_s
-            );
             let per_s = |ms: f64| t.batch as f64 / (ms * 1e-3);
-            let _ = writeln!(
-                out,
-                "| CPU reference, pre-padded texts | {:.1} | {:.1} |",
-                t.padded_cpu_ms_per_step,
-                per_s(t.padded_cpu_ms_per_step)
-            );
-            let _ = writeln!(
-                out,
-                "| GPU (wgpu), pre-padded texts | {:.1} | {:.1} |",
-                t.padded_gpu_ms_per_step,
-                per_s(t.padded_gpu_ms_per_step)
+            step_table(
+                &mut out,
+                &format!(
+                    "Seed model training step (batch {}, {} timed steps)",
+                    t.batch, t.steps
+                ),
+                &[
+                    ("CPU reference (ndarray, f32)", t.cpu_ms_per_step),
+                    ("GPU (wgpu)", t.gpu_ms_per_step),
+                    ("CPU reference, pre-padded texts", t.padded_cpu_ms_per_step),
+                    ("GPU (wgpu), pre-padded texts", t.padded_gpu_ms_per_step),
+                ],
+                per_s,
             );
             out.push_str(
                 "\n(Token ids uniform in [1, vocab) as in Keras' throughput script; \
@@ -1606,21 +1602,17 @@ impl BenchReport {
             kernel_share_table(&mut out, &t.kernels);
         }
         if let Some(e) = &self.experiment {
-            let _ = writeln!(
-                out,
-                "\n## Training step of {} (its own batches: batch {}, {} timed steps)\n",
-                e.experiment, e.batch, e.steps
-            );
-            out.push_str("| backend | ms/step | samples/s |\n|---|---:|---:|\n");
-            let _ = writeln!(
-                out,
-                "| CPU reference (ndarray, f32) | {:.1} | {:.1} |",
-                e.cpu_ms_per_step, e.cpu_samples_per_s
-            );
-            let _ = writeln!(
-                out,
-                "| GPU (wgpu) | {:.1} | {:.1} |",
-                e.gpu_ms_per_step, e.gpu_samples_per_s
+            step_table(
+                &mut out,
+                &format!(
+                    "Training step of {} (its own batches: batch {}, {} timed steps)",
+                    e.experiment, e.batch, e.steps
+                ),
+                &[
+                    ("CPU reference (ndarray, f32)", e.cpu_ms_per_step),
+                    ("GPU (wgpu)", e.gpu_ms_per_step),
+                ],
+                |ms| e.batch as f64 / (ms * 1e-3),
             );
             let _ = writeln!(
                 out,
