@@ -132,10 +132,11 @@ impl GpuContext {
             );
         }
         // Timestamps are optional: the profiler uses them where they exist.
-        // Subgroups only where every subgroup spans a whole workgroup of the
-        // direct kernels (see `shares_lanes`).
+        // Subgroups only on software adapters whose subgroups span a whole
+        // workgroup of the direct kernels (see `shares_lanes`).
         let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
-        if info.subgroup_min_size >= SHARED_LANES && !options.without_subgroups {
+        let software = info.device_type == wgpu::DeviceType::Cpu;
+        if software && info.subgroup_min_size >= SHARED_LANES && !options.without_subgroups {
             wanted |= wgpu::Features::SUBGROUP;
         }
         let features = adapter.features() & wanted;
@@ -220,9 +221,14 @@ impl GpuContext {
 
     /// Whether the direct kernels' 8 invocations (lavapipe's SIMD width)
     /// lie in one subgroup, so that a value one lane loads can reach the
-    /// others by `subgroupBroadcast` instead of a load per lane: the device
-    /// has subgroups of at least 8 lanes. Shaders are compiled with their
-    /// `// #if subgroups` sections then (`gpu::pipeline::shader_source`).
+    /// others by `subgroupBroadcast` instead of a load per lane: a software
+    /// adapter with subgroups of at least 8 lanes. Shaders are compiled with
+    /// their `// #if subgroups` sections then (`gpu::pipeline::shader_source`).
+    ///
+    /// Only software adapters: that is where a per-lane load costs a loop
+    /// over the lanes, and the kernels take invocation l of a workgroup to
+    /// be subgroup invocation l, which lavapipe does (the tests check the
+    /// results) but Vulkan does not promise for every driver.
     pub fn shares_lanes(&self) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP)
     }
