@@ -980,6 +980,10 @@ pub struct Timing {
     pub gpu_wall: f64,
     /// Sum of the dispatches' timestamp intervals (`None` without timestamps).
     pub gpu_kernel: Option<f64>,
+    /// The fastest GPU run (kernel time, else wall time): on a shared
+    /// machine other tenants only ever add time, so this is the closest to
+    /// what the kernel itself costs; the medians say what a run gets.
+    pub gpu_best: f64,
 }
 
 /// Times `case`: a warm-up run of each side, then the median of `repeats` runs.
@@ -993,7 +997,10 @@ pub fn time_case(ctx: &GpuContext, case: &mut Case, repeats: usize) -> Result<Ti
         Ok(t.elapsed().as_secs_f64())
     };
     wall()?;
-    let gpu_wall = median((0..repeats).map(|_| wall()).collect::<Result<_>>()?);
+    let walls: Vec<f64> = (0..repeats).map(|_| wall()).collect::<Result<_>>()?;
+    let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut gpu_best = fastest(&walls);
+    let gpu_wall = median(walls);
     let gpu_kernel = if ctx.has_timestamps() {
         let runs = (0..repeats)
             .map(|_| {
@@ -1005,6 +1012,7 @@ pub fn time_case(ctx: &GpuContext, case: &mut Case, repeats: usize) -> Result<Ti
                     * 1e-9)
             })
             .collect::<Result<Vec<f64>>>()?;
+        gpu_best = fastest(&runs);
         Some(median(runs))
     } else {
         None
@@ -1023,6 +1031,7 @@ pub fn time_case(ctx: &GpuContext, case: &mut Case, repeats: usize) -> Result<Ti
         cpu,
         gpu_wall,
         gpu_kernel,
+        gpu_best,
     })
 }
 
@@ -1047,6 +1056,8 @@ pub struct Row {
     /// a memory-bound kernel on a cache-resident tensor (a few MB on a
     /// software adapter) can exceed 1.
     pub fraction_of_peak: f64,
+    /// The same for the fastest GPU run ([`Timing::gpu_best`]).
+    pub best_fraction_of_peak: f64,
     /// CPU time over GPU wall time (> 1: the GPU is faster).
     pub cpu_over_gpu: f64,
 }
@@ -1072,6 +1083,7 @@ impl Row {
             cpu_throughput: amount / t.cpu * 1e-9,
             unit,
             fraction_of_peak: gpu_throughput / peak,
+            best_fraction_of_peak: amount / t.gpu_best * 1e-9 / peak,
             cpu_over_gpu: t.cpu / t.gpu_wall,
         }
     }
@@ -1096,7 +1108,14 @@ pub struct TargetCheck {
     pub shown: String,
     /// The bound, in words.
     pub target: String,
+    /// `value` within the bound.
     pub met: bool,
+    /// The same check on the fastest runs (`Row::best_fraction_of_peak`):
+    /// on a shared machine the medians can double when another tenant takes
+    /// a core, the fastest runs much less so.
+    pub best: f64,
+    pub best_shown: String,
+    pub met_best: bool,
 }
 
 /// The kernel targets the rows allow checking: each matmul layout's
@@ -1115,12 +1134,16 @@ pub fn target_checks(rows: &[Row]) -> Vec<TargetCheck> {
     let mut checks = Vec::new();
     for kernel in ["matmul_ab", "matmul_atb", "matmul_abt"] {
         if let Some((size, r)) = sweep_row(kernel) {
+            let pct = |f: f64| format!("{:.1}%", 100.0 * f);
             checks.push(TargetCheck {
                 what: format!("{kernel} {size}³: fraction of FMA peak"),
                 value: r.fraction_of_peak,
-                shown: format!("{:.1}%", 100.0 * r.fraction_of_peak),
+                shown: pct(r.fraction_of_peak),
                 target: format!("≥ {:.0}%", 100.0 * MATMUL_PEAK_TARGET),
                 met: r.fraction_of_peak >= MATMUL_PEAK_TARGET,
+                best: r.best_fraction_of_peak,
+                best_shown: pct(r.best_fraction_of_peak),
+                met_best: r.best_fraction_of_peak >= MATMUL_PEAK_TARGET,
             });
         }
     }
@@ -1135,6 +1158,7 @@ pub fn target_checks(rows: &[Row]) -> Vec<TargetCheck> {
                 .find(|r| r.kernel == kernel && r.name.contains(CONV_EQUAL_FLOPS));
             if let Some(c) = conv {
                 let ratio = ab.fraction_of_peak / c.fraction_of_peak;
+                let best = ab.best_fraction_of_peak / c.best_fraction_of_peak;
                 checks.push(TargetCheck {
                     what: format!(
                         "{kernel} at 512³'s FLOPs: matmul_ab {size}³'s fraction of peak / its own"
@@ -1143,6 +1167,9 @@ pub fn target_checks(rows: &[Row]) -> Vec<TargetCheck> {
                     shown: format!("{ratio:.2}"),
                     target: format!("≤ {CONV_VS_MATMUL_TARGET:.0}"),
                     met: ratio <= CONV_VS_MATMUL_TARGET,
+                    best,
+                    best_shown: format!("{best:.2}"),
+                    met_best: best <= CONV_VS_MATMUL_TARGET,
                 });
             }
         }
@@ -1543,13 +1570,13 @@ impl BenchReport {
         );
         if !self.rows.is_empty() {
             out.push_str(
-                "| case | dispatches | CPU µs | GPU wall µs | GPU kernel µs | CPU/GPU (wall) | GPU throughput | CPU throughput | % of peak |\n",
+                "| case | dispatches | CPU µs | GPU wall µs | GPU kernel µs | CPU/GPU (wall) | GPU throughput | CPU throughput | % of peak | % of peak (fastest run) |\n",
             );
-            out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for r in &self.rows {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.1} | {:.1} | {} | {:.3} | {:.3} {} | {:.3} {} | {:.1}% |",
+                    "| {} | {} | {:.1} | {:.1} | {} | {:.3} | {:.3} {} | {:.3} {} | {:.1}% | {:.1}% |",
                     r.name,
                     r.dispatches,
                     r.cpu_us,
@@ -1560,17 +1587,27 @@ impl BenchReport {
                     r.unit,
                     r.cpu_throughput,
                     r.unit,
-                    100.0 * r.fraction_of_peak
+                    100.0 * r.fraction_of_peak,
+                    100.0 * r.best_fraction_of_peak
                 );
             }
         }
         if !self.targets.is_empty() {
             out.push_str(
-                "\n## Kernel targets\n\n| check | value | target | met |\n|---|---:|---:|---|\n",
+                "\n## Kernel targets\n\n| check | medians | fastest runs | target | met (medians / fastest) |\n|---|---:|---:|---:|---|\n",
             );
+            let yes = |b: bool| if b { "yes" } else { "no" };
             for t in &self.targets {
-                let met = if t.met { "yes" } else { "no" };
-                let _ = writeln!(out, "| {} | {} | {} | {met} |", t.what, t.shown, t.target);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} / {} |",
+                    t.what,
+                    t.shown,
+                    t.best_shown,
+                    t.target,
+                    yes(t.met),
+                    yes(t.met_best)
+                );
             }
         }
         if let Some(t) = &self.training {
@@ -1647,6 +1684,7 @@ impl BenchReport {
             "cpu_throughput",
             "unit",
             "fraction_of_peak",
+            "best_fraction_of_peak",
         ])
         .map_err(err)?;
         let num = |v: f64| format!("{v}");
@@ -1664,6 +1702,7 @@ impl BenchReport {
                 num(r.cpu_throughput),
                 r.unit.to_string(),
                 num(r.fraction_of_peak),
+                num(r.best_fraction_of_peak),
             ])
             .map_err(err)?;
         }
@@ -1680,6 +1719,7 @@ impl BenchReport {
                 num(t.gpu_samples_per_s),
                 num(t.cpu_samples_per_s),
                 "samples/s".to_string(),
+                String::new(),
                 String::new(),
             ])
             .map_err(err)?;
@@ -1701,6 +1741,7 @@ impl BenchReport {
                 num(per_s(cpu)),
                 "samples/s".to_string(),
                 String::new(),
+                String::new(),
             ])
             .map_err(err)?;
         }
@@ -1718,6 +1759,7 @@ impl BenchReport {
                 num(e.gpu_samples_per_s),
                 num(e.cpu_samples_per_s),
                 "samples/s".to_string(),
+                String::new(),
                 String::new(),
             ])
             .map_err(err)?;
