@@ -716,6 +716,25 @@ fn dy_at(o: OutOrigin, kh: i32, kw: i32, back: i32, co4: u32) -> vec4<f32> {
     return select(vec4(0.0), dy_v4[at], inside);
 }
 
+// The weights of input channels ci0 .. ci0+3 (clamped to the last) for
+// output channels co4*4 .. at tap row wb: the same for every lane of
+// conv2d_backward_input_direct, shared as in w_row.
+// #if subgroups
+fn w_in_row(wb: u32, ci0: u32, lastc: u32, n4: u32, co4: u32, lane: u32) -> array<vec4<f32>, 4> {
+    let v = w_saved_v4[(wb + min(ci0 + lane % 4u, lastc)) * n4 + co4];
+    return array<vec4<f32>, 4>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u),
+                               subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+}
+// #else
+fn w_in_row(wb: u32, ci0: u32, lastc: u32, n4: u32, co4: u32, lane: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(
+        w_saved_v4[(wb + min(ci0, lastc)) * n4 + co4],
+        w_saved_v4[(wb + min(ci0 + 1u, lastc)) * n4 + co4],
+        w_saved_v4[(wb + min(ci0 + 2u, lastc)) * n4 + co4],
+        w_saved_v4[(wb + min(ci0 + 3u, lastc)) * n4 + co4]);
+}
+// #endif
+
 // acc + (dot(d, w[c]))_c for the CIB live channels.
 fn dot_acc(acc: vec4<f32>, d: vec4<f32>, w: array<vec4<f32>, 4>) -> vec4<f32> {
     if (CIB == 1u) {
@@ -757,11 +776,7 @@ fn conv2d_backward_input_direct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
         let back = kh * i32(p.out_w) + kw;
         // w[kh, kw, ci, co4*4 ..] as vec4 at ((kh*KW + kw)*Cin + ci)*n4 + co4.
         let wb = u32(kh * i32(p.k_w) + kw) * p.in_c;
-        let wv = array<vec4<f32>, 4>(
-            w_saved_v4[(wb + min(ci0, lastc)) * n4 + co4],
-            w_saved_v4[(wb + min(ci0 + 1u, lastc)) * n4 + co4],
-            w_saved_v4[(wb + min(ci0 + 2u, lastc)) * n4 + co4],
-            w_saved_v4[(wb + min(ci0 + 3u, lastc)) * n4 + co4]);
+        let wv = w_in_row(wb, ci0, lastc, n4, co4, lid.x);
         acc[0] = dot_acc(acc[0], dy_at(o[0], kh, kw, back, co4), wv);
         acc[1] = dot_acc(acc[1], dy_at(o[1], kh, kw, back, co4), wv);
         acc[2] = dot_acc(acc[2], dy_at(o[2], kh, kw, back, co4), wv);

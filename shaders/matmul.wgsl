@@ -36,6 +36,9 @@
 //               partial blocks meet in workgroup memory and each lane adds
 //               two rows of all eight in lane order (deterministic, no
 //               atomics). For small M·N with a long K (dense layers).
+//   Under LANES_N every lane reads the same rows of op(A), under LANES_M the
+//   same columns of op(B): with subgroups each lane loads a share and
+//   subgroupBroadcast hands it round ("lane sharing" below).
 //
 // matmul_tiled  (real GPUs). A 64×64 tile of C per 16×16 workgroup, each
 //   invocation 4×4 outputs, K in steps of 16 staged in workgroup memory with

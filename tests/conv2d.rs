@@ -318,10 +318,10 @@ fn conv2d_backward_input_flipped() {
     assert!(!op::flips_for_input_gradient(&strided));
 }
 
-/// The direct forward reads its weights through subgroupBroadcast where
-/// the device has subgroups (lavapipe); a context without them loads them
-/// per lane. Both paths on the direct and flipped shapes (the input
-/// gradient runs the forward kernel there).
+/// The direct forward and input-gradient kernels read their weights
+/// through subgroupBroadcast where the device has subgroups (lavapipe); a
+/// context without them loads them per lane. Both paths on the direct and
+/// flipped shapes (the flipped input gradient runs the forward kernel).
 #[test]
 fn conv2d_without_subgroups() {
     let Some(plain) = gpu_without_subgroups() else {
@@ -333,8 +333,11 @@ fn conv2d_without_subgroups() {
     {
         check_forward_on(plain, g);
     }
-    for g in flipped() {
-        check_backward_input_on(plain, &g);
+    for g in flipped().iter().chain(direct().iter().filter(|g| {
+        Conv2dVariant::for_kernel("backward_input", g) == Conv2dVariant::Direct
+            && !op::flips_for_input_gradient(g)
+    })) {
+        check_backward_input_on(plain, g);
     }
 }
 

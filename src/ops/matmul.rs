@@ -197,7 +197,8 @@ impl std::fmt::Display for MatmulVariant {
                 f,
                 "direct ({im}x{in_} outputs per invocation, {DIRECT_LANES} invocations \
                  per workgroup along N, M or K (a {tm}x{tn}, {}x{} or {im}x{in_} tile), \
-                 storage read directly, vec4 loads and stores when aligned)",
+                 storage read directly, vec4 loads and stores when aligned, values every \
+                 lane reads shared by subgroupBroadcast where the adapter shares lanes)",
                 tn,
                 tm
             ),
