@@ -16,7 +16,7 @@ fn main() {
         .unwrap_or(10);
     let ctx = GpuContext::from_env().unwrap();
     println!("adapter: {}", ctx.describe());
-    let t = training_bench(&ctx, steps).unwrap();
+    let t = training_bench(&ctx, steps).unwrap().step;
     println!(
         "cpu backend (ndarray): {:.1} ms/step, {:.0} samples/s",
         t.cpu_ms_per_step, t.cpu_samples_per_s

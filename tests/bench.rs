@@ -147,9 +147,10 @@ fn bench_times_an_experiments_own_training_step() {
     )
     .unwrap();
     assert!(report.training.is_none() && report.rows.is_empty());
-    let e = report.experiment.as_ref().expect("the experiment's step");
+    let exp = report.experiment.as_ref().expect("the experiment's step");
+    let e = &exp.step;
     assert_eq!(
-        (e.experiment.as_str(), e.batch, e.steps),
+        (exp.experiment.as_str(), e.batch, e.steps),
         ("tiny_fusion", 4, 2)
     );
     for (what, v) in [

@@ -309,13 +309,21 @@ fn conv2d_backward_input() {
 #[test]
 fn conv2d_backward_input_flipped() {
     for g in flipped() {
-        assert!(op::flips_for_input_gradient(&g), "{}", label(&g));
+        assert_eq!(
+            Conv2dVariant::for_kernel("backward_input", &g),
+            Conv2dVariant::Flipped,
+            "{}",
+            label(&g)
+        );
         check_backward_input(&g);
     }
     // The other shapes keep the gather kernels.
-    assert!(!op::flips_for_input_gradient(&seed()));
+    let flipped = |g: &Conv2dGeometry| {
+        Conv2dVariant::for_kernel("backward_input", g) == Conv2dVariant::Flipped
+    };
+    assert!(!flipped(&seed()));
     let strided = geometry([3, 11, 9, 8], 20, [3, 2], [2, 1], Padding::Same);
-    assert!(!op::flips_for_input_gradient(&strided));
+    assert!(!flipped(&strided));
 }
 
 /// The direct forward and input-gradient kernels read their weights
@@ -333,10 +341,11 @@ fn conv2d_without_subgroups() {
     {
         check_forward_on(plain, g);
     }
-    for g in flipped().iter().chain(direct().iter().filter(|g| {
-        Conv2dVariant::for_kernel("backward_input", g) == Conv2dVariant::Direct
-            && !op::flips_for_input_gradient(g)
-    })) {
+    for g in flipped().iter().chain(
+        direct()
+            .iter()
+            .filter(|g| Conv2dVariant::for_kernel("backward_input", g) == Conv2dVariant::Direct),
+    ) {
         check_backward_input_on(plain, g);
     }
 }

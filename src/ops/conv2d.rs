@@ -585,11 +585,14 @@ const DIRECT_TAPS: usize = 9;
 
 /// Which kernel family a call uses: the register-blocked `*_direct`
 /// kernels need vec4 channel rows (`Cout % 4 == 0`; the input gradient
-/// also stride 1); the others take any geometry.
+/// also stride 1); the others take any geometry. The input gradient at
+/// stride 1 with vec4 input-channel rows (`Cin % 4 == 0`) is `Flipped`:
+/// a forward conv of dy over the flipped weights (before the others).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Conv2dVariant {
     Direct,
     General,
+    Flipped,
 }
 
 impl Conv2dVariant {
@@ -598,6 +601,9 @@ impl Conv2dVariant {
     /// geometry `g`.
     pub fn for_kernel(kernel: &str, g: &Conv2dGeometry) -> Self {
         let aligned = g.out_c.is_multiple_of(4);
+        if kernel == "backward_input" && g.stride == [1, 1] && g.in_c.is_multiple_of(4) {
+            return Self::Flipped;
+        }
         let ok = match kernel {
             "backward_input" => aligned && g.stride == [1, 1],
             _ => aligned,
@@ -704,7 +710,7 @@ fn conv2d_forward_with(
 
 /// `dx += ∂(Σ dy·y)/∂x`. `dy` may be a flattened view.
 ///
-/// At stride 1 with `Cin % 4 == 0` ([`flips_for_input_gradient`]): two
+/// [`Conv2dVariant::Flipped`] (stride 1, `Cin % 4 == 0`): two
 /// dispatches, `conv2d_flip_weight` (w' = w flipped, channels swapped, into
 /// a buffer this call allocates) and `conv2d_forward_direct` accumulating
 /// `conv(dy, w')` into dx. Otherwise one gather kernel: each dx element is
@@ -721,7 +727,8 @@ pub fn conv2d_backward_input(
     expect_shape(op, "dx", &dx.shape, &g.input_shape())?;
     expect_numel(op, "dy", &dy.shape, numel(&g.output_shape()))?;
     expect_shape(op, "w", &w.shape, &g.weight_shape())?;
-    if flips_for_input_gradient(g) {
+    let variant = Conv2dVariant::for_kernel("backward_input", g);
+    if variant == Conv2dVariant::Flipped {
         let [kh, kw, cin, cout] = g.weight_shape();
         let flipped = ctx.zeros(&[kh, kw, cout, cin], crate::tensor::DType::F32)?;
         let flip = ctx.prepare(
@@ -745,13 +752,26 @@ pub fn conv2d_backward_input(
         )?;
         return Ok(vec![flip, conv]);
     }
-    Ok(vec![conv2d_backward_input_gather(ctx, dx, dy, w, g)?])
-}
-
-/// Whether [`conv2d_backward_input`] runs as a forward conv over flipped
-/// weights: stride 1 and vec4 input-channel rows.
-pub fn flips_for_input_gradient(g: &Conv2dGeometry) -> bool {
-    g.stride == [1, 1] && g.in_c.is_multiple_of(4)
+    if variant == Conv2dVariant::Direct {
+        let pixels = g.batch * g.in_h * g.in_w;
+        let (gx, gz) = fold(ctx, pixels.div_ceil(DIRECT_LANES * DIRECT_PIXELS));
+        let cib = if g.in_c == 1 { 1 } else { 4 };
+        let gy = g.in_c.div_ceil(cib) as u32;
+        return Ok(vec![ctx.prepare(
+            &BACKWARD_INPUT_DIRECT,
+            &[("CIB", cib as f64)],
+            &g.params(),
+            &[dx, dy, w],
+            Grid::Workgroups([gx, gy, gz]),
+        )?]);
+    }
+    Ok(vec![ctx.prepare(
+        &BACKWARD_INPUT,
+        &[],
+        &g.params(),
+        &[dx, dy, w],
+        pixel_grid(ctx, g.batch * g.in_h * g.in_w, g.in_c),
+    )?])
 }
 
 /// The input gradient's geometry as a forward conv (stride 1): input dy
@@ -775,36 +795,6 @@ pub fn transposed_params(g: &Conv2dGeometry) -> Conv2dParams {
         pad_left: p.k_w - 1 - p.pad_left,
         _pad: [0; 3],
     }
-}
-
-/// The gather kernels of the input gradient (any stride; `Cin % 4 != 0`).
-fn conv2d_backward_input_gather(
-    ctx: &GpuContext,
-    dx: &GpuTensor,
-    dy: &GpuTensor,
-    w: &GpuTensor,
-    g: &Conv2dGeometry,
-) -> Result<Dispatch> {
-    if Conv2dVariant::for_kernel("backward_input", g) == Conv2dVariant::Direct {
-        let pixels = g.batch * g.in_h * g.in_w;
-        let (gx, gz) = fold(ctx, pixels.div_ceil(DIRECT_LANES * DIRECT_PIXELS));
-        let cib = if g.in_c == 1 { 1 } else { 4 };
-        let gy = g.in_c.div_ceil(cib) as u32;
-        return ctx.prepare(
-            &BACKWARD_INPUT_DIRECT,
-            &[("CIB", cib as f64)],
-            &g.params(),
-            &[dx, dy, w],
-            Grid::Workgroups([gx, gy, gz]),
-        );
-    }
-    ctx.prepare(
-        &BACKWARD_INPUT,
-        &[],
-        &g.params(),
-        &[dx, dy, w],
-        pixel_grid(ctx, g.batch * g.in_h * g.in_w, g.in_c),
-    )
 }
 
 /// `dw += Σ_{n,oh,ow} x ⊗ dy`: one workgroup per block of 3 taps (kh, kw, ci)

@@ -38,7 +38,7 @@ use crate::experiment::run::Experiment;
 use crate::gpu::{Dispatch, GpuContext, GpuOptions, GpuTensor, KernelTiming};
 use crate::graph::gpu::GpuExecutor;
 use crate::graph::init::init_params;
-use crate::graph::{Batch, CpuExecutor, Executor, HostData, TrainConfig};
+use crate::graph::{Batch, CpuExecutor, Executor, Graph, HostData, NodeId, TrainConfig};
 use crate::nn::{seed_model, SeedConfig, SeedModel};
 use crate::ops::activation::*;
 use crate::ops::average::*;
@@ -1199,9 +1199,9 @@ pub struct KernelShare {
     pub dispatches: usize,
 }
 
-/// A whole training step of the seed model on both backends.
+/// One model's training step timed on both backends ([`time_step`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TrainingBench {
+pub struct StepTiming {
     pub batch: usize,
     /// Timed steps per backend (after one warm-up step).
     pub steps: usize,
@@ -1213,9 +1213,65 @@ pub struct TrainingBench {
     pub gpu_over_cpu: f64,
     pub dispatches: usize,
     pub submits: usize,
+    /// Chunks of equal tokens per chunked embedding→recurrent layer in the
+    /// last timed batch, by reader layer (empty when none is chunked).
+    pub chunks: Vec<(String, usize)>,
     /// Kernel time per kernel over one profiled step, largest first (empty
-    /// without timestamps).
+    /// without timestamps or when not asked for).
     pub kernels: Vec<KernelShare>,
+}
+
+/// Times `graph`'s training step (`batch` samples) on the CPU reference
+/// backend (f32) and on the GPU backend from the same parameters over
+/// `batches` (the first one a warm-up, see [`step_seconds`]); with
+/// `profile`, then one profiled GPU step on the first batch.
+#[allow(clippy::too_many_arguments)]
+pub fn time_step(
+    ctx: &GpuContext,
+    batch: usize,
+    graph: &Graph,
+    loss: NodeId,
+    params: &[(NodeId, Vec<f32>)],
+    config: TrainConfig,
+    batches: &[Batch],
+    profile: bool,
+) -> Result<StepTiming> {
+    let mut cpu = CpuExecutor::<f32>::new(graph, loss, params, config.clone())?;
+    let cpu_step = step_seconds(&mut cpu, batches)?;
+    let mut gpu = GpuExecutor::new(ctx, graph, loss, params, config)?;
+    let gpu_step = step_seconds(&mut gpu, batches)?;
+    let stats = gpu.step_stats();
+    let chunks = gpu
+        .chunk_counts()
+        .into_iter()
+        .map(|(id, c)| (graph.node(id).name.clone(), c))
+        .collect();
+    let kernels = if profile && ctx.has_timestamps() {
+        kernel_shares(&gpu.profile_step(&batches[0])?)
+    } else {
+        Vec::new()
+    };
+    Ok(StepTiming {
+        batch,
+        steps: batches.len() - 1,
+        cpu_ms_per_step: cpu_step * 1e3,
+        gpu_ms_per_step: gpu_step * 1e3,
+        cpu_samples_per_s: batch as f64 / cpu_step,
+        gpu_samples_per_s: batch as f64 / gpu_step,
+        gpu_over_cpu: cpu_step / gpu_step,
+        dispatches: stats.dispatches(),
+        submits: stats.submits,
+        chunks,
+        kernels,
+    })
+}
+
+/// A whole training step of the seed model on both backends.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainingBench {
+    /// On uniform random token ids, as Keras' throughput script.
+    #[serde(flatten)]
+    pub step: StepTiming,
     /// The same step on pre-padded short texts ([`padded_seed_batch`]), as
     /// the built-in synthetic set and real tweets have: the GPU executor
     /// then runs the LSTM's input projection and gradients per chunk of
@@ -1326,40 +1382,21 @@ pub fn training_bench(ctx: &GpuContext, steps: usize) -> Result<TrainingBench> {
     let c = SeedConfig::default();
     let m = seed_model(&c)?;
     let params = init_params(&m.graph, 1);
-    let batches: Vec<Batch> = (0..=steps.max(1) as u64)
-        .map(|s| seed_batch(&m, &c, s))
-        .collect();
-    let mut cpu = CpuExecutor::<f32>::new(&m.graph, m.loss, &params, TrainConfig::default())?;
-    let cpu_step = step_seconds(&mut cpu, &batches)?;
-    let mut gpu = GpuExecutor::new(ctx, &m.graph, m.loss, &params, TrainConfig::default())?;
-    let gpu_step = step_seconds(&mut gpu, &batches)?;
-    let stats = gpu.step_stats();
-    let kernels = if ctx.has_timestamps() {
-        kernel_shares(&gpu.profile_step(&batches[0])?)
-    } else {
-        Vec::new()
+    let time = |batch: fn(&SeedModel, &SeedConfig, u64) -> Batch, profile| {
+        let batches: Vec<Batch> = (0..=steps.max(1) as u64)
+            .map(|s| batch(&m, &c, s))
+            .collect();
+        let config = TrainConfig::default();
+        time_step(
+            ctx, c.batch, &m.graph, m.loss, &params, config, &batches, profile,
+        )
     };
-    let padded: Vec<Batch> = (0..=steps.max(1) as u64)
-        .map(|s| padded_seed_batch(&m, &c, s))
-        .collect();
-    let mut cpu = CpuExecutor::<f32>::new(&m.graph, m.loss, &params, TrainConfig::default())?;
-    let padded_cpu = step_seconds(&mut cpu, &padded)?;
-    let mut gpu = GpuExecutor::new(ctx, &m.graph, m.loss, &params, TrainConfig::default())?;
-    let padded_gpu = step_seconds(&mut gpu, &padded)?;
-    let b = c.batch as f64;
+    let step = time(seed_batch, true)?;
+    let padded = time(padded_seed_batch, false)?;
     Ok(TrainingBench {
-        batch: c.batch,
-        steps: batches.len() - 1,
-        cpu_ms_per_step: cpu_step * 1e3,
-        gpu_ms_per_step: gpu_step * 1e3,
-        cpu_samples_per_s: b / cpu_step,
-        gpu_samples_per_s: b / gpu_step,
-        gpu_over_cpu: cpu_step / gpu_step,
-        dispatches: stats.dispatches(),
-        submits: stats.submits,
-        kernels,
-        padded_cpu_ms_per_step: padded_cpu * 1e3,
-        padded_gpu_ms_per_step: padded_gpu * 1e3,
+        step,
+        padded_cpu_ms_per_step: padded.cpu_ms_per_step,
+        padded_gpu_ms_per_step: padded.gpu_ms_per_step,
     })
 }
 
@@ -1368,21 +1405,8 @@ pub fn training_bench(ctx: &GpuContext, steps: usize) -> Result<TrainingBench> {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ExperimentStep {
     pub experiment: String,
-    pub batch: usize,
-    /// Timed steps per backend (after one warm-up step).
-    pub steps: usize,
-    pub cpu_ms_per_step: f64,
-    pub gpu_ms_per_step: f64,
-    pub cpu_samples_per_s: f64,
-    pub gpu_samples_per_s: f64,
-    pub dispatches: usize,
-    pub submits: usize,
-    /// Chunks of equal tokens per chunked embedding→recurrent layer in the
-    /// last timed batch, by reader layer (empty when none is chunked).
-    pub chunks: Vec<(String, usize)>,
-    /// Kernel time per kernel over one profiled step, largest first (empty
-    /// without timestamps).
-    pub kernels: Vec<KernelShare>,
+    #[serde(flatten)]
+    pub step: StepTiming,
 }
 
 /// `steps` timed training steps of `exp`'s model on its first batches
@@ -1400,34 +1424,18 @@ pub fn experiment_step_bench(
         .collect::<Result<Vec<Batch>>>()?;
     let (graph, loss) = (&p.model.graph, p.model.loss);
     let config = train_config(&exp.training);
-    let mut cpu = CpuExecutor::<f32>::new(graph, loss, &p.params, config.clone())?;
-    let cpu_step = step_seconds(&mut cpu, &batches)?;
-    let mut gpu = GpuExecutor::new(ctx, graph, loss, &p.params, config)?;
-    let gpu_step = step_seconds(&mut gpu, &batches)?;
-    let stats = gpu.step_stats();
-    let chunks = gpu
-        .chunk_counts()
-        .into_iter()
-        .map(|(id, c)| (graph.node(id).name.clone(), c))
-        .collect();
-    let kernels = if ctx.has_timestamps() {
-        kernel_shares(&gpu.profile_step(&batches[0])?)
-    } else {
-        Vec::new()
-    };
-    let b = p.batch_size() as f64;
     Ok(ExperimentStep {
         experiment: exp.name.clone(),
-        batch: p.batch_size(),
-        steps: batches.len() - 1,
-        cpu_ms_per_step: cpu_step * 1e3,
-        gpu_ms_per_step: gpu_step * 1e3,
-        cpu_samples_per_s: b / cpu_step,
-        gpu_samples_per_s: b / gpu_step,
-        dispatches: stats.dispatches(),
-        submits: stats.submits,
-        chunks,
-        kernels,
+        step: time_step(
+            ctx,
+            p.batch_size(),
+            graph,
+            loss,
+            &p.params,
+            config,
+            &batches,
+            true,
+        )?,
     })
 }
 
@@ -1610,7 +1618,8 @@ impl BenchReport {
                 );
             }
         }
-        if let Some(t) = &self.training {
+        if let Some(tb) = &self.training {
+            let t = &tb.step;
             let per_s = |ms: f64| t.batch as f64 / (ms * 1e-3);
             step_table(
                 &mut out,
@@ -1621,8 +1630,8 @@ impl BenchReport {
                 &[
                     ("CPU reference (ndarray, f32)", t.cpu_ms_per_step),
                     ("GPU (wgpu)", t.gpu_ms_per_step),
-                    ("CPU reference, pre-padded texts", t.padded_cpu_ms_per_step),
-                    ("GPU (wgpu), pre-padded texts", t.padded_gpu_ms_per_step),
+                    ("CPU reference, pre-padded texts", tb.padded_cpu_ms_per_step),
+                    ("GPU (wgpu), pre-padded texts", tb.padded_gpu_ms_per_step),
                 ],
                 per_s,
             );
@@ -1638,12 +1647,13 @@ impl BenchReport {
             );
             kernel_share_table(&mut out, &t.kernels);
         }
-        if let Some(e) = &self.experiment {
+        if let Some(exp) = &self.experiment {
+            let e = &exp.step;
             step_table(
                 &mut out,
                 &format!(
                     "Training step of {} (its own batches: batch {}, {} timed steps)",
-                    e.experiment, e.batch, e.steps
+                    exp.experiment, e.batch, e.steps
                 ),
                 &[
                     ("CPU reference (ndarray, f32)", e.cpu_ms_per_step),
@@ -1706,7 +1716,8 @@ impl BenchReport {
             ])
             .map_err(err)?;
         }
-        if let Some(t) = &self.training {
+        if let Some(tb) = &self.training {
+            let t = &tb.step;
             w.write_record([
                 "train_step".to_string(),
                 format!("seed model training step, batch {}", t.batch),
@@ -1723,7 +1734,7 @@ impl BenchReport {
                 String::new(),
             ])
             .map_err(err)?;
-            let (cpu, gpu) = (t.padded_cpu_ms_per_step, t.padded_gpu_ms_per_step);
+            let (cpu, gpu) = (tb.padded_cpu_ms_per_step, tb.padded_gpu_ms_per_step);
             let per_s = |ms: f64| t.batch as f64 / (ms * 1e-3);
             w.write_record([
                 "train_step".to_string(),
@@ -1745,11 +1756,12 @@ impl BenchReport {
             ])
             .map_err(err)?;
         }
-        if let Some(e) = &self.experiment {
+        if let Some(exp) = &self.experiment {
+            let e = &exp.step;
             let (cpu, gpu) = (e.cpu_ms_per_step, e.gpu_ms_per_step);
             w.write_record([
                 "train_step".to_string(),
-                format!("{} training step, batch {}", e.experiment, e.batch),
+                format!("{} training step, batch {}", exp.experiment, e.batch),
                 String::new(),
                 e.dispatches.to_string(),
                 num(cpu * 1e3),
