@@ -54,6 +54,11 @@ fn pre_padded_tokens(c: &SeedConfig, pads: &[usize], seed: u64) -> Vec<u32> {
 }
 
 fn seed_batch(m: &SeedModel, c: &SeedConfig, seed: u64) -> Batch {
+    seed_batch_padded(m, c, seed, &[0, 2, 5])
+}
+
+/// [`seed_batch`] with sample b pre-padded by `pads[b % pads.len()]`.
+fn seed_batch_padded(m: &SeedModel, c: &SeedConfig, seed: u64, pads: &[usize]) -> Batch {
     let [h, w, ch] = c.image;
     let images = random(&[c.batch, h, w, ch], seed)
         .into_raw_vec_and_offset()
@@ -61,7 +66,7 @@ fn seed_batch(m: &SeedModel, c: &SeedConfig, seed: u64) -> Batch {
     Batch::new()
         .with(
             m.tokens,
-            HostData::U32(pre_padded_tokens(c, &[0, 2, 5], seed + 1)),
+            HostData::U32(pre_padded_tokens(c, pads, seed + 1)),
         )
         .with(m.images, HostData::F32(images))
         .with(
@@ -110,6 +115,57 @@ fn seed_gradients_match_finite_differences(mask_padding: bool) {
         let table = m.graph.expect_id("embedding.embeddings").unwrap();
         let dtable = exec.grad(table).unwrap();
         assert!(dtable.index_axis(Axis(0), 0).iter().all(|&v| v == 0.0));
+    }
+}
+
+/// Every sample padded by at least 3: the LSTM runs the first 3 steps once
+/// for the batch (`ops::recurrent::shared_steps`), by default. The
+/// parameter gradients still match finite differences, and match those of
+/// `per_position_gradients` (every step for every sample), whose embedding
+/// output gradient is per position where the default's sums the shared
+/// steps into sample 0's row.
+#[test]
+fn shared_padding_steps_keep_the_gradients() {
+    for mask_padding in [false, true] {
+        let c = small_seed(mask_padding);
+        let m = seed_model(&c).unwrap();
+        let params = init_params(&m.graph, 12);
+        let batch = seed_batch_padded(&m, &c, 6, &[3, 5, 4]);
+        let new = || CpuExecutor::<f64>::new(&m.graph, m.loss, &params, TrainConfig::default());
+        let mut shared = new().unwrap();
+        check_gradients(&mut shared, &m.graph, &batch);
+        let mut each = new().unwrap().per_position_gradients();
+        let loss = each.run_gradients(&batch).unwrap();
+        assert_close_f64(
+            "loss",
+            &ArrayD::from_elem(IxDyn(&[]), shared.run_gradients(&batch).unwrap()),
+            &ArrayD::from_elem(IxDyn(&[]), loss),
+            1e-14,
+            0.0,
+        );
+        for p in m.graph.params() {
+            let name = m.graph.node(p).name.clone();
+            let (a, b) = (shared.grad(p).unwrap(), each.grad(p).unwrap());
+            assert_close_f64(&name, a, b, 1e-12, 1e-15);
+        }
+        if mask_padding {
+            // Masked padding passes no gradient either way.
+            continue;
+        }
+        let embedded = m.graph.expect_id("embedding").unwrap();
+        let (a, b) = (shared.grad(embedded).unwrap(), each.grad(embedded).unwrap());
+        let step0 = |g: &ArrayD<f64>| g.index_axis(Axis(0), 0).to_owned();
+        let (a0, b0) = (step0(a), step0(b));
+        assert!(a0.slice(s![1.., ..]).iter().all(|&v| v == 0.0));
+        assert!(b0.slice(s![1.., ..]).iter().any(|&v| v != 0.0));
+        let sum = b0.sum_axis(Axis(0));
+        assert_close_f64(
+            "step 0 summed",
+            &a0.index_axis(Axis(0), 0).to_owned().into_dyn(),
+            &sum.into_dyn(),
+            1e-12,
+            1e-15,
+        );
     }
 }
 

@@ -57,6 +57,33 @@ impl TestCell for LstmState {
         lstm_backward_cpu(grads, dh_seq, states, x, w, u, mask)
     }
 
+    fn forward_shared_cpu<A: NdFloat>(
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        b: &ArrayView1<A>,
+        mask: Option<&ArrayView2<bool>>,
+        shared: usize,
+    ) -> (LstmStates<A>, usize) {
+        let states = lstm_forward_shared_cpu(x, w, u, b, mask, shared);
+        let shared = states.shared;
+        (states, shared)
+    }
+
+    fn backward_shared_cpu<A: NdFloat>(
+        grads: &mut RecurrentCpuGrads<A>,
+        dh_seq: &ArrayView3<A>,
+        states: &LstmStates<A>,
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        mask: Option<&ArrayView2<bool>>,
+        shared: usize,
+    ) {
+        assert_eq!(states.shared, shared, "the states record the shared steps");
+        lstm_backward_cpu(grads, dh_seq, states, x, w, u, mask)
+    }
+
     fn backward_naive_cpu<A: NdFloat>(
         grads: &mut RecurrentCpuGrads<A>,
         dh_seq: &ArrayView3<A>,
@@ -93,6 +120,7 @@ impl TestCell for LstmState {
             gates: f(&s.gates),
             c_all: f(&s.c_all),
             h_all: f(&s.h_all),
+            shared: s.shared,
         }
     }
 }
@@ -457,6 +485,11 @@ fn lstm_cpu_masked_steps_match_naive() {
 #[test]
 fn lstm_cpu_fast_matches_naive() {
     fast_matches_naive_cases::<C>();
+}
+
+#[test]
+fn lstm_cpu_shared_steps_match_naive() {
+    shared_steps_match_naive::<C>();
 }
 
 #[test]

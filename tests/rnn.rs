@@ -58,6 +58,30 @@ impl TestCell for RnnState {
         rnn_backward_cpu(grads, dh_seq, &h_all.view(), x, w, u, mask)
     }
 
+    fn forward_shared_cpu<A: NdFloat>(
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        b: &ArrayView1<A>,
+        mask: Option<&ArrayView2<bool>>,
+        shared: usize,
+    ) -> (Array3<A>, usize) {
+        rnn_forward_shared_cpu(x, w, u, b, mask, shared)
+    }
+
+    fn backward_shared_cpu<A: NdFloat>(
+        grads: &mut RecurrentCpuGrads<A>,
+        dh_seq: &ArrayView3<A>,
+        h_all: &Array3<A>,
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        mask: Option<&ArrayView2<bool>>,
+        shared: usize,
+    ) {
+        rnn_backward_shared_cpu(grads, dh_seq, &h_all.view(), x, w, u, mask, shared)
+    }
+
     fn backward_naive_cpu<A: NdFloat>(
         grads: &mut RecurrentCpuGrads<A>,
         dh_seq: &ArrayView3<A>,
@@ -296,6 +320,11 @@ fn rnn_cpu_masked_steps_match_naive() {
 #[test]
 fn rnn_cpu_fast_matches_naive() {
     fast_matches_naive_cases::<C>();
+}
+
+#[test]
+fn rnn_cpu_shared_steps_match_naive() {
+    shared_steps_match_naive::<C>();
 }
 
 #[test]

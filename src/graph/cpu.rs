@@ -14,6 +14,12 @@
 //!   add `+=`), so a value used twice gets the sum. Values the backward
 //!   needs (LSTM/RNN states and masks, maxpool argmax, softmax
 //!   probabilities) are kept from the forward.
+//! - A recurrent layer reading an embedding runs the leading steps at
+//!   which every sample of the batch holds the same token (the padding of
+//!   pre-padded texts) once for the whole batch (`ops::recurrent::
+//!   shared_steps`); the embedding's gradient then sums those steps over
+//!   the samples (the table's gradient is the same).
+//!   [`CpuExecutor::per_position_gradients`] turns it off (shadow, saliency).
 //! - [`CpuExecutor::with_input_gradients`] adds f32 inputs (e.g. the
 //!   image) to the backward: their gradients are read with
 //!   [`CpuExecutor::grad`] (saliency); without it inputs get none.
@@ -47,15 +53,15 @@ use crate::ops::conv2d::{
 };
 use crate::ops::dropout::{dropout_backward_cpu, dropout_forward_cpu, Dropout};
 use crate::ops::embedding::{embedding_backward_cpu, embedding_forward_cpu};
-use crate::ops::lstm::{lstm_backward_cpu, lstm_forward_cpu, LstmStates};
+use crate::ops::lstm::{lstm_backward_cpu, lstm_forward_shared_cpu, LstmStates};
 use crate::ops::matmul::{matmul_backward_cpu, matmul_cpu, Layout};
 use crate::ops::pool2d::{
     avgpool_backward_cpu, avgpool_forward_cpu, maxpool_backward_cpu, maxpool_forward_cpu,
     Pool2dGeometry,
 };
-use crate::ops::recurrent::RecurrentCpuGrads;
+use crate::ops::recurrent::{shared_steps, RecurrentCpuGrads};
 use crate::ops::reduce::{accuracy_count_cpu, reduce_sum_cpu};
-use crate::ops::rnn::{rnn_backward_cpu, rnn_forward_cpu};
+use crate::ops::rnn::{rnn_backward_shared_cpu, rnn_forward_shared_cpu};
 use crate::ops::softmax_cross_entropy::{
     softmax_cross_entropy_backward_cpu, softmax_cross_entropy_forward_cpu, softmax_forward_cpu,
     weighted_softmax_cross_entropy_backward_cpu, weighted_softmax_cross_entropy_forward_cpu,
@@ -76,6 +82,8 @@ enum Saved<A> {
     Rnn {
         h_all: Array3<A>,
         mask: Option<Array2<bool>>,
+        /// The leading steps run once for the whole batch.
+        shared: usize,
     },
     MaxPool(Array4<u32>),
     Probs(Array2<A>),
@@ -143,6 +151,10 @@ pub struct CpuExecutor<A: NdFloat> {
     training: Option<u32>,
     /// Per-node wall times of the last run, when recording.
     times: Option<Vec<CpuTiming>>,
+    /// Whether a recurrent layer reading an embedding runs the leading
+    /// steps where every sample holds the same token once (see
+    /// [`CpuExecutor::per_position_gradients`]).
+    share_steps: bool,
 }
 
 impl<A: NdFloat> Slot<A> {
@@ -383,6 +395,7 @@ impl<A: NdFloat> CpuExecutor<A> {
             correct: 0,
             training: None,
             times: None,
+            share_steps: true,
         };
         exec.loss_order = exec.needed(loss);
         Ok(exec)
@@ -404,6 +417,17 @@ impl<A: NdFloat> CpuExecutor<A> {
         }
         let v: Vec<A> = data.iter().map(|&x| cast(x)).collect();
         Ok(ArrayD::from_shape_vec(IxDyn(&node.value.shape), v).expect("length checked"))
+    }
+
+    /// Runs every recurrent step for every sample, so that the gradient of
+    /// an embedding feeding a recurrent layer is per position (for
+    /// [`CpuExecutor::grad`]). By default, the leading steps at which every
+    /// sample holds the same token (pre-padding) run once for the whole
+    /// batch, and the embedding's gradient at each such step is the sum over
+    /// the samples, in sample 0's row: the table's gradient is the same.
+    pub fn per_position_gradients(mut self) -> Self {
+        self.share_steps = false;
+        self
     }
 
     /// Also computes, on every backward, the gradient of the loss with
@@ -574,6 +598,21 @@ impl<A: NdFloat> CpuExecutor<A> {
         Ok(())
     }
 
+    /// The leading steps a recurrent layer reading `x` runs once for the
+    /// whole batch: where `x` is an embedding, the steps at which every
+    /// sample holds the same token (`ops::recurrent::shared_steps`: the
+    /// padding of pre-padded texts), unless per-position gradients were
+    /// asked for.
+    fn shared_steps(&self, x: NodeId) -> usize {
+        let node = self.graph.node(x);
+        match (&node.op, node.value.shape.as_slice()) {
+            (Op::Embedding { .. }, &[steps, batch, _]) if self.share_steps => {
+                shared_steps(&self.ids[node.inputs[1].0], steps, batch)
+            }
+            _ => 0,
+        }
+    }
+
     fn val(&self, id: NodeId) -> &ArrayD<A> {
         self.values[id.0]
             .as_ref()
@@ -599,12 +638,13 @@ impl<A: NdFloat> CpuExecutor<A> {
                 let mask = masked.then(|| {
                     mask_from_ids(&self.ids[ins[4].0], &self.graph.node(ins[4]).value.shape)
                 });
-                let states = lstm_forward_cpu(
+                let states = lstm_forward_shared_cpu(
                     &as3(self.val(ins[0])),
                     &as2(self.val(ins[1])),
                     &as2(self.val(ins[2])),
                     &as1(self.val(ins[3])),
                     mask.as_ref().map(|m| m.view()).as_ref(),
+                    self.shared_steps(ins[0]),
                 );
                 let y = recurrent_output(&states.h_all, *return_sequences);
                 (y, Saved::Lstm { states, mask })
@@ -616,15 +656,23 @@ impl<A: NdFloat> CpuExecutor<A> {
                 let mask = masked.then(|| {
                     mask_from_ids(&self.ids[ins[4].0], &self.graph.node(ins[4]).value.shape)
                 });
-                let h_all = rnn_forward_cpu(
+                let (h_all, shared) = rnn_forward_shared_cpu(
                     &as3(self.val(ins[0])),
                     &as2(self.val(ins[1])),
                     &as2(self.val(ins[2])),
                     &as1(self.val(ins[3])),
                     mask.as_ref().map(|m| m.view()).as_ref(),
+                    self.shared_steps(ins[0]),
                 );
                 let y = recurrent_output(&h_all, *return_sequences);
-                (y, Saved::Rnn { h_all, mask })
+                (
+                    y,
+                    Saved::Rnn {
+                        h_all,
+                        mask,
+                        shared,
+                    },
+                )
             }
             Op::Conv2d { .. } => {
                 let g = conv_geometry(&self.graph, ins[0], ins[1], &node.op)?;
@@ -820,7 +868,11 @@ impl<A: NdFloat> CpuExecutor<A> {
                         &u,
                         mask.as_ref().map(|m| m.view()).as_ref(),
                     ),
-                    Saved::Rnn { h_all, mask } => rnn_backward_cpu(
+                    Saved::Rnn {
+                        h_all,
+                        mask,
+                        shared,
+                    } => rnn_backward_shared_cpu(
                         &mut g,
                         &dh_seq,
                         &h_all.view(),
@@ -828,6 +880,7 @@ impl<A: NdFloat> CpuExecutor<A> {
                         &w,
                         &u,
                         mask.as_ref().map(|m| m.view()).as_ref(),
+                        *shared,
                     ),
                     _ => unreachable!("the recurrent forward saves its states"),
                 }

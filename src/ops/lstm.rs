@@ -43,7 +43,8 @@
 //! `T*B` rows; per step only `h_{t-1}·U` or `dz_t·Uᵀ` and the gates, in
 //! place on contiguous rows; the weight gradients as single products after
 //! the reverse loop), with the two halves of a batch of at least
-//! `CPU_SPLIT_MIN_BATCH` samples on two threads. [`lstm_forward_naive_cpu`] and
+//! `CPU_SPLIT_MIN_BATCH` samples on two threads, and the leading steps every
+//! sample shares (pre-padding) run once ([`lstm_forward_shared_cpu`]). [`lstm_forward_naive_cpu`] and
 //! [`lstm_backward_naive_cpu`] spell the same computation step by step with
 //! the cell functions; tests/lstm.rs holds the fast ones to them.
 
@@ -272,7 +273,24 @@ pub fn lstm_forward_cpu<A: NdFloat>(
     b: &ArrayView1<A>,
     mask: Option<&ArrayView2<bool>>,
 ) -> LstmStates<A> {
-    recurrent_forward_cpu::<LstmState, A>(x, w, u, b, mask)
+    lstm_forward_shared_cpu(x, w, u, b, mask, 0)
+}
+
+/// [`lstm_forward_cpu`] with up to `shared` leading steps run once for the
+/// whole batch, where every sample's input row (and mask) is the same
+/// (pre-padded texts: `ops::recurrent::shared_steps` of the token ids);
+/// the states record how many ([`LstmStates::shared`]) and
+/// [`lstm_backward_cpu`] follows them (see `recurrent_backward_cpu` for
+/// what dx of those steps then holds).
+pub fn lstm_forward_shared_cpu<A: NdFloat>(
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    mask: Option<&ArrayView2<bool>>,
+    shared: usize,
+) -> LstmStates<A> {
+    recurrent_forward_cpu::<LstmState, A>(x, w, u, b, mask, shared)
 }
 
 /// [`lstm_forward_cpu`] spelled step by step with [`lstm_cell_forward_cpu`]:

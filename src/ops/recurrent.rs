@@ -215,33 +215,71 @@ impl<A: NdFloat> RecurrentCpuGrads<A> {
 
     /// Accumulates the gradients that follow from dz of every step at once
     /// (`T·B` rows): `dW += Xᵀ·dZ`, `dU += H_{0..T-1}ᵀ·dZ`, `db += Σ dZ`,
-    /// `dx += dZ·Wᵀ`; `h_prev` `[T,B,H]` holds h_{t-1} of every step. dU
-    /// (the largest product) runs on a second thread; each product is
-    /// computed whole by one thread, so the split changes no bits.
+    /// `dx += dZ·Wᵀ`; `h_prev` `[T,B,H]` holds h_{t-1} of every step. The
+    /// first `shared` steps count once, with sample 0's rows (see
+    /// [`recurrent_backward_cpu`]): their other rows of dx stay as they are.
     pub(crate) fn add_from_dz(
         &mut self,
         dz: &ArrayView3<A>,
         x: &ArrayView3<A>,
         h_prev: &ArrayView3<A>,
         w: &ArrayView2<A>,
+        shared: usize,
     ) {
-        let one = A::one();
-        let dz = step_rows(dz);
         standard(&mut self.dx);
         let Self { dx, dw, du, db } = self;
-        std::thread::scope(|s| {
-            s.spawn(|| general_mat_mul(one, &step_rows(h_prev).t(), &dz, one, du));
-            general_mat_mul(one, &step_rows(x).t(), &dz, one, dw);
-            // Σ over the rows in order, then added (as `sum_axis(Axis(0))`,
-            // whose lane-by-lane walk was 10x slower than these row adds).
-            let mut sum = Array1::zeros(db.len());
-            for row in dz.rows() {
-                sum += &row;
-            }
-            *db += &sum;
-            general_mat_mul(one, &dz, &w.t(), one, &mut step_rows_mut(dx.view_mut()));
-        });
+        let rest = s![shared.., .., ..];
+        let (dz_rest, x_rest, h_rest) = (dz.slice(rest), x.slice(rest), h_prev.slice(rest));
+        add_rows(
+            [dw, du],
+            db,
+            &step_rows(&dz_rest).view(),
+            &step_rows(&x_rest).view(),
+            &step_rows(&h_rest).view(),
+            w,
+            &mut step_rows_mut(dx.slice_mut(rest)),
+        );
+        if shared > 0 {
+            let first = s![..shared, 0, ..];
+            add_rows(
+                [dw, du],
+                db,
+                &dz.slice(first),
+                &x.slice(first),
+                &h_prev.slice(first),
+                w,
+                &mut dx.slice_mut(first),
+            );
+        }
     }
+}
+
+/// [`RecurrentCpuGrads::add_from_dz`] over rows: dz `[N,G]`, x `[N,D]`,
+/// h_prev `[N,H]`, dx `[N,D]`. dU (the largest product) runs on a second
+/// thread; each product is computed whole by one thread, so the split
+/// changes no bits.
+fn add_rows<A: NdFloat>(
+    [dw, du]: [&mut Array2<A>; 2],
+    db: &mut Array1<A>,
+    dz: &ArrayView2<A>,
+    x: &ArrayView2<A>,
+    h_prev: &ArrayView2<A>,
+    w: &ArrayView2<A>,
+    dx: &mut ArrayViewMut2<A>,
+) {
+    let one = A::one();
+    std::thread::scope(|s| {
+        s.spawn(|| general_mat_mul(one, &h_prev.t(), dz, one, du));
+        general_mat_mul(one, &x.t(), dz, one, dw);
+        // Σ over the rows in order, then added (as `sum_axis(Axis(0))`,
+        // whose lane-by-lane walk was 10x slower than these row adds).
+        let mut sum = Array1::zeros(db.len());
+        for row in dz.rows() {
+            sum += &row;
+        }
+        *db += &sum;
+        general_mat_mul(one, dz, &w.t(), one, dx);
+    });
 }
 
 // ---------------------------------------------------------------- CPU references
@@ -313,6 +351,10 @@ pub struct RecurrentStates<A> {
     pub gates: Array3<A>,
     pub c_all: Array3<A>,
     pub h_all: Array3<A>,
+    /// The leading steps every sample shared, run once for sample 0
+    /// ([`recurrent_forward_cpu`]): their activations are in sample 0's rows
+    /// only (the other rows are 0); h_all and c_all are complete.
+    pub shared: usize,
 }
 
 /// What the CPU backward reads of forward's states (see
@@ -321,6 +363,8 @@ pub(crate) struct RecurrentSaved<'a, A> {
     pub gates: ArrayView3<'a, A>,
     pub c_all: ArrayView3<'a, A>,
     pub h_all: ArrayView3<'a, A>,
+    /// [`RecurrentStates::shared`].
+    pub shared: usize,
 }
 
 impl<A> RecurrentStates<A> {
@@ -329,6 +373,7 @@ impl<A> RecurrentStates<A> {
             gates: self.gates.view(),
             c_all: self.c_all.view(),
             h_all: self.h_all.view(),
+            shared: self.shared,
         }
     }
 }
@@ -350,6 +395,41 @@ impl_split_batch!(ForwardGroup {
     mask
 });
 
+/// The leading steps, at most `steps`, at which every sample of a
+/// time-major `[T,B]` batch of token ids holds the same token (pre-padding:
+/// the padding id until the longest text of the batch starts); 0 for a
+/// batch of one.
+pub fn shared_steps(ids: &[u32], steps: usize, batch: usize) -> usize {
+    if batch < 2 {
+        return 0;
+    }
+    ids.chunks_exact(batch)
+        .take(steps)
+        .take_while(|row| row.iter().all(|&v| v == row[0]))
+        .count()
+}
+
+/// How many of the first `claimed` steps have the same input row and mask
+/// for every sample of x `[T,B,D]` (0 for a batch of one).
+fn identical_steps<A: NdFloat>(
+    x: &ArrayView3<A>,
+    mask: Option<&ArrayView2<bool>>,
+    claimed: usize,
+) -> usize {
+    let (steps, batch, _) = x.dim();
+    if batch < 2 {
+        return 0;
+    }
+    (0..claimed.min(steps))
+        .take_while(|&t| {
+            let x_t = x.index_axis(Axis(0), t);
+            let first = x_t.index_axis(Axis(0), 0);
+            x_t.outer_iter().all(|row| row == first)
+                && mask.is_none_or(|m| m.row(t).iter().all(|&v| v == m[[t, 0]]))
+        })
+        .count()
+}
+
 /// The whole sequence forward: x `[T,B,D]`, mask `[T,B]` (true = real
 /// step).
 ///
@@ -359,30 +439,79 @@ impl_split_batch!(ForwardGroup {
 /// contiguous rows, allocating nothing. The two halves of a large batch run
 /// at once ([`on_batch_halves`]). [`recurrent_forward_naive_cpu`] is the
 /// same computation step by step, with the same arithmetic.
+///
+/// `shared` (at most; the steps are checked, see [`identical_steps`])
+/// leading steps whose input rows and mask are the same for every sample
+/// (pre-padded texts without a mask: [`shared_steps`]) have the same state
+/// in every sample, so they run once, for sample 0 (one row of the
+/// projection, one-row products), and the state after them is copied into
+/// every sample: the recurrence then costs `T - shared` batch steps.
 pub(crate) fn recurrent_forward_cpu<C: CpuCell, A: NdFloat>(
     x: &ArrayView3<A>,
     w: &ArrayView2<A>,
     u: &ArrayView2<A>,
     b: &ArrayView1<A>,
     mask: Option<&ArrayView2<bool>>,
+    shared: usize,
 ) -> RecurrentStates<A> {
     let (steps, batch, _) = x.dim();
     let hidden = u.nrows();
-    let mut states = RecurrentStates {
-        gates: step_rows(x)
+    let width = C::GATES * hidden;
+    let shared = identical_steps(x, mask, shared);
+    let gates = if shared == 0 {
+        step_rows(x)
             .dot(w)
-            .into_shape_with_order((steps, batch, C::GATES * hidden))
-            .expect("T·B rows"),
+            .into_shape_with_order((steps, batch, width))
+            .expect("T·B rows")
+    } else {
+        let mut gates = Array3::zeros((steps, batch, width));
+        let rest = s![shared.., .., ..];
+        general_mat_mul(
+            A::one(),
+            &step_rows(&x.slice(rest)),
+            w,
+            A::zero(),
+            &mut step_rows_mut(gates.slice_mut(rest)),
+        );
+        let first = s![..shared, 0, ..];
+        general_mat_mul(
+            A::one(),
+            &x.slice(first),
+            w,
+            A::zero(),
+            &mut gates.slice_mut(first),
+        );
+        gates
+    };
+    let mut states = RecurrentStates {
+        gates,
         c_all: Array3::zeros((steps + 1, batch, C::CELL_STATE * hidden)),
         h_all: Array3::zeros((steps + 1, batch, hidden)),
+        shared,
     };
     let b = b.as_standard_layout();
     let b = b.as_slice().expect("standard layout");
+    if shared > 0 {
+        let sample0 = ForwardGroup {
+            gates: states.gates.slice_mut(s![..shared, ..1, ..]),
+            c_all: states.c_all.slice_mut(s![..=shared, ..1, ..]),
+            h_all: states.h_all.slice_mut(s![..=shared, ..1, ..]),
+            mask: mask.map(|m| m.slice(s![..shared, ..1])),
+        };
+        forward_group::<C, A>(sample0, u, b);
+        for states in [&mut states.c_all, &mut states.h_all] {
+            let (first, mut rest) = states
+                .slice_mut(s![1..=shared, .., ..])
+                .split_at(Axis(1), 1);
+            let dim = rest.dim();
+            rest.assign(&first.broadcast(dim).expect("one sample"));
+        }
+    }
     let group = ForwardGroup {
-        gates: states.gates.view_mut(),
-        c_all: states.c_all.view_mut(),
-        h_all: states.h_all.view_mut(),
-        mask: mask.map(|m| m.view()),
+        gates: states.gates.slice_mut(s![shared.., .., ..]),
+        c_all: states.c_all.slice_mut(s![shared.., .., ..]),
+        h_all: states.h_all.slice_mut(s![shared.., .., ..]),
+        mask: mask.map(|m| m.slice(s![shared.., ..])),
     };
     on_batch_halves(batch, group, ForwardGroup::split, |g| {
         forward_group::<C, A>(g, u, b)
@@ -467,6 +596,7 @@ pub(crate) fn recurrent_forward_naive_cpu<C: CpuCell, A: NdFloat>(
         gates: Array3::zeros((steps, batch, C::GATES * hidden)),
         c_all: Array3::zeros((steps + 1, batch, C::CELL_STATE * hidden)),
         h_all: Array3::zeros((steps + 1, batch, hidden)),
+        shared: 0,
     };
     for t in 0..steps {
         let h_prev = states.h_all.index_axis(Axis(0), t).to_owned();
@@ -496,6 +626,10 @@ struct BackwardGroup<'a, A> {
     gates: ArrayView3<'a, A>,
     c_all: ArrayView3<'a, A>,
     mask: Option<ArrayView2<'a, bool>>,
+    /// `[1,b,H]` and `[1,b,C·H]`: the gradient of the state after the last
+    /// step on entry, of the initial state on return.
+    dh: ArrayViewMut3<'a, A>,
+    dc: ArrayViewMut3<'a, A>,
 }
 
 impl_split_batch!(BackwardGroup {
@@ -503,7 +637,9 @@ impl_split_batch!(BackwardGroup {
     dh_seq,
     gates,
     c_all,
-    mask
+    mask,
+    dh,
+    dc
 });
 
 /// Accumulates the gradients of the whole sequence into `grads`. `dh_seq`
@@ -517,6 +653,15 @@ impl_split_batch!(BackwardGroup {
 /// products ([`RecurrentCpuGrads`]). [`recurrent_backward_naive_cpu`] is
 /// the same computation step by step (its sums over steps run in another
 /// order).
+///
+/// `saved.shared` is the forward's [`RecurrentStates::shared`]: those leading
+/// steps run back once, for sample 0, from the sum over the samples of the
+/// gradient of the state after them (and of each shared h_t), so their dz
+/// is the samples' sum in sample 0's rows; the weight gradients are the
+/// same, and dx of a shared step is the whole gradient of its one input
+/// row, in sample 0's row (the other samples' rows get nothing): right for
+/// an embedding whose shared steps hold one token ([`shared_steps`]), whose
+/// table gradient sums the rows of each token.
 pub(crate) fn recurrent_backward_cpu<C: CpuCell, A: NdFloat>(
     grads: &mut RecurrentCpuGrads<A>,
     dh_seq: &ArrayView3<A>,
@@ -528,22 +673,46 @@ pub(crate) fn recurrent_backward_cpu<C: CpuCell, A: NdFloat>(
 ) {
     let (steps, batch, _) = x.dim();
     let hidden = u.nrows();
+    let shared = saved.shared;
     let mut dz = Array3::zeros((steps, batch, C::GATES * hidden));
     let dh_seq = dh_seq.as_standard_layout();
     let gates = saved.gates.as_standard_layout();
     let c_all = saved.c_all.as_standard_layout();
+    let mut dh = Array3::zeros((1, batch, hidden));
+    let mut dc = Array3::zeros((1, batch, C::CELL_STATE * hidden));
+    let rest = s![shared.., .., ..];
     let group = BackwardGroup {
-        dz: dz.view_mut(),
-        dh_seq: dh_seq.view(),
-        gates: gates.view(),
-        c_all: c_all.view(),
-        mask: mask.map(|m| m.view()),
+        dz: dz.slice_mut(rest),
+        dh_seq: dh_seq.slice(rest),
+        gates: gates.slice(rest),
+        c_all: c_all.slice(rest),
+        mask: mask.map(|m| m.slice(s![shared.., ..])),
+        dh: dh.view_mut(),
+        dc: dc.view_mut(),
     };
     on_batch_halves(batch, group, BackwardGroup::split, |g| {
         backward_group::<C, A>(g, u)
     });
+    if shared > 0 {
+        // The shared steps' state is every sample's: its gradient is the
+        // sum over the samples (backward is linear in it), and so is the
+        // incoming gradient of each shared h_t.
+        let sum = |a: ArrayView3<A>| a.sum_axis(Axis(1)).insert_axis(Axis(1));
+        let (mut dh, mut dc) = (sum(dh.view()), sum(dc.view()));
+        let dh_seq = sum(dh_seq.slice(s![..shared, .., ..]));
+        let sample0 = BackwardGroup {
+            dz: dz.slice_mut(s![..shared, ..1, ..]),
+            dh_seq: dh_seq.view(),
+            gates: gates.slice(s![..shared, ..1, ..]),
+            c_all: c_all.slice(s![..=shared, ..1, ..]),
+            mask: mask.map(|m| m.slice(s![..shared, ..1])),
+            dh: dh.view_mut(),
+            dc: dc.view_mut(),
+        };
+        backward_group::<C, A>(sample0, u);
+    }
     let h_prev = saved.h_all.slice(s![..steps, .., ..]);
-    grads.add_from_dz(&dz.view(), x, &h_prev, w);
+    grads.add_from_dz(&dz.view(), x, &h_prev, w, shared);
 }
 
 /// The reverse recurrence of [`recurrent_backward_cpu`] over one group of
@@ -569,13 +738,15 @@ fn backward_steps<C: CpuCell, A: NdFloat>(group: BackwardGroup<A>, u: &ArrayView
         gates,
         c_all,
         mask,
+        mut dh,
+        mut dc,
     } = group;
     let (steps, batch, _) = dz.dim();
     let hidden = u.nrows();
     let (zero, one) = (A::zero(), A::one());
     // The total gradient of h_t and c_t, carried from step t+1.
-    let mut dh = Array2::<A>::zeros((batch, hidden));
-    let mut dc = Array2::<A>::zeros((batch, C::CELL_STATE * hidden));
+    let mut dh = dh.index_axis_mut(Axis(0), 0);
+    let mut dc = dc.index_axis_mut(Axis(0), 0);
     let mut scratch = vec![zero; hidden];
     for t in (0..steps).rev() {
         dh += &dh_seq.index_axis(Axis(0), t);

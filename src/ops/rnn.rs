@@ -159,7 +159,24 @@ pub fn rnn_forward_cpu<A: NdFloat>(
     b: &ArrayView1<A>,
     mask: Option<&ArrayView2<bool>>,
 ) -> Array3<A> {
-    recurrent_forward_cpu::<RnnState, A>(x, w, u, b, mask).h_all
+    rnn_forward_shared_cpu(x, w, u, b, mask, 0).0
+}
+
+/// [`rnn_forward_cpu`] with up to `shared` leading steps run once for the
+/// whole batch, where every sample's input row (and mask) is the same
+/// (pre-padded texts: `ops::recurrent::shared_steps` of the token ids).
+/// Returns h_all and how many steps were shared, for
+/// [`rnn_backward_shared_cpu`].
+pub fn rnn_forward_shared_cpu<A: NdFloat>(
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    b: &ArrayView1<A>,
+    mask: Option<&ArrayView2<bool>>,
+    shared: usize,
+) -> (Array3<A>, usize) {
+    let states = recurrent_forward_cpu::<RnnState, A>(x, w, u, b, mask, shared);
+    (states.h_all, states.shared)
 }
 
 /// [`rnn_forward_cpu`] spelled step by step with [`rnn_cell_forward_cpu`]:
@@ -176,11 +193,16 @@ pub fn rnn_forward_naive_cpu<A: NdFloat>(
 
 /// What the backward references read of forward: the activations are
 /// h_1..h_T; the RNN has no c (an empty array).
-fn saved<'a, A: NdFloat>(h_all: &'a ArrayView3<A>, no_c: &'a Array3<A>) -> RecurrentSaved<'a, A> {
+fn saved<'a, A: NdFloat>(
+    h_all: &'a ArrayView3<A>,
+    no_c: &'a Array3<A>,
+    shared: usize,
+) -> RecurrentSaved<'a, A> {
     RecurrentSaved {
         gates: h_all.slice(s![1.., .., ..]),
         c_all: no_c.view(),
         h_all: h_all.view(),
+        shared,
     }
 }
 
@@ -199,9 +221,26 @@ pub fn rnn_backward_cpu<A: NdFloat>(
     u: &ArrayView2<A>,
     mask: Option<&ArrayView2<bool>>,
 ) {
+    rnn_backward_shared_cpu(grads, dh_seq, h_all, x, w, u, mask, 0)
+}
+
+/// [`rnn_backward_cpu`] after [`rnn_forward_shared_cpu`] shared `shared`
+/// leading steps (see `recurrent_backward_cpu` for what dx of those steps
+/// then holds).
+#[allow(clippy::too_many_arguments)]
+pub fn rnn_backward_shared_cpu<A: NdFloat>(
+    grads: &mut RecurrentCpuGrads<A>,
+    dh_seq: &ArrayView3<A>,
+    h_all: &ArrayView3<A>,
+    x: &ArrayView3<A>,
+    w: &ArrayView2<A>,
+    u: &ArrayView2<A>,
+    mask: Option<&ArrayView2<bool>>,
+    shared: usize,
+) {
     let (steps, batch, _) = x.dim();
     let no_c = Array3::zeros((steps + 1, batch, 0));
-    let saved = saved(h_all, &no_c);
+    let saved = saved(h_all, &no_c, shared);
     recurrent_backward_cpu::<RnnState, A>(grads, dh_seq, saved, x, w, u, mask)
 }
 
@@ -218,7 +257,7 @@ pub fn rnn_backward_naive_cpu<A: NdFloat>(
 ) {
     let (steps, batch, _) = x.dim();
     let no_c = Array3::zeros((steps + 1, batch, 0));
-    let saved = saved(h_all, &no_c);
+    let saved = saved(h_all, &no_c, 0);
     recurrent_backward_naive_cpu::<RnnState, A>(grads, dh_seq, saved, x, w, u, mask)
 }
 

@@ -253,6 +253,7 @@ pub fn explain(run: &SavedRun, sample: &Sample, ctx: Option<&GpuContext>) -> Res
     let mut backend = match ctx {
         None => Runner::Cpu(Box::new(
             CpuExecutor::<f32>::new(&model.graph, model.loss, &params, config)?
+                .per_position_gradients()
                 .with_input_gradients(&sources)?,
         )),
         Some(ctx) => {

@@ -352,7 +352,7 @@ pub fn executors<'a>(
         ..ExecOptions::default()
     };
     let gpu = GpuExecutor::with_options(ctx, g, p.model.loss, &p.params, config.clone(), options)?;
-    let cpu = CpuExecutor::<f32>::new(g, p.model.loss, &p.params, config)?;
+    let cpu = CpuExecutor::<f32>::new(g, p.model.loss, &p.params, config)?.per_position_gradients();
     Ok((gpu, cpu))
 }
 

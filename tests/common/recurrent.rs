@@ -143,6 +143,29 @@ pub trait TestCell: RecurrentCell {
         u: &ArrayView2<A>,
         mask: Option<&ArrayView2<bool>>,
     );
+    /// The fast forward sharing up to `shared` leading steps; returns the
+    /// states and how many it shared.
+    fn forward_shared_cpu<A: NdFloat>(
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        b: &ndarray::ArrayView1<A>,
+        mask: Option<&ArrayView2<bool>>,
+        shared: usize,
+    ) -> (Self::States<A>, usize);
+    /// The fast backward after [`TestCell::forward_shared_cpu`] shared
+    /// `shared` steps.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_shared_cpu<A: NdFloat>(
+        grads: &mut RecurrentCpuGrads<A>,
+        dh_seq: &ArrayView3<A>,
+        states: &Self::States<A>,
+        x: &ArrayView3<A>,
+        w: &ArrayView2<A>,
+        u: &ArrayView2<A>,
+        mask: Option<&ArrayView2<bool>>,
+        shared: usize,
+    );
     #[allow(clippy::too_many_arguments)]
     fn backward_naive_cpu<A: NdFloat>(
         grads: &mut RecurrentCpuGrads<A>,
@@ -925,6 +948,114 @@ pub fn masked_steps_match_naive<C: TestCell>() {
         ("db", got.db.into_dyn(), want.db.into_dyn()),
     ] {
         let what = format!("{} {name}, masked steps, fast vs naive", C::NAME);
+        assert_close_f64(&what, &g, &w, 1e-12, 1e-12);
+    }
+}
+
+/// Leading steps with the same input row (and mask) in every sample run
+/// once for the whole batch (`shared`), on a batch split in halves: the
+/// states are the step-by-step reference's (the activations of the shared
+/// steps in sample 0's rows only), the weight gradients too, and dx of a
+/// shared step is the samples' sum in sample 0's row (the other rows get
+/// nothing). The claim is cut where the rows first differ, and a
+/// mismatched row or mask ends the shared steps there. With an incoming
+/// gradient for every h_t, so the shared h_t's gradients are summed too.
+pub fn shared_steps_match_naive<C: TestCell>() {
+    for (kind, claim, want_shared) in [(Mask::None, 9, 5), (Mask::U32, 3, 3), (Mask::U32, 9, 5)] {
+        check_shared_steps::<C>(kind, claim, want_shared);
+    }
+    // Pre-padded token ids: the steps where every sample holds one token.
+    let ids = [0, 0, 0, 7, 7, 7, 0, 2, 0, 5, 6, 8u32];
+    assert_eq!(shared_steps(&ids, 4, 3), 2);
+    assert_eq!(shared_steps(&ids, 1, 3), 1);
+    assert_eq!(
+        shared_steps(&[4, 4, 4], 3, 1),
+        0,
+        "a batch of one shares nothing"
+    );
+}
+
+fn check_shared_steps<C: TestCell>(kind: Mask, claim: usize, want_shared: usize) {
+    let dims = RecurrentDims {
+        steps: 9,
+        ..TWO_GROUPS
+    };
+    let RecurrentDims {
+        steps,
+        batch,
+        hidden,
+        ..
+    } = dims;
+    const SAME: usize = 5;
+    let case = Case::new::<C>(dims, 150);
+    let mut x = f64v(&case.x);
+    for t in 0..SAME {
+        let first = x.slice(s![t, 0, ..]).to_owned();
+        for mut row in x.index_axis_mut(Axis(0), t).outer_iter_mut() {
+            row.assign(&first);
+        }
+    }
+    // Masked: the first step masked for every sample, then real; after the
+    // shared steps, the pattern of mask_pattern.
+    let mask = (kind != Mask::None).then(|| {
+        Array2::from_shape_fn((steps, batch), |(t, b)| {
+            if t < SAME {
+                t > 0
+            } else {
+                b % 3 != 1 || t % 2 == 0
+            }
+        })
+    });
+    let m = mask.as_ref().map(|m| m.view());
+    let m = m.as_ref();
+    let (w, u, b) = (f64v(&case.w), f64v(&case.u), f64v(&case.b));
+    let (xv, wv, uv) = (x.view(), w.view(), u.view());
+    let (fast, shared) = C::forward_shared_cpu(&xv, &wv, &uv, &b.view(), m, claim);
+    assert_eq!(
+        shared,
+        want_shared,
+        "{} shared steps ({kind:?}, claim {claim})",
+        C::NAME
+    );
+    let naive = C::forward_naive_cpu(&xv, &wv, &uv, &b.view(), m);
+    for ((name, got), (_, want)) in C::saved_cpu(&fast).into_iter().zip(C::saved_cpu(&naive)) {
+        let (mut got, mut want) = (got.clone(), want.clone());
+        if want.dim().0 == steps {
+            // The shared steps' activations are sample 0's only; those of
+            // masked steps are never read (as in masked_steps_match_naive).
+            want.slice_mut(s![..shared, 1.., ..]).fill(0.0);
+            for ((t, b), &real) in mask.iter().flat_map(|m| m.indexed_iter()) {
+                if !real {
+                    got.slice_mut(s![t, b, ..]).fill(0.0);
+                    want.slice_mut(s![t, b, ..]).fill(0.0);
+                }
+            }
+        }
+        let what = format!("{} {name}, {shared} shared steps, vs naive", C::NAME);
+        assert_close_f64(&what, &got.into_dyn(), &want.into_dyn(), 1e-12, 1e-12);
+    }
+    let dh = f64v(&arr3([steps, batch, hidden], 151, 1.0));
+    let start = start_grads::<C>(dims, 152);
+    let (mut got, mut want) = (start.clone(), start.clone());
+    C::backward_shared_cpu(&mut got, &dh.view(), &fast, &xv, &wv, &uv, m, shared);
+    C::backward_naive_cpu(&mut want, &dh.view(), &naive, &xv, &wv, &uv, m);
+    // dx of a shared step: the sum over the samples, in sample 0's row.
+    let added = &want.dx - &start.dx;
+    for t in 0..shared {
+        let sum = added.index_axis(Axis(0), t).sum_axis(Axis(0));
+        want.dx
+            .slice_mut(s![t, .., ..])
+            .assign(&start.dx.slice(s![t, .., ..]));
+        let mut row0 = want.dx.slice_mut(s![t, 0, ..]);
+        row0 += &sum;
+    }
+    for (name, g, w) in [
+        ("dx", got.dx.into_dyn(), want.dx.into_dyn()),
+        ("dW", got.dw.into_dyn(), want.dw.into_dyn()),
+        ("dU", got.du.into_dyn(), want.du.into_dyn()),
+        ("db", got.db.into_dyn(), want.db.into_dyn()),
+    ] {
+        let what = format!("{} {name}, {shared} shared steps, vs naive", C::NAME);
         assert_close_f64(&what, &g, &w, 1e-12, 1e-12);
     }
 }
