@@ -565,7 +565,7 @@ fn forward_steps<C: CpuCell, A: NdFloat>(group: ForwardGroup<A>, u: &ArrayView2<
             continue;
         }
         // z_t = x_t·W + h_{t-1}·U, in place.
-        general_mat_mul(A::one(), &h_prev, u, A::one(), &mut z_t);
+        add_products(&h_prev, u, &mut z_t);
         for n in 0..batch {
             let real = mask.as_ref().is_none_or(|m| m[[t, n]]);
             C::forward_row(
@@ -577,6 +577,28 @@ fn forward_steps<C: CpuCell, A: NdFloat>(group: ForwardGroup<A>, u: &ArrayView2<
                 row_mut(&mut h, n),
                 real,
             );
+        }
+    }
+}
+
+/// `c += a·b`. A single row (the shared steps of
+/// [`recurrent_forward_cpu`], run for sample 0) is a plain loop over the
+/// rows of b: matrixmultiply would pack all of b for one row of output.
+#[inline(always)]
+fn add_products<A: NdFloat>(a: &ArrayRef2<A>, b: &ArrayRef2<A>, c: &mut ArrayRef2<A>) {
+    if a.nrows() != 1 {
+        return general_mat_mul(A::one(), a, b, A::one(), c);
+    }
+    let (a, mut c) = (a.row(0), c.row_mut(0));
+    if b.strides()[1] == 1 {
+        // Rows of b contiguous (h·U): c += a_k · b_k, row by row.
+        for (&a, b) in a.iter().zip(b.rows()) {
+            c.zip_mut_with(&b, |c, &b| *c += a * b);
+        }
+    } else {
+        // Columns contiguous (dz·Uᵀ): one dot product per output.
+        for (c, b) in c.iter_mut().zip(b.columns()) {
+            *c += a.dot(&b);
         }
     }
 }
@@ -743,7 +765,7 @@ fn backward_steps<C: CpuCell, A: NdFloat>(group: BackwardGroup<A>, u: &ArrayView
     } = group;
     let (steps, batch, _) = dz.dim();
     let hidden = u.nrows();
-    let (zero, one) = (A::zero(), A::one());
+    let zero = A::zero();
     // The total gradient of h_t and c_t, carried from step t+1.
     let mut dh = dh.index_axis_mut(Axis(0), 0);
     let mut dc = dc.index_axis_mut(Axis(0), 0);
@@ -777,7 +799,7 @@ fn backward_steps<C: CpuCell, A: NdFloat>(group: BackwardGroup<A>, u: &ArrayView
         // dh_{t-1} = (masked carry) + dz_t·Uᵀ, in place (dz_t is 0 where
         // every sample is masked: nothing to add).
         if step_has_real(mask.as_ref(), t) {
-            general_mat_mul(one, &dz_t, &u.t(), one, &mut dh);
+            add_products(&dz_t, &u.t(), &mut dh);
         }
     }
 }
