@@ -30,6 +30,13 @@ struct Params {
     has_seq: u32,
     has_last: u32,
     _pad0: u32,
+    // The blocked kernels run steps first..end-1 (backward: end-1 down to
+    // first) for samples 0..rows-1; rows < batch is the run of the leading
+    // steps every sample shares (see "shared steps" below).
+    first: u32,
+    end: u32,
+    rows: u32,
+    _pad1: u32,
 }
 
 const WG: u32 = 64u;
@@ -441,6 +448,10 @@ override H4: u32 = 1u;
 @group(0) @binding(5) var<storage, read> sb4_c: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> sb4_u: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> sb4_mask: array<u32>;
+// Blocked backward only: [2, B, H / 4], the gradient of h and of c after
+// the shared steps, per sample (written by the run after them, summed by
+// the run of them).
+@group(0) @binding(8) var<storage, read_write> sb4_carry: array<vec4<f32>>;
 
 fn sigmoid4(v: vec4<f32>) -> vec4<f32> {
     return 1.0 / (1.0 + exp(-v));
@@ -569,6 +580,17 @@ fn lstm_sequence_backward4(@builtin(workgroup_id) wid: vec3<u32>,
 }
 
 // ---------------------------------------------------------------- blocked
+//
+// Shared steps: when the first S steps have the same input row in every
+// sample (pre-padded texts, no mask), every sample has the same state until
+// step S. Forward then runs twice: steps 0..S-1 for sample 0 alone (rows =
+// 1, one workgroup), writing its state into every sample, then steps
+// S..T-1 for every sample from slot S (first = S). Backward runs S..T-1
+// for every sample, leaving the gradient of the state at slot S in
+// sb4_carry, then 0..S-1 for sample 0 from the samples' sum of it (backward
+// is linear in it), with dz of the shared steps summed in sample 0's row.
+// Without shared steps the first run is empty (end = 0) and the second is
+// the whole sequence.
 
 const SB: u32 = 8u;  // samples per blocked workgroup
 const BH: u32 = 64u; // largest H of the blocked kernels
@@ -687,6 +709,15 @@ fn blocked_cell(t: u32, n: u32, s: u32, grp: u32, ok: bool, live: bool, real: bo
             sf4_c[next] = cv;
             sf4_h[next] = hv;
             if (t + 1u == params.steps) { sf4_h_last[n * H4 + grp] = hv; }
+            // The run of the shared steps (one sample) writes its state
+            // into every sample: the run after it starts from it, backward
+            // reads c_{t-1}, and dU reads every row of h_all.
+            if (params.rows < params.batch) {
+                for (var m = 1u; m < params.batch; m++) {
+                    sf4_c[next + m * H4] = cv;
+                    sf4_h[next + m * H4] = hv;
+                }
+            }
         }
     }
 }
@@ -707,18 +738,20 @@ fn lstm_sequence_forward_blocked(@builtin(workgroup_id) wid: vec3<u32>,
                     sf4_u[r + uc[4]], sf4_u[r + uc[5]], sf4_u[r + uc[6]], sf4_u[r + uc[7]]);
     }
     let n0 = wid.x * SB;
-    // c of this lane's units: [sample][group]. The initial state is slot 0
-    // of h_all and c_all.
+    // c of this lane's units: [sample][group]. The initial state is slot
+    // `first` of h_all and c_all (slot 0: the zero state).
     var c: array<vec4<f32>, 16>; // 2 * SB
+    let slot0 = params.first & 1u;
     for (var s = 0u; s < SB; s++) {
-        let n = min(n0 + s, nb - 1u);
-        c[2u * s] = sf4_c[n * H4 + lg.g0];
-        c[2u * s + 1u] = sf4_c[n * H4 + lg.g1];
-        if (lg.ok0) { blk_h_set(0u, 4u * lg.g0, s, sf4_h[n * H4 + lg.g0]); }
-        if (lg.ok1) { blk_h_set(0u, 4u * lg.g1, s, sf4_h[n * H4 + lg.g1]); }
+        let n = min(n0 + s, params.rows - 1u);
+        let at = (params.first * nb + n) * H4;
+        c[2u * s] = sf4_c[at + lg.g0];
+        c[2u * s + 1u] = sf4_c[at + lg.g1];
+        if (lg.ok0) { blk_h_set(slot0, 4u * lg.g0, s, sf4_h[at + lg.g0]); }
+        if (lg.ok1) { blk_h_set(slot0, 4u * lg.g1, s, sf4_h[at + lg.g1]); }
     }
     workgroupBarrier();
-    for (var t = 0u; t < params.steps; t++) {
+    for (var t = params.first; t < params.end; t++) {
         let cur = t & 1u;
         let nxt = 1u - cur;
         // acc[s] = h_{t-1}[s]·U[:, this lane's columns]
@@ -738,8 +771,8 @@ fn lstm_sequence_forward_blocked(@builtin(workgroup_id) wid: vec3<u32>,
             acc[7] = fma_row8(acc[7], hb.w, uk);
         }
         for (var s = 0u; s < SB; s++) {
-            let n = min(n0 + s, nb - 1u);
-            let live = n0 + s < nb;
+            let n = min(n0 + s, params.rows - 1u);
+            let live = n0 + s < params.rows;
             let real = sf4_real(t, n);
             let r = acc[0];
             var c0 = c[2u * s];
@@ -765,7 +798,14 @@ fn blocked_cell_back(t: u32, n: u32, s: u32, grp: u32, ok: bool, live: bool, rea
     let row = (t * nb + n) * H4 + grp;
     let zrow = (t * nb + n) * 4u * H4;
     var g = *dh;
-    if (params.has_seq != 0u) { g += sb4_dh_seq[row]; }
+    if (params.has_seq != 0u) {
+        if (params.rows < nb) {
+            // A shared h_t: its gradient is the sum over the samples.
+            for (var m = 0u; m < nb; m++) { g += sb4_dh_seq[row + m * H4]; }
+        } else {
+            g += sb4_dh_seq[row];
+        }
+    }
     var d = Gates4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     if (real) {
         let ig = sb4_gates[zrow + grp];
@@ -794,6 +834,17 @@ fn blocked_cell_back(t: u32, n: u32, s: u32, grp: u32, ok: bool, live: bool, rea
             sb4_dz[zrow + H4 + grp] = d.f;
             sb4_dz[zrow + 2u * H4 + grp] = d.g;
             sb4_dz[zrow + 3u * H4 + grp] = d.o;
+            // A shared step's dz is the samples' sum, in sample 0's row;
+            // the other rows are 0 for the weight gradients that sum all.
+            if (params.rows < nb) {
+                for (var m = 1u; m < nb; m++) {
+                    let at = zrow + m * 4u * H4 + grp;
+                    sb4_dz[at] = vec4<f32>(0.0);
+                    sb4_dz[at + H4] = vec4<f32>(0.0);
+                    sb4_dz[at + 2u * H4] = vec4<f32>(0.0);
+                    sb4_dz[at + 3u * H4] = vec4<f32>(0.0);
+                }
+            }
         }
     }
 }
@@ -819,24 +870,36 @@ fn lstm_sequence_backward_blocked(@builtin(workgroup_id) wid: vec3<u32>,
     // this lane's units: [sample][group].
     var dh: array<vec4<f32>, 16>; // 2 * SB
     var dc: array<vec4<f32>, 16>;
+    let shared_run = params.rows < nb;
     for (var s = 0u; s < SB; s++) {
-        let n = min(n0 + s, nb - 1u);
+        let n = min(n0 + s, params.rows - 1u);
         var l0 = vec4<f32>(0.0);
         var l1 = vec4<f32>(0.0);
-        if (params.has_last != 0u) {
+        var c0 = vec4<f32>(0.0);
+        var c1 = vec4<f32>(0.0);
+        if (shared_run) {
+            // The gradient of the shared state: the sum over the samples
+            // of what the run after the shared steps left.
+            for (var m = 0u; m < nb; m++) {
+                l0 += sb4_carry[m * H4 + lg.g0];
+                l1 += sb4_carry[m * H4 + lg.g1];
+                c0 += sb4_carry[(nb + m) * H4 + lg.g0];
+                c1 += sb4_carry[(nb + m) * H4 + lg.g1];
+            }
+        } else if (params.has_last != 0u) {
             l0 = sb4_dh_last[n * H4 + lg.g0];
             l1 = sb4_dh_last[n * H4 + lg.g1];
         }
         dh[2u * s] = l0;
         dh[2u * s + 1u] = l1;
-        dc[2u * s] = vec4<f32>(0.0);
-        dc[2u * s + 1u] = vec4<f32>(0.0);
+        dc[2u * s] = c0;
+        dc[2u * s + 1u] = c1;
     }
-    for (var i = 0u; i < params.steps; i++) {
-        let t = params.steps - 1u - i;
+    for (var i = 0u; i < params.end - params.first; i++) {
+        let t = params.end - 1u - i;
         for (var s = 0u; s < SB; s++) {
-            let n = min(n0 + s, nb - 1u);
-            let live = n0 + s < nb;
+            let n = min(n0 + s, params.rows - 1u);
+            let live = n0 + s < params.rows;
             let real = sb4_real(t, n);
             var h0 = dh[2u * s];
             var h1 = dh[2u * s + 1u];
@@ -876,5 +939,21 @@ fn lstm_sequence_backward_blocked(@builtin(workgroup_id) wid: vec3<u32>,
         }
         // Every lane has read blk_dz before step t-1 rewrites it.
         workgroupBarrier();
+    }
+    // After shared steps: leave the gradient of the state they end in.
+    if (params.first > 0u && !shared_run) {
+        for (var s = 0u; s < SB; s++) {
+            let n = n0 + s;
+            if (n < nb) {
+                if (lg.ok0) {
+                    sb4_carry[n * H4 + lg.g0] = dh[2u * s];
+                    sb4_carry[(nb + n) * H4 + lg.g0] = dc[2u * s];
+                }
+                if (lg.ok1) {
+                    sb4_carry[n * H4 + lg.g1] = dh[2u * s + 1u];
+                    sb4_carry[(nb + n) * H4 + lg.g1] = dc[2u * s + 1u];
+                }
+            }
+        }
     }
 }

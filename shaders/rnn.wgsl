@@ -26,6 +26,11 @@ struct Params {
     has_seq: u32,
     has_last: u32,
     _pad0: u32,
+    // Read by the LSTM's blocked kernels only (shared steps).
+    first: u32,
+    end: u32,
+    rows: u32,
+    _pad1: u32,
 }
 
 const WG: u32 = 64u;

@@ -15,7 +15,7 @@ use common::recurrent::*;
 use common::*;
 use crossmodal::ops::lstm::{self as op, *};
 use crossmodal::ops::recurrent::*;
-use crossmodal::GpuTensor;
+use crossmodal::{GpuContext, GpuTensor};
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, NdFloat};
 
 type C = LstmState;
@@ -505,4 +505,192 @@ fn lstm_cpu_deterministic() {
 #[test]
 fn lstm_cpu_split_changes_no_bits() {
     cpu_split_changes_no_bits::<C>();
+}
+
+// ---------------------------------------------------------------- shared steps
+
+/// The blocked kernels' shared steps (`recurrent_forward_shared`,
+/// `recurrent_backward_shared`: the first `shared` steps for sample 0, then
+/// the rest for every sample) against the CPU reference's shared steps in
+/// f64: every state, and the gradients with dx of a shared step summed in
+/// sample 0's row. Then the same dispatches with their params rewritten to
+/// share nothing (as the graph executor does per batch) against the plain
+/// reference.
+fn check_shared_steps(
+    ctx: &GpuContext,
+    dims: RecurrentDims,
+    kind: Mask,
+    inc: Incoming,
+    shared: usize,
+) {
+    let RecurrentDims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = dims;
+    let g = 4 * hidden;
+    let mut case = Case::new::<C>(dims, 160);
+    for t in 0..shared {
+        let first = case.x.slice(s![t, 0, ..]).to_owned();
+        for mut row in case.x.index_axis_mut(Axis(0), t).outer_iter_mut() {
+            row.assign(&first);
+        }
+        // Real in every sample, but the second step masked in every one.
+        for b in 0..batch {
+            case.mask[t * batch + b] = (t != 1) as u32;
+        }
+    }
+    let (x, w, u, b) = (f64v(&case.x), f64v(&case.w), f64v(&case.u), f64v(&case.b));
+    let mask = case.mask_cpu(kind);
+    let m = mask.as_ref().map(|m| m.view());
+    let m = m.as_ref();
+    let dh_seq = arr3([steps, batch, hidden], 161, 1.0);
+    let dh_last = arr2([batch, hidden], 162, 1.0);
+    let mut total = Array3::<f64>::zeros((steps, batch, hidden));
+    if inc.seq {
+        total += &f64v(&dh_seq);
+    }
+    if inc.last {
+        let mut l = total.index_axis_mut(Axis(0), steps - 1);
+        l += &f64v(&dh_last);
+    }
+    let start = RecurrentCpuGrads {
+        dx: f64v(&arr3([steps, batch, input], 163, 1.0)),
+        dw: f64v(&arr2([input, g], 164, 1.0)),
+        du: f64v(&arr2([hidden, g], 165, 1.0)),
+        db: f64v(&arr1(g, 166, 1.0)),
+    };
+
+    let bufs = LstmBuffers::new(ctx, dims).unwrap();
+    let gp = Uploaded::new(ctx, &case, kind);
+    let (gseq, glast) = (up(ctx, &dh_seq), up(ctx, &dh_last));
+    let upf = |a: &ndarray::ArrayD<f64>| up(ctx, &a.mapv(|v| v as f32));
+    let gdx = upf(&start.dx.clone().into_dyn());
+    let gdw = upf(&start.dw.clone().into_dyn());
+    let gdu = upf(&start.du.clone().into_dyn());
+    let gdb = upf(&start.db.clone().into_dyn());
+    let carry = ctx
+        .zeros(&[2, batch, hidden], crossmodal::DType::F32)
+        .unwrap();
+    let grads = RecurrentGrads {
+        dx: Some(&gdx),
+        dw: Some(&gdw),
+        du: &gdu,
+        db: &gdb,
+    };
+    let dh = HiddenGrad {
+        seq: inc.seq.then_some(&gseq),
+        last: inc.last.then_some(&glast),
+    };
+    let weights = gp.weights();
+    let (fwd, fp) =
+        recurrent_forward_shared(ctx, &bufs, &gp.x, &weights, gp.mask.as_ref(), shared).unwrap();
+    let (bwd, bp) = recurrent_backward_shared(
+        ctx,
+        &grads,
+        dh,
+        &bufs,
+        &gp.x,
+        &weights,
+        gp.mask.as_ref(),
+        &carry,
+        shared,
+    )
+    .unwrap();
+    let read = |t: &GpuTensor| ctx.read_f32(t).unwrap();
+    let (rtol, atol) = (SEQ_RTOL, SEQ_ATOL);
+    let mut before = start.clone();
+    for share in [shared, 0] {
+        let [a, b0] = fp.shared_runs(share);
+        fwd[1].set_params(ctx, &a);
+        fwd[2].set_params(ctx, &b0);
+        let [a, b0] = bp.shared_runs(share);
+        bwd[0].set_params(ctx, &b0);
+        bwd[1].set_params(ctx, &a);
+        let refs: Vec<_> = fwd.iter().chain(&bwd).collect();
+        ctx.run(&refs).unwrap();
+
+        let states = lstm_forward_shared_cpu(&x.view(), &w.view(), &u.view(), &b.view(), m, share);
+        assert_eq!(states.shared, share);
+        let mut want = before.clone();
+        lstm_backward_cpu(
+            &mut want,
+            &total.view(),
+            &states,
+            &x.view(),
+            &w.view(),
+            &u.view(),
+            m,
+        );
+        let what = |q: &str| format!("lstm {dims:?} {kind:?} {inc:?}, {share} shared steps: {q}");
+        assert_close(
+            &what("h_all"),
+            &read(&bufs.h_all),
+            &flat(&states.h_all),
+            rtol,
+            atol,
+        );
+        assert_close(
+            &what("c_all"),
+            &read(&bufs.cell.c_all),
+            &flat(&states.c_all),
+            rtol,
+            atol,
+        );
+        assert_close(&what("dx"), &read(&gdx), &flat(&want.dx), rtol, atol);
+        assert_close(&what("dW"), &read(&gdw), &flat(&want.dw), rtol, atol);
+        assert_close(&what("dU"), &read(&gdu), &flat(&want.du), rtol, atol);
+        assert_close(&what("db"), &read(&gdb), &flat(&want.db), rtol, atol);
+        // The next run accumulates onto what this one left.
+        let back = |t: &GpuTensor, shape: &[usize]| {
+            ndarray::ArrayD::from_shape_vec(shape, read(t))
+                .unwrap()
+                .mapv(|v| v as f64)
+        };
+        before = RecurrentCpuGrads {
+            dx: back(&gdx, &[steps, batch, input])
+                .into_dimensionality()
+                .unwrap(),
+            dw: back(&gdw, &[input, g]).into_dimensionality().unwrap(),
+            du: back(&gdu, &[hidden, g]).into_dimensionality().unwrap(),
+            db: back(&gdb, &[g]).into_dimensionality().unwrap(),
+        };
+    }
+}
+
+#[test]
+fn lstm_shared_steps() {
+    let last = Incoming {
+        seq: false,
+        last: true,
+    };
+    let Some(ctx) = gpu() else { return };
+    // 13 samples: two workgroups of 8, the second partly empty; H = 8.
+    let awkward = RecurrentDims {
+        steps: 9,
+        batch: 13,
+        input: 3,
+        hidden: 8,
+    };
+    assert!(recurrent_shares_steps::<C>(ctx, awkward));
+    check_shared_steps(ctx, awkward, Mask::None, BOTH, 5);
+    check_shared_steps(ctx, awkward, Mask::U32, last, 3);
+    check_shared_steps(ctx, SEED, Mask::None, last, 70);
+    // Forms that do not share steps say so.
+    let pair = RecurrentDims {
+        hidden: 5,
+        ..awkward
+    };
+    assert!(!recurrent_shares_steps::<C>(ctx, pair));
+    let bufs = LstmBuffers::new(ctx, pair).unwrap();
+    let case = Case::new::<C>(pair, 1);
+    let gp = Uploaded::new(ctx, &case, Mask::None);
+    let err = recurrent_forward_shared(ctx, &bufs, &gp.x, &gp.weights(), None, 2).unwrap_err();
+    assert!(err.to_string().contains("blocked"), "{err}");
+    let bufs = LstmBuffers::new(ctx, awkward).unwrap();
+    let case = Case::new::<C>(awkward, 1);
+    let gp = Uploaded::new(ctx, &case, Mask::None);
+    let err = recurrent_forward_shared(ctx, &bufs, &gp.x, &gp.weights(), None, 9).unwrap_err();
+    assert!(err.to_string().contains("T - 1"), "{err}");
 }

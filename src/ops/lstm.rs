@@ -406,8 +406,18 @@ static SEQUENCE_FORWARD_BLOCKED: KernelSpec = KernelSpec {
     ..SEQUENCE_FORWARD
 };
 static SEQUENCE_BACKWARD_BLOCKED: KernelSpec = KernelSpec {
+    shader: &SHADER,
     entry: "lstm_sequence_backward_blocked",
-    ..SEQUENCE_BACKWARD
+    bindings: &[
+        Access::ReadWrite, // dz
+        Access::Read,      // dh_seq
+        Access::Read,      // dh_last
+        Access::Read,      // gates
+        Access::Read,      // c_all
+        Access::Read,      // U
+        Access::Read,      // mask
+        Access::ReadWrite, // carry: the gradient of the state after the shared steps
+    ],
 };
 
 /// What an LSTM layer keeps on the device besides h (see
@@ -477,7 +487,8 @@ impl RecurrentCell for LstmState {
                 &SEQUENCE_FORWARD_BLOCKED,
             ]
         };
-        let (spec, groups) = match persistent_form(ctx, dims) {
+        let form = persistent_form(ctx, dims);
+        let (spec, groups) = match form {
             PersistentForm::Pair => (pair, persistent_groups(dims)),
             PersistentForm::Pair4 => (pair4, persistent_groups(dims)),
             PersistentForm::Blocked => (blocked, dims.batch.div_ceil(BLOCKED_SAMPLES) as u32),
@@ -486,6 +497,7 @@ impl RecurrentCell for LstmState {
             spec,
             constants: vec![("HIDDEN", h as f64), ("H4", (h / 4) as f64)],
             groups,
+            shares_steps: form == PersistentForm::Blocked,
         }
     }
 }

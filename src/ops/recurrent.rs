@@ -41,6 +41,12 @@ pub struct RecurrentParams {
     /// Backward: an incoming gradient for h_T.
     pub has_last: u32,
     pub _pad: u32,
+    /// The blocked LSTM kernels run steps `first..end` for samples
+    /// `0..rows` (rows < batch: the run of the shared steps).
+    pub first: u32,
+    pub end: u32,
+    pub rows: u32,
+    pub _pad1: u32,
 }
 
 impl RecurrentParams {
@@ -51,8 +57,29 @@ impl RecurrentParams {
             step: step as u32,
             steps: dims.steps as u32,
             mask_kind,
+            end: dims.steps as u32,
+            rows: dims.batch as u32,
             ..Self::default()
         }
+    }
+
+    /// The two runs of a recurrence whose first `shared` steps are the same
+    /// in every sample: those steps for sample 0, then the rest for every
+    /// sample (see "shared steps" in `shaders/lstm.wgsl`).
+    pub fn shared_runs(self, shared: usize) -> [Self; 2] {
+        let shared = shared as u32;
+        [
+            Self {
+                first: 0,
+                end: shared,
+                rows: 1,
+                ..self
+            },
+            Self {
+                first: shared,
+                ..self
+            },
+        ]
     }
 
     /// With the flags saying which incoming gradients exist.
@@ -940,6 +967,9 @@ pub struct PersistentKernel {
     pub spec: &'static KernelSpec,
     pub constants: Vec<(&'static str, f64)>,
     pub groups: u32,
+    /// Whether it runs shared leading steps (`RecurrentParams::shared_runs`;
+    /// the blocked LSTM kernels); its backward then binds a carry last.
+    pub shares_steps: bool,
 }
 
 /// The device buffers of one recurrent layer, allocated once; the
@@ -1196,18 +1226,82 @@ pub(crate) fn persistent_groups(dims: RecurrentDims) -> u32 {
     dims.batch.div_ceil(2).div_ceil(PERSISTENT_LANES) as u32
 }
 
-/// The whole forward recurrence in one dispatch (in the form
-/// [`RecurrentCell::sequence_kernel`] picks): from `bufs.z` holding `X·W`
-/// (left as it is), writes h_all (slots 1..=T; slot 0 is the initial
-/// state, read here), the cell's state and h_last as the per-step
-/// [`recurrent_cell_forward`] sequence does (`lstm_sequence_forward`,
-/// `rnn_sequence_forward`).
-pub fn recurrent_sequence_forward<C: RecurrentCell>(
+/// Whether the persistent kernels of cell `C` for `dims` on this device
+/// run shared leading steps ([`recurrent_sequence_forward_shared`]): the
+/// blocked LSTM kernels do.
+pub fn recurrent_shares_steps<C: RecurrentCell>(ctx: &GpuContext, dims: RecurrentDims) -> bool {
+    recurrent_persistent_support::<C>(ctx, dims).is_ok()
+        && C::sequence_kernel(ctx, dims, false).shares_steps
+}
+
+/// The forward recurrence as two runs of the persistent kernel (see
+/// "shared steps" in `shaders/lstm.wgsl`): the first `shared` steps for
+/// sample 0 (one workgroup; nothing when `shared` is 0), then the rest for
+/// every sample. `shared` (below T) must be steps whose z rows are the same
+/// in every sample; a caller sets it per batch by rewriting the params of
+/// both with [`RecurrentParams::shared_runs`] of the returned params.
+pub fn recurrent_sequence_forward_shared<C: RecurrentCell>(
     ctx: &GpuContext,
     bufs: &RecurrentBuffers<C>,
     weights: &RecurrentWeights,
     mask: Option<&GpuTensor>,
-) -> Result<Dispatch> {
+    shared: usize,
+) -> Result<([Dispatch; 2], RecurrentParams)> {
+    let op = C::SEQUENCE_FORWARD.entry;
+    let (k, bind, params) = sequence_forward_parts(ctx, bufs, weights, mask)?;
+    let runs = shared_runs(ctx, op, &k, &bind, params, bufs.dims, shared)?;
+    Ok((runs, params))
+}
+
+/// Prepares the two runs of [`RecurrentParams::shared_runs`].
+fn shared_runs(
+    ctx: &GpuContext,
+    op: &str,
+    k: &PersistentKernel,
+    bind: &[&GpuTensor],
+    params: RecurrentParams,
+    dims: RecurrentDims,
+    shared: usize,
+) -> Result<[Dispatch; 2]> {
+    if !k.shares_steps {
+        return Err(Error::Unsupported {
+            op: op.to_string(),
+            what: format!("shared steps for {dims:?}"),
+            why: "only the blocked LSTM kernels run them (H a multiple of 4, at most 64)".into(),
+        });
+    }
+    if shared >= dims.steps {
+        return Err(Error::shape(
+            op,
+            format!("{shared} shared steps of {}: at most T - 1", dims.steps),
+        ));
+    }
+    let [first, rest] = params.shared_runs(shared);
+    Ok([
+        ctx.prepare(
+            k.spec,
+            &k.constants,
+            &first,
+            bind,
+            Grid::Workgroups([1, 1, 1]),
+        )?,
+        ctx.prepare(
+            k.spec,
+            &k.constants,
+            &rest,
+            bind,
+            Grid::Workgroups([k.groups, 1, 1]),
+        )?,
+    ])
+}
+
+/// The kernel, bindings and params of a forward persistent dispatch.
+fn sequence_forward_parts<'a, C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &'a RecurrentBuffers<C>,
+    weights: &RecurrentWeights<'a>,
+    mask: Option<&'a GpuTensor>,
+) -> Result<(PersistentKernel, Vec<&'a GpuTensor>, RecurrentParams)> {
     let op = C::SEQUENCE_FORWARD.entry;
     let dims = bufs.dims;
     persistent_support_for(ctx, op, dims)?;
@@ -1220,26 +1314,20 @@ pub fn recurrent_sequence_forward<C: RecurrentCell>(
     let mut bind = vec![&bufs.z, weights.b, weights.u, mask.unwrap_or(weights.b)];
     bind.extend(bufs.cell.forward_state());
     bind.extend([&bufs.h_all, &bufs.h_last]);
-    ctx.prepare(
-        k.spec,
-        &k.constants,
-        &RecurrentParams::new(dims, 0, kind),
-        &bind,
-        Grid::Workgroups([k.groups, 1, 1]),
-    )
+    Ok((k, bind, RecurrentParams::new(dims, 0, kind)))
 }
 
-/// The whole backward recurrence in one dispatch (last step to first):
-/// writes dz of every step into `bufs.dz` from the incoming `dh` and the
-/// state forward saved. The weight gradients follow as matmuls over dz
-/// (`lstm_sequence_backward`, `rnn_sequence_backward`).
-pub fn recurrent_sequence_backward<C: RecurrentCell>(
+/// The kernel, bindings and params of a backward persistent dispatch;
+/// `carry` `[2,B,H]` for a kernel that shares steps (its stand-in: the dh
+/// carry, never written when no step is shared).
+fn sequence_backward_parts<'a, C: RecurrentCell>(
     ctx: &GpuContext,
-    bufs: &RecurrentBuffers<C>,
-    dh: HiddenGrad,
-    u: &GpuTensor,
-    mask: Option<&GpuTensor>,
-) -> Result<Dispatch> {
+    bufs: &'a RecurrentBuffers<C>,
+    dh: HiddenGrad<'a>,
+    u: &'a GpuTensor,
+    mask: Option<&'a GpuTensor>,
+    carry: Option<&'a GpuTensor>,
+) -> Result<(PersistentKernel, Vec<&'a GpuTensor>, RecurrentParams)> {
     let op = C::SEQUENCE_BACKWARD.entry;
     let dims = bufs.dims;
     persistent_support_for(ctx, op, dims)?;
@@ -1258,13 +1346,83 @@ pub fn recurrent_sequence_backward<C: RecurrentCell>(
     ];
     bind.extend(saved);
     bind.extend([u, mask.unwrap_or(stand_in)]);
+    if k.shares_steps {
+        bind.push(carry.unwrap_or(&bufs.dh_carry));
+    }
+    Ok((k, bind, RecurrentParams::new(dims, 0, kind).incoming(dh)))
+}
+
+/// The whole forward recurrence in one dispatch (in the form
+/// [`RecurrentCell::sequence_kernel`] picks): from `bufs.z` holding `X·W`
+/// (left as it is), writes h_all (slots 1..=T; slot 0 is the initial
+/// state, read here), the cell's state and h_last as the per-step
+/// [`recurrent_cell_forward`] sequence does (`lstm_sequence_forward`,
+/// `rnn_sequence_forward`).
+pub fn recurrent_sequence_forward<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let (k, bind, params) = sequence_forward_parts(ctx, bufs, weights, mask)?;
     ctx.prepare(
         k.spec,
         &k.constants,
-        &RecurrentParams::new(dims, 0, kind).incoming(dh),
+        &params,
         &bind,
         Grid::Workgroups([k.groups, 1, 1]),
     )
+}
+
+/// The whole backward recurrence in one dispatch (last step to first):
+/// writes dz of every step into `bufs.dz` from the incoming `dh` and the
+/// state forward saved. The weight gradients follow as matmuls over dz
+/// (`lstm_sequence_backward`, `rnn_sequence_backward`).
+pub fn recurrent_sequence_backward<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    dh: HiddenGrad,
+    u: &GpuTensor,
+    mask: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let (k, bind, params) = sequence_backward_parts(ctx, bufs, dh, u, mask, None)?;
+    ctx.prepare(
+        k.spec,
+        &k.constants,
+        &params,
+        &bind,
+        Grid::Workgroups([k.groups, 1, 1]),
+    )
+}
+
+/// The backward recurrence after [`recurrent_sequence_forward_shared`]:
+/// the steps after the shared ones for every sample (leaving the gradient
+/// of the state they start from in `carry` `[2,B,H]`), then the shared
+/// steps for sample 0 from its sum over the samples, their dz the samples'
+/// sum in sample 0's row (0 in the others): the weight gradients over all
+/// rows of dz are the same, and dx of a shared step is the whole gradient
+/// of its one input row, in sample 0's. Returns the two runs in that order
+/// (rewrite their params per batch with [`RecurrentParams::shared_runs`]
+/// of the returned params, reversed).
+pub fn recurrent_sequence_backward_shared<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    dh: HiddenGrad,
+    u: &GpuTensor,
+    mask: Option<&GpuTensor>,
+    carry: &GpuTensor,
+    shared: usize,
+) -> Result<([Dispatch; 2], RecurrentParams)> {
+    let op = C::SEQUENCE_BACKWARD.entry;
+    expect_numel(
+        op,
+        "carry",
+        &carry.shape,
+        2 * bufs.dims.batch * bufs.dims.hidden,
+    )?;
+    let (k, bind, params) = sequence_backward_parts(ctx, bufs, dh, u, mask, Some(carry))?;
+    let [first, rest] = shared_runs(ctx, op, &k, &bind, params, bufs.dims, shared)?;
+    Ok(([rest, first], params))
 }
 
 // ---------------------------------------------------------------- matmuls
@@ -1448,6 +1606,65 @@ pub fn recurrent_forward_persistent<C: RecurrentCell>(
         input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?,
         recurrent_sequence_forward(ctx, bufs, weights, mask)?,
     ])
+}
+
+/// The forward pass with `shared` leading steps run once
+/// ([`recurrent_sequence_forward_shared`]): `Z = X·W`, then the two runs
+/// (3 dispatches). Also returns the params to rewrite per batch
+/// ([`RecurrentParams::shared_runs`] into the last two).
+pub fn recurrent_forward_shared<C: RecurrentCell>(
+    ctx: &GpuContext,
+    bufs: &RecurrentBuffers<C>,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+    shared: usize,
+) -> Result<(Vec<Dispatch>, RecurrentParams)> {
+    let op = format!("{}_forward_shared", C::NAME);
+    let dims = bufs.dims;
+    let gates = C::GATES * dims.hidden;
+    check_weights(&op, x, weights, dims, gates)?;
+    let (runs, params) = recurrent_sequence_forward_shared(ctx, bufs, weights, mask, shared)?;
+    let mut d = vec![input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?];
+    d.extend(runs);
+    Ok((d, params))
+}
+
+/// The backward pass after [`recurrent_forward_shared`] (or
+/// [`recurrent_sequence_forward_shared`]) with the same `shared` steps: the
+/// two runs of [`recurrent_sequence_backward_shared`] (`carry` `[2,B,H]`),
+/// then the weight gradients over every row of dz, as
+/// [`recurrent_backward_persistent`]. dx of a shared step is the whole
+/// gradient of its one input row, in sample 0's row. Also returns the
+/// params to rewrite per batch (the first two dispatches).
+#[allow(clippy::too_many_arguments)]
+pub fn recurrent_backward_shared<C: RecurrentCell>(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dh: HiddenGrad,
+    bufs: &RecurrentBuffers<C>,
+    x: &GpuTensor,
+    weights: &RecurrentWeights,
+    mask: Option<&GpuTensor>,
+    carry: &GpuTensor,
+    shared: usize,
+) -> Result<(Vec<Dispatch>, RecurrentParams)> {
+    let op = format!("{}_backward_shared", C::NAME);
+    let dims = bufs.dims;
+    check_backward(&op, x, weights, dims, C::GATES * dims.hidden, dh)?;
+    let (runs, params) =
+        recurrent_sequence_backward_shared(ctx, bufs, dh, weights.u, mask, carry, shared)?;
+    let mut d = Vec::from(runs);
+    d.extend(weight_gradients(
+        ctx,
+        grads,
+        &bufs.dz,
+        x,
+        &bufs.h_all,
+        weights.w,
+        dims,
+    )?);
+    Ok((d, params))
 }
 
 /// The forward pass after the input projection, for a caller that has

@@ -355,6 +355,7 @@ impl RecurrentCell for RnnState {
             },
             constants: vec![("HIDDEN", dims.hidden as f64)],
             groups: persistent_groups(dims),
+            shares_steps: false,
         }
     }
 }
