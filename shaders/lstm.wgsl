@@ -593,6 +593,9 @@ fn lstm_sequence_backward4(@builtin(workgroup_id) wid: vec3<u32>,
 // the whole sequence.
 
 const SB: u32 = 8u;  // samples per blocked workgroup
+// Samples a blocked workgroup computes: SB, or 1 in the run of the shared
+// steps (its products then skip the other seven samples' rows).
+override SAMPLES: u32 = 8u;
 const BH: u32 = 64u; // largest H of the blocked kernels
 
 alias Row8 = array<vec4<f32>, 8>; // 8 vec4: one sample's 32 columns, or one column's 8 units
@@ -762,15 +765,17 @@ fn lstm_sequence_forward_blocked(@builtin(workgroup_id) wid: vec3<u32>,
             let ha = hp[0]; // samples 0..3
             let hb = hp[1]; // samples 4..7
             acc[0] = fma_row8(acc[0], ha.x, uk);
-            acc[1] = fma_row8(acc[1], ha.y, uk);
-            acc[2] = fma_row8(acc[2], ha.z, uk);
-            acc[3] = fma_row8(acc[3], ha.w, uk);
-            acc[4] = fma_row8(acc[4], hb.x, uk);
-            acc[5] = fma_row8(acc[5], hb.y, uk);
-            acc[6] = fma_row8(acc[6], hb.z, uk);
-            acc[7] = fma_row8(acc[7], hb.w, uk);
+            if (SAMPLES > 1u) {
+                acc[1] = fma_row8(acc[1], ha.y, uk);
+                acc[2] = fma_row8(acc[2], ha.z, uk);
+                acc[3] = fma_row8(acc[3], ha.w, uk);
+                acc[4] = fma_row8(acc[4], hb.x, uk);
+                acc[5] = fma_row8(acc[5], hb.y, uk);
+                acc[6] = fma_row8(acc[6], hb.z, uk);
+                acc[7] = fma_row8(acc[7], hb.w, uk);
+            }
         }
-        for (var s = 0u; s < SB; s++) {
+        for (var s = 0u; s < SAMPLES; s++) {
             let n = min(n0 + s, params.rows - 1u);
             let live = n0 + s < params.rows;
             let real = sf4_real(t, n);
@@ -897,7 +902,7 @@ fn lstm_sequence_backward_blocked(@builtin(workgroup_id) wid: vec3<u32>,
     }
     for (var i = 0u; i < params.end - params.first; i++) {
         let t = params.end - 1u - i;
-        for (var s = 0u; s < SB; s++) {
+        for (var s = 0u; s < SAMPLES; s++) {
             let n = min(n0 + s, params.rows - 1u);
             let live = n0 + s < params.rows;
             let real = sb4_real(t, n);
@@ -923,15 +928,17 @@ fn lstm_sequence_backward_blocked(@builtin(workgroup_id) wid: vec3<u32>,
             let uc = u[c4];
             let d = blk_dz_column(c4, hh, lid.x);
             acc[0] = fma_row8v(acc[0], d[0], uc);
-            acc[1] = fma_row8v(acc[1], d[1], uc);
-            acc[2] = fma_row8v(acc[2], d[2], uc);
-            acc[3] = fma_row8v(acc[3], d[3], uc);
-            acc[4] = fma_row8v(acc[4], d[4], uc);
-            acc[5] = fma_row8v(acc[5], d[5], uc);
-            acc[6] = fma_row8v(acc[6], d[6], uc);
-            acc[7] = fma_row8v(acc[7], d[7], uc);
+            if (SAMPLES > 1u) {
+                acc[1] = fma_row8v(acc[1], d[1], uc);
+                acc[2] = fma_row8v(acc[2], d[2], uc);
+                acc[3] = fma_row8v(acc[3], d[3], uc);
+                acc[4] = fma_row8v(acc[4], d[4], uc);
+                acc[5] = fma_row8v(acc[5], d[5], uc);
+                acc[6] = fma_row8v(acc[6], d[6], uc);
+                acc[7] = fma_row8v(acc[7], d[7], uc);
+            }
         }
-        for (var s = 0u; s < SB; s++) {
+        for (var s = 0u; s < SAMPLES; s++) {
             let r = acc[0];
             dh[2u * s] += vec4<f32>(hsum(r[0]), hsum(r[1]), hsum(r[2]), hsum(r[3]));
             dh[2u * s + 1u] += vec4<f32>(hsum(r[4]), hsum(r[5]), hsum(r[6]), hsum(r[7]));

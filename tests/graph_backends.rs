@@ -297,6 +297,45 @@ fn chunked_embedding_gradients_match_the_cpu_executor() {
     }
 }
 
+/// Every sample padded by at least `pad` steps: an LSTM whose kernels
+/// share steps (H = 8: the blocked kernels) runs them once on the GPU, as
+/// the CPU executor does; every gradient against the f64 CPU executor, on
+/// two batches in the same executor (4 shared steps, then none).
+#[test]
+fn shared_padding_steps_match_the_cpu_executor() {
+    let Some(ctx) = gpu() else { return };
+    for mask in [false, true] {
+        let c = SeedConfig {
+            batch: 12,
+            seq_len: 30,
+            vocab: 6,
+            embed_dim: 8,
+            lstm_units: 8,
+            ..small(mask)
+        };
+        let m = seed_model(&c).unwrap();
+        let g = &m.graph;
+        let lstm = g.expect_id("lstm").unwrap();
+        let init = init_params(g, 6);
+        let mut cpu = CpuExecutor::<f64>::new(g, m.loss, &init, TrainConfig::default()).unwrap();
+        let mut ex = GpuExecutor::new(ctx, g, m.loss, &init, TrainConfig::default()).unwrap();
+        for (pads, shared) in [([4, 9, 6], 4), ([0, 9, 6], 0)] {
+            let mut data = SeedData::new(&c, 13);
+            for (i, t) in data.tokens.iter_mut().enumerate() {
+                let (step, sample) = (i / c.batch, i % c.batch);
+                if step < pads[sample % 3] {
+                    *t = 0;
+                } else if *t == 0 {
+                    *t = 1;
+                }
+            }
+            let what = format!("shared steps (mask {mask}, pads {pads:?})");
+            check_gradient_pass(&what, g, &mut cpu, &mut ex, &data.batch(&m));
+            assert_eq!(ex.shared_step_counts(), vec![(lstm, shared)], "{what}");
+        }
+    }
+}
+
 /// A batch with few repeated tokens (more chunks than half the positions)
 /// runs the per-position dispatches instead of the chunked ones, and the
 /// next batch with many repeats the chunked ones again, in the same

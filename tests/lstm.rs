@@ -584,9 +584,9 @@ fn check_shared_steps(
         last: inc.last.then_some(&glast),
     };
     let weights = gp.weights();
-    let (fwd, fp) =
+    let fwd =
         recurrent_forward_shared(ctx, &bufs, &gp.x, &weights, gp.mask.as_ref(), shared).unwrap();
-    let (bwd, bp) = recurrent_backward_shared(
+    let bwd = recurrent_backward_shared(
         ctx,
         &grads,
         dh,
@@ -602,12 +602,8 @@ fn check_shared_steps(
     let (rtol, atol) = (SEQ_RTOL, SEQ_ATOL);
     let mut before = start.clone();
     for share in [shared, 0] {
-        let [a, b0] = fp.shared_runs(share);
-        fwd[1].set_params(ctx, &a);
-        fwd[2].set_params(ctx, &b0);
-        let [a, b0] = bp.shared_runs(share);
-        bwd[0].set_params(ctx, &b0);
-        bwd[1].set_params(ctx, &a);
+        set_shared_steps(ctx, dims, [&fwd[1], &fwd[2]], share).unwrap();
+        set_shared_steps(ctx, dims, [&bwd[1], &bwd[0]], share).unwrap();
         let refs: Vec<_> = fwd.iter().chain(&bwd).collect();
         ctx.run(&refs).unwrap();
 

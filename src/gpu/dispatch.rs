@@ -67,6 +67,13 @@ impl Dispatch {
         }
     }
 
+    /// Rewrites the part of the uniform params at byte `offset` (a multiple
+    /// of 4), leaving the rest as it is; takes effect at the next submit.
+    pub fn set_params_at<P: bytemuck::Pod>(&self, ctx: &GpuContext, offset: u64, part: &P) {
+        ctx.queue
+            .write_buffer(&self.params, offset, bytemuck::bytes_of(part));
+    }
+
     /// Rewrites the uniform params (e.g. Adam's step count) without
     /// rebuilding the bind group; takes effect at the next submit.
     pub fn set_params<P: bytemuck::Pod>(&self, ctx: &GpuContext, params: &P) {

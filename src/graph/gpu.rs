@@ -52,6 +52,14 @@
 //! of the dispatches prepared for one chunk per position (the matmul and
 //! gather grids cover that; workgroups past the count return at once).
 //! [`GpuExecutor::chunk_counts`] reports the last batch's counts.
+//!
+//! Such an LSTM whose kernels share steps (the blocked form,
+//! `ops::recurrent::recurrent_shares_steps`) runs its recurrence as two
+//! runs each way ([`SharedUse`]): the host also counts the leading steps at
+//! which every sample holds the same token (the padding of pre-padded
+//! texts), which run once, for sample 0, and rewrites the runs' step
+//! ranges; the embedding's gradient (summed per token anyway) is the same.
+//! [`GpuExecutor::shared_step_counts`] reports the last batch's counts.
 
 use std::collections::HashMap;
 
@@ -80,9 +88,10 @@ use crate::ops::pool2d::{
     windows_disjoint, Pool2dGeometry,
 };
 use crate::ops::recurrent::{
-    input_gradients, input_projection, recurrent_backward_sequence, recurrent_forward_recurrence,
-    recurrent_forward_sequence, HiddenGrad, RecurrentBuffers, RecurrentDims, RecurrentGrads,
-    RecurrentWeights,
+    input_gradients, input_projection, recurrent_backward_sequence, recurrent_backward_shared,
+    recurrent_forward_recurrence, recurrent_forward_sequence, recurrent_sequence_forward_shared,
+    recurrent_shares_steps, set_shared_steps, shared_steps, HiddenGrad, RecurrentBuffers,
+    RecurrentDims, RecurrentGrads, RecurrentWeights,
 };
 use crate::ops::reduce::{accuracy_count, reduce_sum, SumOptions};
 use crate::ops::rnn::RnnState;
@@ -149,6 +158,9 @@ struct Recurrent {
     /// Set when the input is an embedding read by this layer alone
     /// ([`feeds_recurrent_only`]).
     chunked: Option<ChunkScratch>,
+    /// `[2,B,H]`: the gradient of the state after the shared steps, for an
+    /// LSTM reading a chunked embedding (see [`SharedUse`]).
+    shared_carry: Option<TensorId>,
 }
 
 /// The per-batch chunk buffers of an embedding whose only reader is a
@@ -328,6 +340,29 @@ struct ChunkUse {
     per_position: PerPosition,
     /// The chunk count of the last batch written (none yet: chunked).
     last_chunks: std::cell::Cell<Option<usize>>,
+    /// The reader's shared steps, where its kernels run them.
+    shared: Option<SharedUse>,
+}
+
+/// An LSTM reading a chunked embedding whose kernels run shared leading
+/// steps (`ops::recurrent::recurrent_shares_steps`): before each run the
+/// host counts the steps at which every sample holds the same token
+/// (`ops::recurrent::shared_steps`, at most T - 1) and rewrites the step
+/// ranges of the two forward runs and the two backward runs
+/// (`ops::recurrent::set_shared_steps`). The embedding's gradient then
+/// holds the sum over the samples of a shared step's rows in sample 0's
+/// (chunked, it is summed per token anyway).
+#[derive(Debug)]
+struct SharedUse {
+    dims: RecurrentDims,
+    /// The forward stage and index of the run of the shared steps (the
+    /// other run follows it).
+    forward: (usize, usize),
+    /// The backward stage and index of the run after the shared steps
+    /// (the run of the shared steps follows it).
+    backward: (usize, usize),
+    /// The shared steps of the last batch written.
+    last: std::cell::Cell<Option<usize>>,
 }
 
 impl ChunkUse {
@@ -337,6 +372,27 @@ impl ChunkUse {
             .get()
             .is_none_or(|c| c as f64 <= MAX_CHUNK_SHARE * self.positions as f64)
     }
+}
+
+/// Where the runs of an LSTM's shared steps are (see [`SharedUse`]), if
+/// its forward stage `forward` and backward stage `backward` have them.
+fn shared_use(
+    stages: &[Stage],
+    forward: usize,
+    backward: usize,
+    dims: RecurrentDims,
+) -> Option<SharedUse> {
+    let find = |s: usize, entry: &str| {
+        let i = stages[s].dispatches.iter().position(|d| d.name == entry)?;
+        // Two runs of the kernel, one after the other.
+        (stages[s].dispatches.get(i + 1)?.name == entry).then_some((s, i))
+    };
+    Some(SharedUse {
+        dims,
+        forward: find(forward, "lstm_sequence_forward_blocked")?,
+        backward: find(backward, "lstm_sequence_backward_blocked")?,
+        last: std::cell::Cell::new(None),
+    })
 }
 
 /// The per-position alternatives of a chunked embedding's dispatches.
@@ -798,6 +854,15 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                     }),
                     _ => None,
                 };
+                let shared_carry = (lstm && chunked.is_some()).then(|| {
+                    l.add(
+                        format!("{name}/shared_carry"),
+                        &[2, b, h],
+                        f32,
+                        false,
+                        Zero::No,
+                    )
+                });
                 l.extra[id.0] = Extra::Recurrent(Recurrent {
                     dims,
                     z,
@@ -809,6 +874,7 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                     dh_carry,
                     dc_carry,
                     chunked,
+                    shared_carry,
                 });
                 if *return_sequences {
                     // Copied out of h_all slots 1..=T by an accumulating split.
@@ -982,9 +1048,16 @@ fn stage_uses(graph: &Graph, l: &Declared, kind: StageKind) -> Vec<TensorId> {
                     if let Extra::Recurrent(r) = l.extra[n.0] {
                         u.push(r.h_all);
                         u.extend(
-                            [r.gates, r.c_all, r.dz, r.dh_carry, r.dc_carry]
-                                .into_iter()
-                                .flatten(),
+                            [
+                                r.gates,
+                                r.c_all,
+                                r.dz,
+                                r.dh_carry,
+                                r.dc_carry,
+                                r.shared_carry,
+                            ]
+                            .into_iter()
+                            .flatten(),
                         );
                         if let Some(ch) = r.chunked {
                             u.extend([ch.sums, ch.rows]);
@@ -1080,7 +1153,11 @@ fn forward_dispatches(
                     c_all: b.id(r.c_all.expect("LSTM c_all"))?,
                     dc_carry: scratch(r.dc_carry),
                 });
-                if chunked {
+                if chunked && recurrent_shares_steps::<LstmState>(ctx, r.dims) {
+                    // Steps set per batch (SharedUse).
+                    recurrent_sequence_forward_shared(ctx, &bufs, &weights, mask.as_ref(), 0)?
+                        .into()
+                } else if chunked {
                     recurrent_forward_recurrence(ctx, &bufs, &weights, mask.as_ref())?
                 } else {
                     recurrent_forward_sequence(ctx, &bufs, &xs, &weights, mask.as_ref())?
@@ -1492,7 +1569,24 @@ fn backward_dispatches(
                     c_all: b.id(r.c_all.expect("LSTM c_all"))?,
                     dc_carry: scratch(r.dc_carry)?,
                 });
-                recurrent_backward_sequence(ctx, &grads, dh, &bufs, &xs, &weights, mask.as_ref())?
+                match r.shared_carry {
+                    Some(carry) if recurrent_shares_steps::<LstmState>(ctx, r.dims) => {
+                        // Steps set per batch (SharedUse).
+                        let (carry, m) = (b.id(carry)?, mask.as_ref());
+                        recurrent_backward_shared(
+                            ctx, &grads, dh, &bufs, &xs, &weights, m, &carry, 0,
+                        )?
+                    }
+                    _ => recurrent_backward_sequence(
+                        ctx,
+                        &grads,
+                        dh,
+                        &bufs,
+                        &xs,
+                        &weights,
+                        mask.as_ref(),
+                    )?,
+                }
             } else {
                 let bufs = bufs.with_cell(RnnState);
                 recurrent_backward_sequence(ctx, &grads, dh, &bufs, &xs, &weights, mask.as_ref())?
@@ -1985,6 +2079,7 @@ impl<'a> GpuExecutor<'a> {
                         padding_idx,
                         per_position,
                         last_chunks: std::cell::Cell::new(None),
+                        shared: shared_use(&stages, forward, s, r.dims),
                     })
                 }
             };
@@ -2063,6 +2158,16 @@ impl<'a> GpuExecutor<'a> {
             .iter()
             .filter_map(|t| t.chunked.as_ref())
             .filter_map(|u| Some((u.reader, u.last_chunks.get()?)))
+            .collect()
+    }
+
+    /// For each LSTM whose kernels run shared leading steps (see the
+    /// module doc), how many steps the last batch written shared.
+    pub fn shared_step_counts(&self) -> Vec<(NodeId, usize)> {
+        self.token_orders
+            .iter()
+            .filter_map(|t| t.chunked.as_ref())
+            .filter_map(|u| Some((u.reader, u.shared.as_ref()?.last.get()?)))
             .collect()
     }
 
@@ -2326,6 +2431,16 @@ impl<'a> GpuExecutor<'a> {
                 let p = embedding_params(c, u.vocab, u.width, u.padding_idx);
                 self.stages[s].dispatches[0].set_params(ctx, &p);
                 writes += 1;
+            }
+            if let Some(sh) = &u.shared {
+                let dims = sh.dims;
+                let n = shared_steps(ids, dims.steps, dims.batch).min(dims.steps - 1);
+                let ((fs, fi), (bs, bi)) = (sh.forward, sh.backward);
+                let (f, b) = (&self.stages[fs].dispatches, &self.stages[bs].dispatches);
+                set_shared_steps(ctx, dims, [&f[fi], &f[fi + 1]], n)?;
+                set_shared_steps(ctx, dims, [&b[bi + 1], &b[bi]], n)?;
+                sh.last.set(Some(n));
+                writes += 4;
             }
         }
         Ok(writes)

@@ -66,22 +66,80 @@ impl RecurrentParams {
     /// The two runs of a recurrence whose first `shared` steps are the same
     /// in every sample: those steps for sample 0, then the rest for every
     /// sample (see "shared steps" in `shaders/lstm.wgsl`).
-    pub fn shared_runs(self, shared: usize) -> [Self; 2] {
+    fn shared_runs(self, shared: usize) -> [Self; 2] {
+        let [first, rest] = StepRange::shared_runs(self.steps, self.batch, shared);
+        [first.into_params(self), rest.into_params(self)]
+    }
+}
+
+/// The steps and samples a blocked LSTM kernel runs: the tail of
+/// [`RecurrentParams`] (from `first`), rewritten per batch by
+/// [`set_shared_steps`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepRange {
+    first: u32,
+    end: u32,
+    rows: u32,
+    _pad: u32,
+}
+
+impl StepRange {
+    fn shared_runs(steps: u32, batch: u32, shared: usize) -> [Self; 2] {
         let shared = shared as u32;
         [
             Self {
                 first: 0,
                 end: shared,
                 rows: 1,
-                ..self
+                _pad: 0,
             },
             Self {
                 first: shared,
-                ..self
+                end: steps,
+                rows: batch,
+                _pad: 0,
             },
         ]
     }
 
+    fn into_params(self, p: RecurrentParams) -> RecurrentParams {
+        RecurrentParams {
+            first: self.first,
+            end: self.end,
+            rows: self.rows,
+            ..p
+        }
+    }
+}
+
+/// Sets the shared steps of the two runs that
+/// [`recurrent_sequence_forward_shared`] or
+/// [`recurrent_sequence_backward_shared`] prepared (`runs`: the run of
+/// the shared steps, then the other, whatever order they are recorded
+/// in) to `shared` (below T), by rewriting the step range in their
+/// uniforms: the graph executor does per batch.
+pub fn set_shared_steps(
+    ctx: &GpuContext,
+    dims: RecurrentDims,
+    runs: [&Dispatch; 2],
+    shared: usize,
+) -> Result<()> {
+    if shared >= dims.steps {
+        return Err(Error::shape(
+            "set_shared_steps",
+            format!("{shared} shared steps of {}: at most T - 1", dims.steps),
+        ));
+    }
+    let offset = std::mem::offset_of!(RecurrentParams, first) as u64;
+    let ranges = StepRange::shared_runs(dims.steps as u32, dims.batch as u32, shared);
+    for (run, range) in runs.into_iter().zip(ranges) {
+        run.set_params_at(ctx, offset, &range);
+    }
+    Ok(())
+}
+
+impl RecurrentParams {
     /// With the flags saying which incoming gradients exist.
     fn incoming(self, dh: HiddenGrad) -> Self {
         Self {
@@ -1238,19 +1296,17 @@ pub fn recurrent_shares_steps<C: RecurrentCell>(ctx: &GpuContext, dims: Recurren
 /// "shared steps" in `shaders/lstm.wgsl`): the first `shared` steps for
 /// sample 0 (one workgroup; nothing when `shared` is 0), then the rest for
 /// every sample. `shared` (below T) must be steps whose z rows are the same
-/// in every sample; a caller sets it per batch by rewriting the params of
-/// both with [`RecurrentParams::shared_runs`] of the returned params.
+/// in every sample; a caller may set it per batch ([`set_shared_steps`]).
 pub fn recurrent_sequence_forward_shared<C: RecurrentCell>(
     ctx: &GpuContext,
     bufs: &RecurrentBuffers<C>,
     weights: &RecurrentWeights,
     mask: Option<&GpuTensor>,
     shared: usize,
-) -> Result<([Dispatch; 2], RecurrentParams)> {
+) -> Result<[Dispatch; 2]> {
     let op = C::SEQUENCE_FORWARD.entry;
     let (k, bind, params) = sequence_forward_parts(ctx, bufs, weights, mask)?;
-    let runs = shared_runs(ctx, op, &k, &bind, params, bufs.dims, shared)?;
-    Ok((runs, params))
+    shared_runs(ctx, op, &k, &bind, params, bufs.dims, shared)
 }
 
 /// Prepares the two runs of [`RecurrentParams::shared_runs`].
@@ -1277,14 +1333,11 @@ fn shared_runs(
         ));
     }
     let [first, rest] = params.shared_runs(shared);
+    // The run of the shared steps computes one sample per workgroup.
+    let mut one = k.constants.clone();
+    one.push(("SAMPLES", 1.0));
     Ok([
-        ctx.prepare(
-            k.spec,
-            &k.constants,
-            &first,
-            bind,
-            Grid::Workgroups([1, 1, 1]),
-        )?,
+        ctx.prepare(k.spec, &one, &first, bind, Grid::Workgroups([1, 1, 1]))?,
         ctx.prepare(
             k.spec,
             &k.constants,
@@ -1402,8 +1455,7 @@ pub fn recurrent_sequence_backward<C: RecurrentCell>(
 /// sum in sample 0's row (0 in the others): the weight gradients over all
 /// rows of dz are the same, and dx of a shared step is the whole gradient
 /// of its one input row, in sample 0's. Returns the two runs in that order
-/// (rewrite their params per batch with [`RecurrentParams::shared_runs`]
-/// of the returned params, reversed).
+/// ([`set_shared_steps`] sets another count per batch).
 pub fn recurrent_sequence_backward_shared<C: RecurrentCell>(
     ctx: &GpuContext,
     bufs: &RecurrentBuffers<C>,
@@ -1412,7 +1464,7 @@ pub fn recurrent_sequence_backward_shared<C: RecurrentCell>(
     mask: Option<&GpuTensor>,
     carry: &GpuTensor,
     shared: usize,
-) -> Result<([Dispatch; 2], RecurrentParams)> {
+) -> Result<[Dispatch; 2]> {
     let op = C::SEQUENCE_BACKWARD.entry;
     expect_numel(
         op,
@@ -1422,7 +1474,7 @@ pub fn recurrent_sequence_backward_shared<C: RecurrentCell>(
     )?;
     let (k, bind, params) = sequence_backward_parts(ctx, bufs, dh, u, mask, Some(carry))?;
     let [first, rest] = shared_runs(ctx, op, &k, &bind, params, bufs.dims, shared)?;
-    Ok(([rest, first], params))
+    Ok([rest, first])
 }
 
 // ---------------------------------------------------------------- matmuls
@@ -1610,8 +1662,7 @@ pub fn recurrent_forward_persistent<C: RecurrentCell>(
 
 /// The forward pass with `shared` leading steps run once
 /// ([`recurrent_sequence_forward_shared`]): `Z = X·W`, then the two runs
-/// (3 dispatches). Also returns the params to rewrite per batch
-/// ([`RecurrentParams::shared_runs`] into the last two).
+/// (3 dispatches; the last two are the runs for [`set_shared_steps`]).
 pub fn recurrent_forward_shared<C: RecurrentCell>(
     ctx: &GpuContext,
     bufs: &RecurrentBuffers<C>,
@@ -1619,15 +1670,15 @@ pub fn recurrent_forward_shared<C: RecurrentCell>(
     weights: &RecurrentWeights,
     mask: Option<&GpuTensor>,
     shared: usize,
-) -> Result<(Vec<Dispatch>, RecurrentParams)> {
+) -> Result<Vec<Dispatch>> {
     let op = format!("{}_forward_shared", C::NAME);
     let dims = bufs.dims;
     let gates = C::GATES * dims.hidden;
     check_weights(&op, x, weights, dims, gates)?;
-    let (runs, params) = recurrent_sequence_forward_shared(ctx, bufs, weights, mask, shared)?;
+    let runs = recurrent_sequence_forward_shared(ctx, bufs, weights, mask, shared)?;
     let mut d = vec![input_projection(ctx, &bufs.z, x, weights.w, dims, gates)?];
     d.extend(runs);
-    Ok((d, params))
+    Ok(d)
 }
 
 /// The backward pass after [`recurrent_forward_shared`] (or
@@ -1635,8 +1686,8 @@ pub fn recurrent_forward_shared<C: RecurrentCell>(
 /// two runs of [`recurrent_sequence_backward_shared`] (`carry` `[2,B,H]`),
 /// then the weight gradients over every row of dz, as
 /// [`recurrent_backward_persistent`]. dx of a shared step is the whole
-/// gradient of its one input row, in sample 0's row. Also returns the
-/// params to rewrite per batch (the first two dispatches).
+/// gradient of its one input row, in sample 0's row. The first two
+/// dispatches are the runs (main, then shared) for [`set_shared_steps`].
 #[allow(clippy::too_many_arguments)]
 pub fn recurrent_backward_shared<C: RecurrentCell>(
     ctx: &GpuContext,
@@ -1648,12 +1699,11 @@ pub fn recurrent_backward_shared<C: RecurrentCell>(
     mask: Option<&GpuTensor>,
     carry: &GpuTensor,
     shared: usize,
-) -> Result<(Vec<Dispatch>, RecurrentParams)> {
+) -> Result<Vec<Dispatch>> {
     let op = format!("{}_backward_shared", C::NAME);
     let dims = bufs.dims;
     check_backward(&op, x, weights, dims, C::GATES * dims.hidden, dh)?;
-    let (runs, params) =
-        recurrent_sequence_backward_shared(ctx, bufs, dh, weights.u, mask, carry, shared)?;
+    let runs = recurrent_sequence_backward_shared(ctx, bufs, dh, weights.u, mask, carry, shared)?;
     let mut d = Vec::from(runs);
     d.extend(weight_gradients(
         ctx,
@@ -1664,7 +1714,7 @@ pub fn recurrent_backward_shared<C: RecurrentCell>(
         weights.w,
         dims,
     )?);
-    Ok((d, params))
+    Ok(d)
 }
 
 /// The forward pass after the input projection, for a caller that has

@@ -1216,6 +1216,9 @@ pub struct StepTiming {
     /// Chunks of equal tokens per chunked embedding→recurrent layer in the
     /// last timed batch, by reader layer (empty when none is chunked).
     pub chunks: Vec<(String, usize)>,
+    /// Leading steps every sample shared (run once) per LSTM whose kernels
+    /// share them, in the last timed batch, by layer.
+    pub shared_steps: Vec<(String, usize)>,
     /// Kernel time per kernel over one profiled step, largest first (empty
     /// without timestamps or when not asked for).
     pub kernels: Vec<KernelShare>,
@@ -1241,11 +1244,14 @@ pub fn time_step(
     let mut gpu = GpuExecutor::new(ctx, graph, loss, params, config)?;
     let gpu_step = step_seconds(&mut gpu, batches)?;
     let stats = gpu.step_stats();
-    let chunks = gpu
-        .chunk_counts()
-        .into_iter()
-        .map(|(id, c)| (graph.node(id).name.clone(), c))
-        .collect();
+    let named = |counts: Vec<(NodeId, usize)>| {
+        counts
+            .into_iter()
+            .map(|(id, c)| (graph.node(id).name.clone(), c))
+            .collect()
+    };
+    let chunks = named(gpu.chunk_counts());
+    let shared_steps = named(gpu.shared_step_counts());
     let kernels = if profile && ctx.has_timestamps() {
         kernel_shares(&gpu.profile_step(&batches[0])?)
     } else {
@@ -1262,6 +1268,7 @@ pub fn time_step(
         dispatches: stats.dispatches(),
         submits: stats.submits,
         chunks,
+        shared_steps,
         kernels,
     })
 }
@@ -1670,6 +1677,13 @@ impl BenchReport {
                 let _ = writeln!(
                     out,
                     "{layer}: input projection over {chunks} chunks of equal tokens (last batch)"
+                );
+            }
+            for (layer, shared) in &e.shared_steps {
+                let _ = writeln!(
+                    out,
+                    "{layer}: the first {shared} steps the same token in every sample, run once \
+                     (last batch)"
                 );
             }
             kernel_share_table(&mut out, &e.kernels);
