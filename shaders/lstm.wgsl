@@ -450,7 +450,8 @@ override H4: u32 = 1u;
 @group(0) @binding(7) var<storage, read> sb4_mask: array<u32>;
 // Blocked backward only: [2, B, H / 4], the gradient of h and of c after
 // the shared steps, per sample (written by the run after them, summed by
-// the run of them).
+// the run of them); then, written by the run of the shared steps, h_{t-1}
+// [T, H / 4] and dz_t [T, H] of sample 0 for each shared step t.
 @group(0) @binding(8) var<storage, read_write> sb4_carry: array<vec4<f32>>;
 
 fn sigmoid4(v: vec4<f32>) -> vec4<f32> {
@@ -849,6 +850,21 @@ fn blocked_cell_back(t: u32, n: u32, s: u32, grp: u32, ok: bool, live: bool, rea
                     sb4_dz[at + 2u * H4] = vec4<f32>(0.0);
                     sb4_dz[at + 3u * H4] = vec4<f32>(0.0);
                 }
+                // And compact rows of dz_t and h_{t-1} (= o_{t-1} * tanh(c)
+                // as forward computed it; 0 before the first step), so
+                // that dU of the shared steps is one product over T rows
+                // instead of T*B (without a mask; a masked step carries h).
+                let hc = 2u * nb * H4 + t * H4 + grp;
+                let zc = 2u * nb * H4 + params.steps * H4 + t * 4u * H4 + grp;
+                var hp = vec4<f32>(0.0);
+                if (t > 0u) {
+                    hp = sb4_gates[zrow - nb * 4u * H4 + 3u * H4 + grp] * tanh4(sb4_c[row]);
+                }
+                sb4_carry[hc] = hp;
+                sb4_carry[zc] = d.i;
+                sb4_carry[zc + H4] = d.f;
+                sb4_carry[zc + 2u * H4] = d.g;
+                sb4_carry[zc + 3u * H4] = d.o;
             }
         }
     }

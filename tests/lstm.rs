@@ -571,7 +571,7 @@ fn check_shared_steps(
     let gdu = upf(&start.du.clone().into_dyn());
     let gdb = upf(&start.db.clone().into_dyn());
     let carry = ctx
-        .zeros(&[2, batch, hidden], crossmodal::DType::F32)
+        .zeros(&[shared_carry_len(dims, 4)], crossmodal::DType::F32)
         .unwrap();
     let grads = RecurrentGrads {
         dx: Some(&gdx),
@@ -603,7 +603,7 @@ fn check_shared_steps(
     let mut before = start.clone();
     for share in [shared, 0] {
         set_shared_steps(ctx, dims, [&fwd[1], &fwd[2]], share).unwrap();
-        set_shared_steps(ctx, dims, [&bwd[1], &bwd[0]], share).unwrap();
+        set_shared_backward(ctx, dims, &bwd, share, kind != Mask::None).unwrap();
         let refs: Vec<_> = fwd.iter().chain(&bwd).collect();
         ctx.run(&refs).unwrap();
 

@@ -90,8 +90,8 @@ use crate::ops::pool2d::{
 use crate::ops::recurrent::{
     input_gradients, input_projection, recurrent_backward_sequence, recurrent_backward_shared,
     recurrent_forward_recurrence, recurrent_forward_sequence, recurrent_sequence_forward_shared,
-    recurrent_shares_steps, set_shared_steps, shared_steps, HiddenGrad, RecurrentBuffers,
-    RecurrentDims, RecurrentGrads, RecurrentWeights,
+    recurrent_shares_steps, set_shared_backward, set_shared_steps, shared_carry_len, shared_steps,
+    HiddenGrad, RecurrentBuffers, RecurrentDims, RecurrentGrads, RecurrentWeights,
 };
 use crate::ops::reduce::{accuracy_count, reduce_sum, SumOptions};
 use crate::ops::rnn::RnnState;
@@ -355,11 +355,13 @@ struct ChunkUse {
 #[derive(Debug)]
 struct SharedUse {
     dims: RecurrentDims,
+    /// Whether the LSTM is masked (dU then sums every row).
+    masked: bool,
     /// The forward stage and index of the run of the shared steps (the
     /// other run follows it).
     forward: (usize, usize),
     /// The backward stage and index of the run after the shared steps
-    /// (the run of the shared steps follows it).
+    /// (the run of the shared steps and the two dU products follow it).
     backward: (usize, usize),
     /// The shared steps of the last batch written.
     last: std::cell::Cell<Option<usize>>,
@@ -381,6 +383,7 @@ fn shared_use(
     forward: usize,
     backward: usize,
     dims: RecurrentDims,
+    masked: bool,
 ) -> Option<SharedUse> {
     let find = |s: usize, entry: &str| {
         let i = stages[s].dispatches.iter().position(|d| d.name == entry)?;
@@ -389,6 +392,7 @@ fn shared_use(
     };
     Some(SharedUse {
         dims,
+        masked,
         forward: find(forward, "lstm_sequence_forward_blocked")?,
         backward: find(backward, "lstm_sequence_backward_blocked")?,
         last: std::cell::Cell::new(None),
@@ -857,7 +861,7 @@ fn declare(graph: &Graph, loss: NodeId, inspect: &[NodeId], sources: &[NodeId]) 
                 let shared_carry = (lstm && chunked.is_some()).then(|| {
                     l.add(
                         format!("{name}/shared_carry"),
-                        &[2, b, h],
+                        &[shared_carry_len(dims, 4)],
                         f32,
                         false,
                         Zero::No,
@@ -2079,7 +2083,13 @@ impl<'a> GpuExecutor<'a> {
                         padding_idx,
                         per_position,
                         last_chunks: std::cell::Cell::new(None),
-                        shared: shared_use(&stages, forward, s, r.dims),
+                        shared: shared_use(
+                            &stages,
+                            forward,
+                            s,
+                            r.dims,
+                            matches!(graph.node(reader).op, Op::Lstm { masked: true, .. }),
+                        ),
                     })
                 }
             };
@@ -2438,9 +2448,9 @@ impl<'a> GpuExecutor<'a> {
                 let ((fs, fi), (bs, bi)) = (sh.forward, sh.backward);
                 let (f, b) = (&self.stages[fs].dispatches, &self.stages[bs].dispatches);
                 set_shared_steps(ctx, dims, [&f[fi], &f[fi + 1]], n)?;
-                set_shared_steps(ctx, dims, [&b[bi + 1], &b[bi]], n)?;
+                set_shared_backward(ctx, dims, &b[bi..], n, sh.masked)?;
                 sh.last.set(Some(n));
-                writes += 4;
+                writes += 6;
             }
         }
         Ok(writes)

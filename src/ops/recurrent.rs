@@ -1427,6 +1427,77 @@ pub fn recurrent_sequence_forward<C: RecurrentCell>(
     )
 }
 
+/// Elements of the carry of [`recurrent_sequence_backward_shared`] for a
+/// cell of `gates` gates per unit: the gradient of h and c after the shared
+/// steps `[2,B,H]`, then sample 0's h_{t-1} `[T,H]` and dz_t `[T,G·H]` of
+/// each shared step t (compact rows for dU, see
+/// [`recurrent_backward_shared`]).
+pub fn shared_carry_len(dims: RecurrentDims, gates: usize) -> usize {
+    let RecurrentDims {
+        steps: t,
+        batch: b,
+        hidden: h,
+        ..
+    } = dims;
+    2 * b * h + t * h + t * gates * h
+}
+
+/// dU after shared steps, in two products (see
+/// [`recurrent_backward_shared`]): over the rows of the steps after them
+/// (all rows with a mask), and over the compact rows of the shared steps in
+/// the carry (none with a mask: a masked step carries h, which the compact
+/// rows do not).
+fn shared_du_params(
+    dims: RecurrentDims,
+    gates: usize,
+    shared: usize,
+    masked: bool,
+) -> [MatmulParams; 2] {
+    let RecurrentDims {
+        steps: t,
+        batch: b,
+        hidden: h,
+        ..
+    } = dims;
+    let g = gates * h;
+    let (rest, compact) = if masked { (0, 0) } else { (shared, shared) };
+    [
+        MatmulParams::new(h, g, (t - rest) * b)
+            .accumulate()
+            .offsets(rest * b * h, rest * b * g, 0),
+        MatmulParams::new(h, g, compact)
+            .accumulate()
+            .offsets(2 * b * h, 2 * b * h + t * h, 0),
+    ]
+}
+
+/// Sets `shared` steps in the backward [`recurrent_backward_shared`]
+/// prepared, given its dispatches `d` (the two runs and the two dU
+/// products first), as the graph executor does per batch.
+pub fn set_shared_backward(
+    ctx: &GpuContext,
+    dims: RecurrentDims,
+    d: &[Dispatch],
+    shared: usize,
+    masked: bool,
+) -> Result<()> {
+    let [main, first, du_rest, du_compact, ..] = d else {
+        return Err(Error::shape(
+            "set_shared_backward",
+            format!(
+                "{} dispatches: the two runs and two dU products come first",
+                d.len()
+            ),
+        ));
+    };
+    set_shared_steps(ctx, dims, [first, main], shared)?;
+    // The LSTM's four gates: the only cell with shared steps.
+    let [rest, compact] = shared_du_params(dims, 4, shared, masked);
+    du_rest.set_params(ctx, &rest);
+    du_compact.set_params(ctx, &compact);
+    Ok(())
+}
+
 /// The whole backward recurrence in one dispatch (last step to first):
 /// writes dz of every step into `bufs.dz` from the incoming `dh` and the
 /// state forward saved. The weight gradients follow as matmuls over dz
@@ -1450,7 +1521,7 @@ pub fn recurrent_sequence_backward<C: RecurrentCell>(
 
 /// The backward recurrence after [`recurrent_sequence_forward_shared`]:
 /// the steps after the shared ones for every sample (leaving the gradient
-/// of the state they start from in `carry` `[2,B,H]`), then the shared
+/// of the state they start from in `carry`, see [`shared_carry_len`]), then the shared
 /// steps for sample 0 from its sum over the samples, their dz the samples'
 /// sum in sample 0's row (0 in the others): the weight gradients over all
 /// rows of dz are the same, and dx of a shared step is the whole gradient
@@ -1466,12 +1537,8 @@ pub fn recurrent_sequence_backward_shared<C: RecurrentCell>(
     shared: usize,
 ) -> Result<[Dispatch; 2]> {
     let op = C::SEQUENCE_BACKWARD.entry;
-    expect_numel(
-        op,
-        "carry",
-        &carry.shape,
-        2 * bufs.dims.batch * bufs.dims.hidden,
-    )?;
+    let len = shared_carry_len(bufs.dims, C::GATES);
+    expect_numel(op, "carry", &carry.shape, len)?;
     let (k, bind, params) = sequence_backward_parts(ctx, bufs, dh, u, mask, Some(carry))?;
     let [first, rest] = shared_runs(ctx, op, &k, &bind, params, bufs.dims, shared)?;
     Ok([rest, first])
@@ -1683,11 +1750,16 @@ pub fn recurrent_forward_shared<C: RecurrentCell>(
 
 /// The backward pass after [`recurrent_forward_shared`] (or
 /// [`recurrent_sequence_forward_shared`]) with the same `shared` steps: the
-/// two runs of [`recurrent_sequence_backward_shared`] (`carry` `[2,B,H]`),
-/// then the weight gradients over every row of dz, as
-/// [`recurrent_backward_persistent`]. dx of a shared step is the whole
-/// gradient of its one input row, in sample 0's row. The first two
-/// dispatches are the runs (main, then shared) for [`set_shared_steps`].
+/// two runs of [`recurrent_sequence_backward_shared`] (`carry` of
+/// [`shared_carry_len`]), then the weight gradients as
+/// [`recurrent_backward_persistent`], but dU in two products: over the rows
+/// of the steps after the shared ones, and over the compact rows of the
+/// shared steps (sample 0's h_{t-1} and dz_t, which the run of the shared
+/// steps leaves in the carry) instead of all T·B rows (with a mask, over
+/// all rows: a masked step carries h). db, dW and dx sum every row of dz
+/// (those of a shared step are 0 but sample 0's). dx of a shared step is
+/// the whole gradient of its one input row, in sample 0's row.
+/// [`set_shared_backward`] sets another count per batch.
 #[allow(clippy::too_many_arguments)]
 pub fn recurrent_backward_shared<C: RecurrentCell>(
     ctx: &GpuContext,
@@ -1702,17 +1774,24 @@ pub fn recurrent_backward_shared<C: RecurrentCell>(
 ) -> Result<Vec<Dispatch>> {
     let op = format!("{}_backward_shared", C::NAME);
     let dims = bufs.dims;
-    check_backward(&op, x, weights, dims, C::GATES * dims.hidden, dh)?;
+    let gates = C::GATES * dims.hidden;
+    check_backward(&op, x, weights, dims, gates, dh)?;
+    expect_numel(&op, "dU", &grads.du.shape, dims.hidden * gates)?;
     let runs = recurrent_sequence_backward_shared(ctx, bufs, dh, weights.u, mask, carry, shared)?;
     let mut d = Vec::from(runs);
-    d.extend(weight_gradients(
+    let [rest, compact] = shared_du_params(dims, C::GATES, shared, mask.is_some());
+    d.push(matmul(
         ctx,
-        grads,
-        &bufs.dz,
-        x,
+        Layout::AtB,
+        grads.du,
         &bufs.h_all,
-        weights.w,
-        dims,
+        &bufs.dz,
+        rest,
+    )?);
+    d.push(matmul(ctx, Layout::AtB, grads.du, carry, carry, compact)?);
+    d.extend(bias_backward(ctx, grads.db, &bufs.dz)?);
+    d.extend(input_gradients(
+        ctx, grads.dw, grads.dx, &bufs.dz, x, weights.w, dims,
     )?);
     Ok(d)
 }
