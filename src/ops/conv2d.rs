@@ -20,10 +20,14 @@
 //! about 3x the gather kernel's speed at equal FLOPs.
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, CowArray, Ix4, NdFloat};
+use ndarray::{
+    Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, CowArray, Ix4,
+    NdFloat,
+};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
+use crate::ops::recurrent::{on_batch_halves, CPU_SPLIT_MIN_BATCH};
 use crate::tensor::{expect_numel, expect_shape, numel};
 
 /// Uniform parameters, mirrored by `Params` in `shaders/conv2d.wgsl`.
@@ -85,6 +89,11 @@ pub struct Conv2dGeometry {
 }
 
 impl Conv2dGeometry {
+    /// The same convolution over `batch` samples (a part of the batch).
+    fn with_batch(&self, batch: usize) -> Self {
+        Self { batch, ..*self }
+    }
+
     /// Checks the sizes: non-zero kernel, stride and channels, a Valid
     /// kernel no larger than the input, and every tensor indexable in u32.
     pub fn new(
@@ -317,7 +326,9 @@ fn col2im<A: NdFloat>(dcols: &Array2<A>, dx: &mut [A], g: &Conv2dGeometry) {
 }
 
 /// `y[n,oh,ow,co] = b[co] + Σ_{kh,kw,ci} x[n,ih,iw,ci] · w[kh,kw,ci,co]`,
-/// computed as `b + im2col(x) · w`.
+/// computed as `b + im2col(x) · w`, the halves of a large batch on two
+/// threads (as the recurrent references: `ops::recurrent::on_batch_halves`;
+/// each row's product is the same either way).
 pub fn conv2d_forward_cpu<A: NdFloat>(
     x: &ArrayView4<A>,
     w: &ArrayView4<A>,
@@ -327,20 +338,36 @@ pub fn conv2d_forward_cpu<A: NdFloat>(
     check_cpu("x", x.shape(), &g.input_shape());
     check_cpu("w", w.shape(), &g.weight_shape());
     check_cpu("b", b.shape(), &g.bias_shape());
-    let cols = im2col(x, g);
     let w = w.as_standard_layout();
+    let w = as_matrix(&w);
     // y starts as the bias in every row: one row, then the filled part
     // copied after itself until all rows are there (a broadcasting `assign`
     // over the zeroed output cost more than the product, and a copy per row
     // is one `memcpy` call per pixel).
-    let len = cols.nrows() * g.out_c;
+    let [_, out_h, out_w, _] = g.output_shape();
+    let pixels = out_h * out_w;
+    let len = g.batch * pixels * g.out_c;
     let mut y = Vec::with_capacity(len);
     y.extend(b.iter().copied().take(len));
     while y.len() < len {
         y.extend_from_within(..y.len().min(len - y.len()));
     }
-    let mut y = Array2::from_shape_vec((cols.nrows(), g.out_c), y).expect("one row per pixel");
-    general_mat_mul(A::one(), &cols, &as_matrix(&w), A::one(), &mut y);
+    let mut y = Array2::from_shape_vec((g.batch * pixels, g.out_c), y).expect("one row per pixel");
+    // Each half of the batch: its im2col rows times w, into its rows of y.
+    let run = |(x, mut y): (ArrayView4<A>, ArrayViewMut2<A>)| {
+        let cols = im2col(&x, &g.with_batch(x.dim().0));
+        general_mat_mul(A::one(), &cols, &w, A::one(), &mut y);
+    };
+    on_batch_halves(
+        g.batch,
+        (x.view(), y.view_mut()),
+        |(x, y), at| {
+            let (x0, x1) = x.split_at(Axis(0), at);
+            let (y0, y1) = y.split_at(Axis(0), at * pixels);
+            ((x0, y0), (x1, y1))
+        },
+        run,
+    );
     y.into_shape_with_order(g.output_shape())
         .expect("standard layout reshapes")
 }
@@ -369,7 +396,7 @@ pub fn conv2d_backward_input_cpu<A: NdFloat>(
 }
 
 /// `dw[kh,kw,ci,co] += Σ_{n,oh,ow} x[n,ih,iw,ci] · dy[n,oh,ow,co]`,
-/// computed as `im2col(x)ᵀ · dy`.
+/// computed as `im2col(x)ᵀ · dy`, per half of a large batch on two threads.
 pub fn conv2d_backward_weight_cpu<A: NdFloat>(
     dw: &mut Array4<A>,
     dy: &ArrayView4<A>,
@@ -380,7 +407,25 @@ pub fn conv2d_backward_weight_cpu<A: NdFloat>(
     check_cpu("dy", dy.shape(), &g.output_shape());
     check_cpu("x", x.shape(), &g.input_shape());
     let dy = dy.as_standard_layout();
-    let grad = im2col(x, g).t().dot(&as_matrix(&dy));
+    // Each half of the batch: its im2col rows' product into a sum of its
+    // own; the halves' sums are added in order (deterministic).
+    let half = |x: &ArrayView4<A>, dy: &ArrayView4<A>| {
+        im2col(x, &g.with_batch(x.dim().0))
+            .t()
+            .dot(&as_matrix(&dy.as_standard_layout()))
+    };
+    let grad = if g.batch < CPU_SPLIT_MIN_BATCH {
+        half(x, &dy.view())
+    } else {
+        let at = g.batch / 2;
+        let (x0, x1) = x.view().split_at(Axis(0), at);
+        let (dy0, dy1) = dy.view().split_at(Axis(0), at);
+        let (g0, g1) = std::thread::scope(|s| {
+            let second = s.spawn(|| half(&x1, &dy1));
+            (half(&x0, &dy0), second.join().expect("no panic"))
+        });
+        g0 + g1
+    };
     *dw += &grad
         .into_shape_with_order(g.weight_shape())
         .expect("standard layout reshapes");
