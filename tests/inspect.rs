@@ -7,10 +7,11 @@ mod common;
 
 use std::path::PathBuf;
 
+use crossmodal::experiment::overrides::apply_overrides;
 use crossmodal::experiment::run::Experiment;
 use crossmodal::graph::gpu::GpuExecutor;
-use crossmodal::graph::{Executor, TrainConfig};
-use crossmodal::study::inspect::{inspect, summarize, InspectOptions};
+use crossmodal::graph::{Executor, Phase, TrainConfig};
+use crossmodal::study::inspect::{estimate_costs, inspect, summarize, InspectOptions};
 use crossmodal::study::shadow::Prepared;
 
 fn tiny() -> Experiment {
@@ -146,4 +147,44 @@ fn schedule_has_a_row_per_dispatch_and_the_profile_times_each() {
     assert!(prof.cpu_seconds.iter().any(|(l, _, _)| l == "lstm"));
     assert!(r.to_string().contains("per layer"));
     std::fs::remove_dir_all(&out).ok();
+}
+
+/// An LSTM sharing leading steps (H = 8: the blocked kernels) records two
+/// runs each way and two dU products; the schedule costs each with the
+/// shared steps it is given: the run of the shared steps one sample over
+/// them, the other run every sample over the rest, dU over the rows after
+/// them plus one row per shared step.
+#[test]
+fn shared_steps_are_costed_per_run() {
+    let Some(ctx) = common::gpu() else { return };
+    let sets = ["model.layers.lstm.kind.Lstm.units=8".to_string()];
+    let exp = apply_overrides(&tiny(), &sets).unwrap();
+    let p = Prepared::new(&exp, None).unwrap();
+    let g = &p.model.graph;
+    let ex = GpuExecutor::new(ctx, g, p.model.loss, &p.params, TrainConfig::default()).unwrap();
+    let schedule = ex.train_schedule();
+    let lstm = g.expect_id("lstm").unwrap();
+    let (t, b, h) = (7, 4, 8);
+    let gates = 4 * h;
+    for s in [0, 3] {
+        let costs = estimate_costs(g, p.model.loss, &schedule, &[], &[(lstm, s)]);
+        let flops = |phase: Phase, prefix: &str| -> Vec<u64> {
+            schedule
+                .iter()
+                .zip(&costs)
+                .filter(|(d, _)| d.node == Some(lstm) && d.phase == phase)
+                .filter(|(d, _)| d.entry.starts_with(prefix))
+                .map(|(_, c)| c.flops.unwrap())
+                .collect()
+        };
+        let step = |rows: usize| (2 * rows * h * gates + rows * h * 12) as u64;
+        let runs = flops(Phase::Forward, "lstm_sequence_forward_blocked");
+        assert_eq!(runs, vec![s as u64 * step(1), (t - s) as u64 * step(b)]);
+        let runs = flops(Phase::Backward, "lstm_sequence_backward_blocked");
+        let back = |rows: usize| (2 * rows * gates * h + rows * h * 20) as u64;
+        assert_eq!(runs, vec![(t - s) as u64 * back(b), s as u64 * back(1)]);
+        let du = |k: usize| (2 * h * gates * k) as u64;
+        let matmuls = flops(Phase::Backward, "matmul");
+        assert_eq!(matmuls[..2], [du((t - s) * b), du(s)], "{matmuls:?}");
+    }
 }

@@ -573,7 +573,10 @@ fn shape(graph: &Graph, id: NodeId) -> &[usize] {
 /// kernels): `(m, n, k, accumulate)`. `chunked`: a recurrent backward whose
 /// input kernel and input gradients go per chunk of equal tokens (the
 /// graph executor's chunked embedding input) with `chunks` rows in its
-/// chunked products (see [`estimate_costs`]).
+/// chunked products (see [`estimate_costs`]). `shared`: an LSTM sharing
+/// that many leading steps, whose dU is two products (the rows after them,
+/// and one compact row per shared step; see `ops::recurrent::
+/// recurrent_backward_shared`).
 fn expected_matmuls(
     graph: &Graph,
     needs: &[bool],
@@ -581,6 +584,7 @@ fn expected_matmuls(
     phase: Phase,
     stepwise: bool,
     chunked: Option<usize>,
+    shared: Option<usize>,
 ) -> Vec<(usize, usize, usize, bool)> {
     let node = graph.node(id);
     let ins = &node.inputs;
@@ -612,7 +616,13 @@ fn expected_matmuls(
             } else {
                 let mut v: Vec<_> = std::iter::repeat_n((b, h, g, true), steps).collect();
                 // dU, then dW (over the chunks' rows when chunked).
-                v.extend([(h, g, t * b, true), (d, g, chunked.unwrap_or(t * b), true)]);
+                // (Masked: the first over every row, the second over none.)
+                let masked = matches!(node.op, Op::Lstm { masked: true, .. });
+                match shared.map(|s| if masked { 0 } else { s }) {
+                    Some(s) => v.extend([(h, g, (t - s) * b, true), (h, g, s, true)]),
+                    None => v.push((h, g, t * b, true)),
+                }
+                v.push((d, g, chunked.unwrap_or(t * b), true));
                 if needs[ins[0].0] {
                     v.push((chunked.unwrap_or(t * b), d, g, true));
                 }
@@ -641,11 +651,16 @@ fn chunk_reader(graph: &Graph, id: NodeId) -> NodeId {
 /// the GPU executor runs per chunk of equal tokens
 /// ([`GpuExecutor::chunk_counts`] after a run); a chunked layer missing
 /// from it is costed at one chunk per position, the most a batch can have.
+///
+/// `shared`: the leading steps each LSTM whose kernels share them ran once
+/// in the last batch ([`GpuExecutor::shared_step_counts`]; missing: none):
+/// its two runs each way and its two dU products are costed with them.
 pub fn estimate_costs(
     graph: &Graph,
     loss: NodeId,
     schedule: &[ScheduledDispatch],
     chunks: &[(NodeId, usize)],
+    shared: &[(NodeId, usize)],
 ) -> Vec<Cost> {
     let needs = graph.needs_grad(loss);
     let trained: Vec<NodeId> = graph.params().into_iter().filter(|p| needs[p.0]).collect();
@@ -686,6 +701,16 @@ pub fn estimate_costs(
                         |c| c.1,
                     )
                 });
+                // An LSTM sharing leading steps records its blocked kernel
+                // twice in a stage.
+                let runs = stage
+                    .iter()
+                    .filter(|d| {
+                        d.entry.starts_with("lstm_sequence_") && d.entry.ends_with("_blocked")
+                    })
+                    .count();
+                let shared =
+                    (runs == 2).then(|| shared.iter().find(|c| c.0 == id).map_or(0, |c| c.1));
                 let plan = [false, true]
                     .into_iter()
                     .map(|sw| {
@@ -696,6 +721,7 @@ pub fn estimate_costs(
                             phase,
                             sw,
                             rows.filter(|_| reader == id),
+                            shared,
                         )
                     })
                     .find(|m| m.len() == matmuls);
@@ -714,7 +740,7 @@ pub fn estimate_costs(
                         c
                     } else {
                         let prev = (k > 0).then(|| &stage[k - 1]);
-                        kernel_cost(graph, &needs, id, phase, d, *nth, prev, rows)
+                        kernel_cost(graph, &needs, id, phase, d, *nth, prev, rows, shared)
                     };
                     *nth += 1;
                 }
@@ -762,6 +788,7 @@ fn kernel_cost(
     nth: usize,
     prev: Option<&ScheduledDispatch>,
     chunks: Option<usize>,
+    shared: Option<usize>,
 ) -> Cost {
     let node = graph.node(id);
     let ins = &node.inputs;
@@ -807,7 +834,12 @@ fn kernel_cost(
         "embedding_backward" => Cost::new(y + inp(1) + inp(0), inp(0), y),
         "lstm_sequence_forward" | "lstm_sequence_forward_blocked" | "rnn_sequence_forward" => {
             let x = sh(0);
-            let (t, b) = (x[0], x[1]);
+            // With shared steps: their run (sample 0), then the rest.
+            let (t, b) = match shared {
+                Some(s) if nth == 0 => (s, 1),
+                Some(s) => (x[0] - s, x[1]),
+                None => (x[0], x[1]),
+            };
             let (h, g) = (sh(2)[0], sh(2)[1]);
             let lstm = g == 4 * h;
             let cell = if lstm { 12 } else { 3 };
@@ -837,7 +869,12 @@ fn kernel_cost(
         | "lstm_sequence_backward_blocked"
         | "rnn_sequence_backward" => {
             let x = sh(0);
-            let (t, b) = (x[0], x[1]);
+            // With shared steps: the rest, then their run (sample 0).
+            let (t, b) = match shared {
+                Some(s) if nth == 0 => (x[0] - s, x[1]),
+                Some(s) => (s, 1),
+                None => (x[0], x[1]),
+            };
             let (h, g) = (sh(2)[0], sh(2)[1]);
             let lstm = g == 4 * h;
             let saved = if lstm {
@@ -976,7 +1013,13 @@ pub fn schedule(
     gpu: &GpuExecutor,
 ) -> Vec<ScheduleRow> {
     let dispatches = gpu.train_schedule();
-    let costs = estimate_costs(graph, loss, &dispatches, &gpu.chunk_counts());
+    let costs = estimate_costs(
+        graph,
+        loss,
+        &dispatches,
+        &gpu.chunk_counts(),
+        &gpu.shared_step_counts(),
+    );
     dispatches
         .iter()
         .zip(costs)
