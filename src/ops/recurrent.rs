@@ -1638,7 +1638,21 @@ fn weight_gradients(
         dz,
         MatmulParams::new(dims.hidden, gates, rows).accumulate(),
     )?];
-    d.extend(bias_backward(ctx, grads.db, dz)?);
+    d.extend(bias_and_input_gradients(ctx, grads, dz, x, w, dims)?);
+    Ok(d)
+}
+
+/// What follows dU in [`weight_gradients`]: `db += Σ dZ` over every row,
+/// then [`input_gradients`].
+fn bias_and_input_gradients(
+    ctx: &GpuContext,
+    grads: &RecurrentGrads,
+    dz: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    dims: RecurrentDims,
+) -> Result<Vec<Dispatch>> {
+    let mut d = bias_backward(ctx, grads.db, dz)?;
     d.extend(input_gradients(ctx, grads.dw, grads.dx, dz, x, w, dims)?);
     Ok(d)
 }
@@ -1789,9 +1803,8 @@ pub fn recurrent_backward_shared<C: RecurrentCell>(
         rest,
     )?);
     d.push(matmul(ctx, Layout::AtB, grads.du, carry, carry, compact)?);
-    d.extend(bias_backward(ctx, grads.db, &bufs.dz)?);
-    d.extend(input_gradients(
-        ctx, grads.dw, grads.dx, &bufs.dz, x, weights.w, dims,
+    d.extend(bias_and_input_gradients(
+        ctx, grads, &bufs.dz, x, weights.w, dims,
     )?);
     Ok(d)
 }
