@@ -1645,7 +1645,8 @@ impl BenchReport {
             out.push_str(
                 "\n(Token ids uniform in [1, vocab) as in Keras' throughput script; \
                  pre-padded: 5 to 30 real steps of 100 over the 300 most frequent ids, \
-                 like the built-in synthetic set.)\n",
+                 like the built-in synthetic set: both backends run the padding steps \
+                 every sample shares once. Keras runs every step either way.)\n",
             );
             let _ = writeln!(
                 out,
