@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{Array1, Array2, Array3, Array4, ArrayD, Axis, IxDyn};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, Axis, IxDyn};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -690,6 +690,113 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     Ok(())
 }
 
+/// The seed's LSTM on pre-padded texts without a mask: the first
+/// [`SHARED_STEPS`] steps the same in every sample, run once on both
+/// backends (`recurrent_forward_shared`, `lstm_forward_shared_cpu`). Work:
+/// the FLOPs actually run (one row for the shared steps).
+const SHARED_STEPS: usize = 70;
+
+fn shared_lstm_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
+    let (t, b, d, h, shared) = (100, BATCH, 32, 64, SHARED_STEPS);
+    let g = 4 * h;
+    let dims = RecurrentDims::new(t, b, d, h);
+    let mut x = Array3::from_shape_vec((t, b, d), rand_vec(t * b * d, 9)).expect("length");
+    for i in 0..shared {
+        let first = x.slice(s![i, 0, ..]).to_owned();
+        for mut row in x.index_axis_mut(Axis(0), i).outer_iter_mut() {
+            row.assign(&first);
+        }
+    }
+    let w = array2(d, g, 10) * 0.2;
+    let u = array2(h, g, 11) * 0.2;
+    let bias = Array1::from_vec(rand_vec(g, 12));
+    let dh_last = array2(b, h, 14);
+    let mut dh_seq = Array3::<f32>::zeros((t, b, h));
+    dh_seq.index_axis_mut(Axis(0), t - 1).assign(&dh_last);
+    let (gx, gw, gu, gb) = (
+        upload(ctx, &x)?,
+        upload(ctx, &w)?,
+        upload(ctx, &u)?,
+        upload(ctx, &bias)?,
+    );
+    let gdh = upload(ctx, &dh_last)?;
+    let (gdx, gdw, gdu, gdb) = (
+        zeros(ctx, &[t, b, d])?,
+        zeros(ctx, &[d, g])?,
+        zeros(ctx, &[h, g])?,
+        zeros(ctx, &[g])?,
+    );
+    let carry = zeros(ctx, &[shared_carry_len(dims, 4)])?;
+    let weights = RecurrentWeights {
+        w: &gw,
+        u: &gu,
+        b: &gb,
+    };
+    let grads = RecurrentGrads {
+        dx: Some(&gdx),
+        dw: Some(&gdw),
+        du: &gdu,
+        db: &gdb,
+    };
+    let dh = HiddenGrad {
+        seq: None,
+        last: Some(&gdh),
+    };
+    let bufs = RecurrentBuffers::<LstmState>::new(ctx, dims)?;
+    if !recurrent_shares_steps::<LstmState>(ctx, dims) {
+        return Ok(());
+    }
+    let fwd = recurrent_forward_shared(ctx, &bufs, &gx, &weights, None, shared)?;
+    let bwd =
+        recurrent_backward_shared(ctx, &grads, dh, &bufs, &gx, &weights, None, &carry, shared)?;
+    let states =
+        lstm_forward_shared_cpu(&x.view(), &w.view(), &u.view(), &bias.view(), None, shared);
+    // The input projection over every row, the recurrence over one row for
+    // the shared steps and every row after them (backward: twice that).
+    let rows = shared + (t - shared) * b;
+    let flops = 2.0 * (t * b * g * d + rows * g * h) as f64;
+    let (x1, w1, u1, b1) = (x.clone(), w.clone(), u.clone(), bias.clone());
+    let mut cpu_grads = RecurrentCpuGrads::zeros(dims, g);
+    let name =
+        |kernel: &str| format!("{kernel} T{t} B{b} D{d} H{h} ({shared} of {t} steps shared)");
+    cases.push(Case {
+        kernel: "lstm_forward",
+        name: name("lstm_forward"),
+        sweep: None,
+        work: Work::Flops(flops),
+        gpu: fwd,
+        cpu: Box::new(move || {
+            std::hint::black_box(lstm_forward_shared_cpu(
+                &x1.view(),
+                &w1.view(),
+                &u1.view(),
+                &b1.view(),
+                None,
+                shared,
+            ));
+        }),
+    });
+    cases.push(Case {
+        kernel: "lstm_backward",
+        name: name("lstm_backward"),
+        sweep: None,
+        work: Work::Flops(2.0 * flops),
+        gpu: bwd,
+        cpu: Box::new(move || {
+            lstm_backward_cpu(
+                &mut cpu_grads,
+                &dh_seq.view(),
+                &states,
+                &x.view(),
+                &w.view(),
+                &u.view(),
+                None,
+            )
+        }),
+    });
+    Ok(())
+}
+
 fn head_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     // Concat of the LSTM output and the flattened image features.
     let (text, image) = (rand_array(&[BATCH, 64], 15), rand_array(&[BATCH, 5408], 16));
@@ -918,6 +1025,7 @@ pub fn seed_cases(ctx: &GpuContext) -> Result<Vec<Case>> {
     bias_cases(ctx, &mut cases)?;
     embedding_cases(ctx, &mut cases)?;
     recurrent_cases(ctx, &mut cases)?;
+    shared_lstm_cases(ctx, &mut cases)?;
     head_cases(ctx, &mut cases)?;
     optimizer_cases(ctx, &mut cases)?;
     Ok(cases)
