@@ -27,7 +27,7 @@ use ndarray::{
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, GpuContext, GpuTensor, Grid, KernelSpec, Shader};
-use crate::ops::recurrent::{on_batch_halves, CPU_SPLIT_MIN_BATCH};
+use crate::ops::threads::{on_batch_halves, CPU_SPLIT_MIN_BATCH};
 use crate::tensor::{expect_numel, expect_shape, numel};
 
 /// Uniform parameters, mirrored by `Params` in `shaders/conv2d.wgsl`.
@@ -327,7 +327,7 @@ fn col2im<A: NdFloat>(dcols: &Array2<A>, dx: &mut [A], g: &Conv2dGeometry) {
 
 /// `y[n,oh,ow,co] = b[co] + Σ_{kh,kw,ci} x[n,ih,iw,ci] · w[kh,kw,ci,co]`,
 /// computed as `b + im2col(x) · w`, the halves of a large batch on two
-/// threads (as the recurrent references: `ops::recurrent::on_batch_halves`;
+/// threads (`ops::threads::on_batch_halves`, as the recurrent references;
 /// each row's product is the same either way).
 pub fn conv2d_forward_cpu<A: NdFloat>(
     x: &ArrayView4<A>,

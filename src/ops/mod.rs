@@ -17,3 +17,4 @@ pub mod reduce;
 pub mod rnn;
 pub mod segment_sum;
 pub mod softmax_cross_entropy;
+pub mod threads;

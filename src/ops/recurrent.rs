@@ -22,6 +22,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor, Grid, KernelSpec};
 use crate::ops::bias::bias_backward;
 use crate::ops::matmul::{matmul, Layout, MatmulParams};
+use crate::ops::threads::on_batch_halves;
+pub use crate::ops::threads::CPU_SPLIT_MIN_BATCH;
 use crate::tensor::{expect_numel, DType};
 
 /// Uniform parameters of every recurrent kernel, mirrored by `Params` in
@@ -160,33 +162,6 @@ pub(crate) fn step_has_real(mask: Option<&ArrayView2<bool>>, t: usize) -> bool {
 /// Whether sample `n` of a step's `[B]` mask is real (no mask: all are).
 pub(crate) fn is_real(mask: Option<&ArrayView1<bool>>, n: usize) -> bool {
     mask.is_none_or(|m| m[n])
-}
-
-/// Batches at least this large run their recurrence as two halves on two
-/// threads (samples are independent); smaller ones are not worth a thread.
-pub const CPU_SPLIT_MIN_BATCH: usize = 16;
-
-/// Runs `run` on the two halves of a batch of `batch` samples at once (the
-/// second half on a scoped thread), or on the whole batch when it is
-/// smaller than [`CPU_SPLIT_MIN_BATCH`]. `split(part, at)` cuts `part` at
-/// sample `at`. Samples are independent (each one's arithmetic is the same
-/// in a half as in the whole batch; the tests check it bit for bit) and
-/// the split depends only on `batch`, so results are bit-identical from run
-/// to run.
-pub(crate) fn on_batch_halves<P: Send>(
-    batch: usize,
-    part: P,
-    split: impl FnOnce(P, usize) -> (P, P),
-    run: impl Fn(P) + Sync,
-) {
-    if batch < CPU_SPLIT_MIN_BATCH {
-        return run(part);
-    }
-    let (first, second) = split(part, batch / 2);
-    std::thread::scope(|s| {
-        s.spawn(|| run(second));
-        run(first);
-    });
 }
 
 /// A view of time-major arrays (`[T,B,..]`, mask `[T,B]`) that can be cut
