@@ -158,8 +158,8 @@ struct Recurrent {
     /// Set when the input is an embedding read by this layer alone
     /// ([`feeds_recurrent_only`]).
     chunked: Option<ChunkScratch>,
-    /// `[2,B,H]`: the gradient of the state after the shared steps, for an
-    /// LSTM reading a chunked embedding (see [`SharedUse`]).
+    /// The carry of an LSTM reading a chunked embedding, should its kernels
+    /// share steps (see [`SharedUse`]; `ops::recurrent::shared_carry_len`).
     shared_carry: Option<TensorId>,
 }
 
@@ -348,8 +348,9 @@ struct ChunkUse {
 /// steps (`ops::recurrent::recurrent_shares_steps`): before each run the
 /// host counts the steps at which every sample holds the same token
 /// (`ops::recurrent::shared_steps`, at most T - 1) and rewrites the step
-/// ranges of the two forward runs and the two backward runs
-/// (`ops::recurrent::set_shared_steps`). The embedding's gradient then
+/// ranges of the two forward runs (`ops::recurrent::set_shared_steps`) and
+/// of the two backward runs with the two dU products that follow them
+/// (`ops::recurrent::set_shared_backward`). The embedding's gradient then
 /// holds the sum over the samples of a shared step's rows in sample 0's
 /// (chunked, it is summed per token anyway).
 #[derive(Debug)]

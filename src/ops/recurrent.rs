@@ -64,14 +64,6 @@ impl RecurrentParams {
             ..Self::default()
         }
     }
-
-    /// The two runs of a recurrence whose first `shared` steps are the same
-    /// in every sample: those steps for sample 0, then the rest for every
-    /// sample (see "shared steps" in `shaders/lstm.wgsl`).
-    fn shared_runs(self, shared: usize) -> [Self; 2] {
-        let [first, rest] = StepRange::shared_runs(self.steps, self.batch, shared);
-        [first.into_params(self), rest.into_params(self)]
-    }
 }
 
 /// The steps and samples a blocked LSTM kernel runs: the tail of
@@ -87,9 +79,18 @@ struct StepRange {
 }
 
 impl StepRange {
-    fn shared_runs(steps: u32, batch: u32, shared: usize) -> [Self; 2] {
+    /// The two runs of a recurrence whose first `shared` steps (below T)
+    /// are the same in every sample: those steps for sample 0, then the
+    /// rest for every sample (see "shared steps" in `shaders/lstm.wgsl`).
+    fn shared_runs(op: &str, dims: RecurrentDims, shared: usize) -> Result<[Self; 2]> {
+        if shared >= dims.steps {
+            return Err(Error::shape(
+                op,
+                format!("{shared} shared steps of {}: at most T - 1", dims.steps),
+            ));
+        }
         let shared = shared as u32;
-        [
+        Ok([
             Self {
                 first: 0,
                 end: shared,
@@ -98,11 +99,11 @@ impl StepRange {
             },
             Self {
                 first: shared,
-                end: steps,
-                rows: batch,
+                end: dims.steps as u32,
+                rows: dims.batch as u32,
                 _pad: 0,
             },
-        ]
+        ])
     }
 
     fn into_params(self, p: RecurrentParams) -> RecurrentParams {
@@ -127,14 +128,8 @@ pub fn set_shared_steps(
     runs: [&Dispatch; 2],
     shared: usize,
 ) -> Result<()> {
-    if shared >= dims.steps {
-        return Err(Error::shape(
-            "set_shared_steps",
-            format!("{shared} shared steps of {}: at most T - 1", dims.steps),
-        ));
-    }
     let offset = std::mem::offset_of!(RecurrentParams, first) as u64;
-    let ranges = StepRange::shared_runs(dims.steps as u32, dims.batch as u32, shared);
+    let ranges = StepRange::shared_runs("set_shared_steps", dims, shared)?;
     for (run, range) in runs.into_iter().zip(ranges) {
         run.set_params_at(ctx, offset, &range);
     }
@@ -1284,7 +1279,7 @@ pub fn recurrent_sequence_forward_shared<C: RecurrentCell>(
     shared_runs(ctx, op, &k, &bind, params, bufs.dims, shared)
 }
 
-/// Prepares the two runs of [`RecurrentParams::shared_runs`].
+/// Prepares the two runs of [`StepRange::shared_runs`].
 fn shared_runs(
     ctx: &GpuContext,
     op: &str,
@@ -1301,13 +1296,7 @@ fn shared_runs(
             why: "only the blocked LSTM kernels run them (H a multiple of 4, at most 64)".into(),
         });
     }
-    if shared >= dims.steps {
-        return Err(Error::shape(
-            op,
-            format!("{shared} shared steps of {}: at most T - 1", dims.steps),
-        ));
-    }
-    let [first, rest] = params.shared_runs(shared);
+    let [first, rest] = StepRange::shared_runs(op, dims, shared)?.map(|r| r.into_params(params));
     // The run of the shared steps computes one sample per workgroup.
     let mut one = k.constants.clone();
     one.push(("SAMPLES", 1.0));

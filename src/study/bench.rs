@@ -553,50 +553,108 @@ fn embedding_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
 /// The seed's LSTM (T100 B32 D32 H64, masked) and the same shape as a
 /// SimpleRNN (`experiments/rnn_fusion.ron`), forward and backward, on the
 /// persistent path where the adapter allows it (named in the case).
+/// The operands of a recurrent layer's cases (the seed's sizes), on the
+/// host and on the device: x `[T,B,D]` (its first `shared` steps the same in
+/// every sample), W, U, b for `gates` columns, and an incoming gradient of
+/// h_T only (`dh_seq` holds it in its last step for the CPU references).
+struct RecurrentOperands {
+    x: Array3<f32>,
+    w: Array2<f32>,
+    u: Array2<f32>,
+    bias: Array1<f32>,
+    dh_seq: Array3<f32>,
+    gx: GpuTensor,
+    gw: GpuTensor,
+    gu: GpuTensor,
+    gb: GpuTensor,
+    gdh: GpuTensor,
+    gdx: GpuTensor,
+    gdw: GpuTensor,
+    gdu: GpuTensor,
+    gdb: GpuTensor,
+}
+
+impl RecurrentOperands {
+    fn new(ctx: &GpuContext, dims: RecurrentDims, gates: usize, shared: usize) -> Result<Self> {
+        let RecurrentDims {
+            steps: t,
+            batch: b,
+            input: d,
+            hidden: h,
+        } = dims;
+        let mut x = Array3::from_shape_vec((t, b, d), rand_vec(t * b * d, 9)).expect("length");
+        for i in 0..shared {
+            let first = x.slice(s![i, 0, ..]).to_owned();
+            for mut row in x.index_axis_mut(Axis(0), i).outer_iter_mut() {
+                row.assign(&first);
+            }
+        }
+        let w = array2(d, gates, 10) * 0.2;
+        let u = array2(h, gates, 11) * 0.2;
+        let bias = Array1::from_vec(rand_vec(gates, 12));
+        let dh_last = array2(b, h, 14);
+        let mut dh_seq = Array3::<f32>::zeros((t, b, h));
+        dh_seq.index_axis_mut(Axis(0), t - 1).assign(&dh_last);
+        Ok(Self {
+            gx: upload(ctx, &x)?,
+            gw: upload(ctx, &w)?,
+            gu: upload(ctx, &u)?,
+            gb: upload(ctx, &bias)?,
+            gdh: upload(ctx, &dh_last)?,
+            gdx: zeros(ctx, &[t, b, d])?,
+            gdw: zeros(ctx, &[d, gates])?,
+            gdu: zeros(ctx, &[h, gates])?,
+            gdb: zeros(ctx, &[gates])?,
+            x,
+            w,
+            u,
+            bias,
+            dh_seq,
+        })
+    }
+
+    fn weights(&self) -> RecurrentWeights<'_> {
+        RecurrentWeights {
+            w: &self.gw,
+            u: &self.gu,
+            b: &self.gb,
+        }
+    }
+
+    fn grads(&self) -> RecurrentGrads<'_> {
+        RecurrentGrads {
+            dx: Some(&self.gdx),
+            dw: Some(&self.gdw),
+            du: &self.gdu,
+            db: &self.gdb,
+        }
+    }
+
+    fn dh(&self) -> HiddenGrad<'_> {
+        HiddenGrad {
+            seq: None,
+            last: Some(&self.gdh),
+        }
+    }
+}
+
 fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     let (t, b, d, h) = (100, BATCH, 32, 64);
     let dims = RecurrentDims::new(t, b, d, h);
     let toks = tokens(t * b, 10000, 13);
     let mask = Array2::from_shape_fn((t, b), |(i, j)| toks[i * b + j] != 0);
     let gmask = ctx.upload_u32(&toks, &[t, b])?;
-    let x = Array3::from_shape_vec((t, b, d), rand_vec(t * b * d, 9)).expect("length");
-    let gx = upload(ctx, &x)?;
-    let dh_last = array2(b, h, 14);
-    let gdh = upload(ctx, &dh_last)?;
-    let mut dh_seq = Array3::<f32>::zeros((t, b, h));
-    dh_seq.index_axis_mut(Axis(0), t - 1).assign(&dh_last);
-    let gdx = zeros(ctx, &[t, b, d])?;
 
     for lstm in [true, false] {
         let g = if lstm { 4 * h } else { h };
-        let w = array2(d, g, 10) * 0.2;
-        let u = array2(h, g, 11) * 0.2;
-        let bias = Array1::from_vec(rand_vec(g, 12));
-        let (gw, gu, gb) = (upload(ctx, &w)?, upload(ctx, &u)?, upload(ctx, &bias)?);
-        let (gdw, gdu, gdb) = (
-            zeros(ctx, &[d, g])?,
-            zeros(ctx, &[h, g])?,
-            zeros(ctx, &[g])?,
-        );
-        let weights = RecurrentWeights {
-            w: &gw,
-            u: &gu,
-            b: &gb,
-        };
-        let grads = RecurrentGrads {
-            dx: Some(&gdx),
-            dw: Some(&gdw),
-            du: &gdu,
-            db: &gdb,
-        };
-        let dh = HiddenGrad {
-            seq: None,
-            last: Some(&gdh),
-        };
+        let ops = RecurrentOperands::new(ctx, dims, g, 0)?;
+        let (x, w, u, bias) = (&ops.x, &ops.w, &ops.u, &ops.bias);
+        let (gx, weights, grads, dh) = (&ops.gx, ops.weights(), ops.grads(), ops.dh());
         // Per step: 2·B·H·G for h·U, plus the input projection 2·B·D·G.
         let flops = 2.0 * (t * b * g * (h + d)) as f64;
         let (x1, m1, w1, u1, b1) = (x.clone(), mask.clone(), w.clone(), u.clone(), bias.clone());
-        let (x2, m2, dh2) = (x.clone(), mask.clone(), dh_seq.clone());
+        let (x2, m2, dh2) = (x.clone(), mask.clone(), ops.dh_seq.clone());
+        let (w2, u2) = (w.clone(), u.clone());
         let mut cpu_grads = RecurrentCpuGrads::zeros(dims, g);
         // Per cell: its kernel names, which GPU path runs, the prepared
         // dispatches and the two CPU references (the rest is shared).
@@ -613,8 +671,8 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
             (
                 ["lstm_forward", "lstm_backward"],
                 recurrent_persistent_support::<LstmState>(ctx, dims).is_ok(),
-                recurrent_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?,
-                recurrent_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?,
+                recurrent_forward_sequence(ctx, &bufs, gx, &weights, Some(&gmask))?,
+                recurrent_backward_sequence(ctx, &grads, dh, &bufs, gx, &weights, Some(&gmask))?,
                 Box::new(move || {
                     std::hint::black_box(lstm_forward_cpu(
                         &x1.view(),
@@ -630,8 +688,8 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
                         &dh2.view(),
                         &states,
                         &x2.view(),
-                        &w.view(),
-                        &u.view(),
+                        &w2.view(),
+                        &u2.view(),
                         Some(&m2.view()),
                     )
                 }),
@@ -648,8 +706,8 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
             (
                 ["rnn_forward", "rnn_backward"],
                 recurrent_persistent_support::<RnnState>(ctx, dims).is_ok(),
-                recurrent_forward_sequence(ctx, &bufs, &gx, &weights, Some(&gmask))?,
-                recurrent_backward_sequence(ctx, &grads, dh, &bufs, &gx, &weights, Some(&gmask))?,
+                recurrent_forward_sequence(ctx, &bufs, gx, &weights, Some(&gmask))?,
+                recurrent_backward_sequence(ctx, &grads, dh, &bufs, gx, &weights, Some(&gmask))?,
                 Box::new(move || {
                     std::hint::black_box(rnn_forward_cpu(
                         &x1.view(),
@@ -665,8 +723,8 @@ fn recurrent_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
                         &dh2.view(),
                         &h_all.view(),
                         &x2.view(),
-                        &w.view(),
-                        &u.view(),
+                        &w2.view(),
+                        &u2.view(),
                         Some(&m2.view()),
                     )
                 }),
@@ -700,55 +758,24 @@ fn shared_lstm_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     let (t, b, d, h, shared) = (100, BATCH, 32, 64, SHARED_STEPS);
     let g = 4 * h;
     let dims = RecurrentDims::new(t, b, d, h);
-    let mut x = Array3::from_shape_vec((t, b, d), rand_vec(t * b * d, 9)).expect("length");
-    for i in 0..shared {
-        let first = x.slice(s![i, 0, ..]).to_owned();
-        for mut row in x.index_axis_mut(Axis(0), i).outer_iter_mut() {
-            row.assign(&first);
-        }
-    }
-    let w = array2(d, g, 10) * 0.2;
-    let u = array2(h, g, 11) * 0.2;
-    let bias = Array1::from_vec(rand_vec(g, 12));
-    let dh_last = array2(b, h, 14);
-    let mut dh_seq = Array3::<f32>::zeros((t, b, h));
-    dh_seq.index_axis_mut(Axis(0), t - 1).assign(&dh_last);
-    let (gx, gw, gu, gb) = (
-        upload(ctx, &x)?,
-        upload(ctx, &w)?,
-        upload(ctx, &u)?,
-        upload(ctx, &bias)?,
-    );
-    let gdh = upload(ctx, &dh_last)?;
-    let (gdx, gdw, gdu, gdb) = (
-        zeros(ctx, &[t, b, d])?,
-        zeros(ctx, &[d, g])?,
-        zeros(ctx, &[h, g])?,
-        zeros(ctx, &[g])?,
-    );
+    let ops = RecurrentOperands::new(ctx, dims, g, shared)?;
+    let RecurrentOperands {
+        x,
+        w,
+        u,
+        bias,
+        dh_seq,
+        ..
+    } = &ops;
     let carry = zeros(ctx, &[shared_carry_len(dims, 4)])?;
-    let weights = RecurrentWeights {
-        w: &gw,
-        u: &gu,
-        b: &gb,
-    };
-    let grads = RecurrentGrads {
-        dx: Some(&gdx),
-        dw: Some(&gdw),
-        du: &gdu,
-        db: &gdb,
-    };
-    let dh = HiddenGrad {
-        seq: None,
-        last: Some(&gdh),
-    };
+    let (gx, weights, grads, dh) = (&ops.gx, ops.weights(), ops.grads(), ops.dh());
     let bufs = RecurrentBuffers::<LstmState>::new(ctx, dims)?;
     if !recurrent_shares_steps::<LstmState>(ctx, dims) {
         return Ok(());
     }
-    let fwd = recurrent_forward_shared(ctx, &bufs, &gx, &weights, None, shared)?;
+    let fwd = recurrent_forward_shared(ctx, &bufs, gx, &weights, None, shared)?;
     let bwd =
-        recurrent_backward_shared(ctx, &grads, dh, &bufs, &gx, &weights, None, &carry, shared)?;
+        recurrent_backward_shared(ctx, &grads, dh, &bufs, gx, &weights, None, &carry, shared)?;
     let states =
         lstm_forward_shared_cpu(&x.view(), &w.view(), &u.view(), &bias.view(), None, shared);
     // The input projection over every row, the recurrence over one row for
@@ -756,6 +783,7 @@ fn shared_lstm_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
     let rows = shared + (t - shared) * b;
     let flops = 2.0 * (t * b * g * d + rows * g * h) as f64;
     let (x1, w1, u1, b1) = (x.clone(), w.clone(), u.clone(), bias.clone());
+    let (x2, w2, u2, dh2) = (x.clone(), w.clone(), u.clone(), dh_seq.clone());
     let mut cpu_grads = RecurrentCpuGrads::zeros(dims, g);
     let name =
         |kernel: &str| format!("{kernel} T{t} B{b} D{d} H{h} ({shared} of {t} steps shared)");
@@ -785,11 +813,11 @@ fn shared_lstm_cases(ctx: &GpuContext, cases: &mut Vec<Case>) -> Result<()> {
         cpu: Box::new(move || {
             lstm_backward_cpu(
                 &mut cpu_grads,
-                &dh_seq.view(),
+                &dh2.view(),
                 &states,
-                &x.view(),
-                &w.view(),
-                &u.view(),
+                &x2.view(),
+                &w2.view(),
+                &u2.view(),
                 None,
             )
         }),
